@@ -1,0 +1,194 @@
+/*
+ * greenhack context switch — x86_64, System V ABI, ELF, GNU as (Intel syntax).
+ *
+ * Two routines live here:
+ *
+ *   greenhack_switch_in    resume: leave the resumer's stack, enter a greenlet's
+ *   greenhack_switch_out   suspend: leave a greenlet's stack, enter its resumer's
+ *   greenhack_trampoline   where a fresh greenlet starts on its first resume
+ *
+ * greenhack_switch_in and greenhack_switch_out are the same instructions under two
+ * names. They are separate copies only so that each ends in its own indirect
+ * `jmp`: the branch predictor keys its target on the jump's address, and one
+ * copy always jumps into greenlets while the other always jumps back into
+ * resumers, so neither has to learn an alternating pattern.
+ *
+ * ---------------------------------------------------------------------------
+ * Calling convention (custom; reached only from the asm! stubs in
+ * src/arch/x86_64.rs, never called from C):
+ *
+ *   entered by `jmp`, left by `jmp`: no `call` and no `ret`, so the CPU's
+ *   return-stack buffer is never pushed or popped by a switch. A `ret` into the
+ *   other stack would pop an entry pushed on this one and mispredict (~7 ns);
+ *   a pair of `jmp`s is predicted by the indirect-branch predictor instead.
+ *
+ *   in   rax  this side's resume address (a label right after the stub's jmp)
+ *        rsi  where to store this side's stack pointer
+ *        rdx  the other side's saved stack pointer
+ *        rdi  the value handed over; never touched, so it arrives unchanged in
+ *             rdi on the other side
+ *   out  rbx, rbp: the other side's, restored from its frame
+ *        rcx: clobbered (holds the resume address we jump to)
+ *
+ *   Everything else the ABI calls callee-saved (r12-r15) is declared clobbered
+ *   by the asm! stub, so the compiler spills only what is live across the
+ *   switch. rbx and rbp cannot be declared clobbered in Rust inline asm (LLVM
+ *   reserves them), so they are saved here.
+ *
+ * MXCSR and the x87 control word are callee-saved by the ABI but are NOT saved.
+ * Saving and restoring them (stmxcsr/ldmxcsr + fnstcw/fldcw) costs a
+ * serialising ldmxcsr/fldcw per switch, measured at +2.9 ns per round trip on
+ * this project's benchmark machine (see README, "switch variants"). Rust code
+ * never changes them; a greenlet that does (fesetround, denormal flushing) must
+ * restore them before it suspends. corosensei and libco make the same choice;
+ * boost.context and CPython's greenlet make the other.
+ *
+ * ---------------------------------------------------------------------------
+ * The saved frame. A suspended side's stack pointer points at three words;
+ * offsets are the ones the code below uses:
+ *
+ *      word  offset  holds
+ *      ----  ------  ------------------------------------------------------
+ *        0    0x00   rbp         \  a valid frame record (rbp, return address)
+ *        1    0x08   resume rip  /  so frame-pointer walkers can step through
+ *        2    0x10   rbx
+ *                    ...         <- 0x18: the stub's rsp before the switch
+ *                                   (the CFA the trampoline's CFI computes)
+ *
+ * Stack top of a greenlet (the StackHeader of src/stack.rs, highest addresses
+ * first). While the greenlet runs:
+ *
+ *      +-----------------------+  <- stack top (page aligned)
+ *      |  ... StackHeader ...  |
+ *      | frame-record rip      |  header + 0x08: greenhack_trampoline_return, so
+ *      +-----------------------+  the chain's root "returns" into the trampoline
+ *      | parent link           |  header + 0x00: the resumer's saved sp. The
+ *      +-----------------------+  greenlet's root rbp points here.
+ *      | closure (F), aligned  |  written by init_stack, moved out on entry
+ *      +-----------------------+
+ *      | greenlet frames ...   |
+ *
+ * The resumer's stack while the greenlet runs:
+ *
+ *      | resumer frames ...    |
+ *      +-----------------------+  <- CFA of the trampoline frame
+ *      | rbx                   |
+ *      | resume rip            |  (after `jmp greenhack_switch_in` in the stub)
+ *      | rbp                   |  <- parent link points here
+ *      +-----------------------+
+ *
+ * A fresh greenlet, as init_stack (src/arch/x86_64.rs) leaves it:
+ *
+ *      | closure (F)           |  <- 16-byte aligned
+ *      +-----------------------+
+ *      | rbx = entry function  |  the monomorphised Rust entry point
+ *      | rip = trampoline      |
+ *      | rbp = &closure        |  <- initial saved sp
+ *      +-----------------------+
+ */
+
+        .intel_syntax noprefix
+        .text
+
+/* The switch. One macro, two names (see above). */
+.macro GREENHACK_SWITCH name
+        .globl  \name
+        .hidden \name
+        .type   \name, @function
+        .balign 16
+\name:
+        .cfi_startproc
+        /* Push this side's frame: rbx, resume address, rbp (the last two form
+         * a frame record, so rsp now points at a valid rbp chain link). */
+        push    rbx
+        push    rax
+        push    rbp
+        /* Publish where this side stopped: into the greenlet's parent link on
+         * resume, into the greenlet's saved-sp slot on suspend. */
+        mov     [rsi], rsp
+        /* Cross over to the other stack. */
+        mov     rsp, rdx
+        /* Pop the other side's frame: mirror image of the pushes above. */
+        pop     rbp
+        pop     rcx
+        pop     rbx
+        /* Continue after the other side's stub, or in greenhack_trampoline
+         * for a fresh greenlet. rdi still holds the value handed over. */
+        jmp     rcx
+        .cfi_endproc
+        .size   \name, . - \name
+.endm
+
+        GREENHACK_SWITCH greenhack_switch_in
+        GREENHACK_SWITCH greenhack_switch_out
+
+/*
+ * greenhack_trampoline: the first instruction a greenlet runs.
+ *
+ * Entered from greenhack_switch_in on the first resume, with:
+ *   rsp  16-byte aligned, just below the closure (init_stack guarantees it)
+ *   rbx  the Rust entry function, popped from the fresh frame
+ *   rbp  the address of the closure, popped from the fresh frame
+ *   rsi  the address of the parent link (the resumer's `mov [rsi], rsp`
+ *        just filled it)
+ *   rdi  the value handed over by the first resume
+ *
+ * It calls entry(rdi = value, rsi = &parent link, rdx = &closure), which never
+ * returns: a finished greenlet leaves through greenhack_switch_out.
+ *
+ * Its unwind information is what makes a backtrace taken inside a greenlet
+ * continue into the code that resumed it: the CFA is computed from the parent
+ * link, and the resumer's rip, rbp and rbx are read from the saved frame.
+ */
+        .globl  greenhack_trampoline
+        .hidden greenhack_trampoline
+        .type   greenhack_trampoline, @function
+        .balign 16
+greenhack_trampoline:
+        .cfi_startproc
+        /* gdb refuses a backtrace whose frame addresses do not grow ("previous
+         * frame inner to this frame"); a greenlet's stack may lie below its
+         * resumer's. Signal frames are allowed to jump stacks, so say we are
+         * one. The cost: the unwinder looks up the resumer's frame at the
+         * resume address itself rather than one byte before it, so every
+         * resume label in src/arch is followed by an instruction of the same
+         * function (a `nop`). */
+        .cfi_signal_frame
+        /* The frame pointer of the root frame points at the parent link:
+         * [rbp] = the resumer's saved sp, which points at the resumer's
+         * (rbp, rip) record, and [rbp + 8] = greenhack_trampoline_return. The
+         * frame-pointer chain therefore runs on into the resumer, and
+         * terminates where the resumer's own chain does. */
+        mov     rdx, rbp
+        mov     rbp, rsi
+        /* CFA = [rbp] + 0x18, as a DWARF expression:
+         *   0x0f        DW_CFA_def_cfa_expression
+         *   0x05        expression length: 5 bytes
+         *   0x76 0x00   DW_OP_breg6 (rbp) + 0; gdb mishandles DW_OP_reg6 here
+         *   0x06        DW_OP_deref: load the parent link = resumer's sp
+         *   0x23 0x18   DW_OP_plus_uconst 24: skip rbp, rip, rbx (the CFA is
+         *               the stub's rsp before its pushes) */
+        .cfi_escape 0x0f, 0x05, 0x76, 0x00, 0x06, 0x23, 0x18
+        /* The resumer's registers, as offsets from that CFA (see the saved
+         * frame grid): rbx at word 2, rip at word 1, rbp at word 0. */
+        .cfi_offset rbx, -0x08
+        .cfi_offset rip, -0x10
+        .cfi_offset rbp, -0x18
+        /* Call the entry with push + jmp rather than `call`: the entry never
+         * returns, and a `call` would leave a return-stack-buffer entry that
+         * the resumer's next `ret` would pop and mispredict. */
+        lea     rcx, [rip + greenhack_trampoline_return]
+        push    rcx
+        jmp     rbx
+        .globl  greenhack_trampoline_return
+        .hidden greenhack_trampoline_return
+greenhack_trampoline_return:
+        /* Never reached: entry functions do not return. The instruction keeps
+         * the return address inside this function's bounds, where both the
+         * ra-1 lookup of ordinary unwinders and gdb's signal-frame lookup find
+         * the CFI above. */
+        ud2
+        .cfi_endproc
+        .size   greenhack_trampoline, . - greenhack_trampoline
+
+        .section .note.GNU-stack, "", @progbits

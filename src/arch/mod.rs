@@ -1,0 +1,46 @@
+//! The Rust face of `asm/`: the saved-context layout, the switch stubs and
+//! the initial frame of a fresh greenlet.
+//!
+//! Each architecture module provides the same four items:
+//!
+//! * `init_stack(top, entry, obj) -> sp`: lay out a fresh greenlet's stack so
+//!   that the first `switch_in` to `sp` starts `entry` in the trampoline;
+//! * `switch_in(value, parent_link, sp) -> value`: resume the greenlet whose
+//!   saved stack pointer is `sp`, storing ours in `*parent_link`;
+//! * `switch_out(value, save, sp) -> value`: suspend, storing our stack
+//!   pointer in `*save`, and continue the side whose saved pointer is `sp`;
+//! * `trampoline_return()`: the code address that roots a greenlet's
+//!   frame-pointer chain (see the drawings in `asm/`).
+//!
+//! The value handed over is one machine word; `greenlet` passes a pointer to
+//! a message on the sender's stack, which stays valid while the sender is
+//! suspended.
+//!
+//! An entry function has the signature of [`EntryFn`]: it receives the first
+//! value, the address of the parent link, and the address of the object that
+//! `init_stack` copied onto the new stack. It must never return and never
+//! unwind.
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) use aarch64::*;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_64::*;
+
+/// The entry point of a greenlet: `(first value, &parent link, &object) -> !`.
+pub(crate) type EntryFn = unsafe extern "C" fn(usize, *mut usize, *mut u8) -> !;
+
+/// The alignment of a stack pointer at a call boundary on every supported ABI.
+pub(crate) const STACK_ALIGN: usize = 16;
+
+/// Reserves `size` bytes aligned to `align` (a power of two) below `sp` and
+/// returns the new, lower `sp`.
+#[inline]
+pub(crate) fn alloc_below(sp: usize, size: usize, align: usize) -> usize {
+    debug_assert!(align.is_power_of_two());
+    (sp - size) & !(align - 1)
+}

@@ -1,0 +1,151 @@
+//! x86_64 System V: the asm! stubs around `asm/x86_64.S`.
+//!
+//! The routines in the `.S` file save only rbx, rbp and the resume address;
+//! the stubs here declare every other register the ABI calls callee-saved
+//! (r12–r15) as clobbered, together with everything `clobber_abi("sysv64")`
+//! covers. The compiler then spills only what is live across a switch, and
+//! can hoist those spills out of a loop — the effect that makes
+//! inline-asm switches (corosensei) cheap, kept with an out-of-line routine.
+//!
+//! The stubs are `#[inline(always)]`: the resume label must sit in the caller
+//! of `resume`/`suspend` for the indirect jump back to be predicted per call
+//! site, and a call frame around the stub would add a `call`/`ret` pair whose
+//! `ret` crosses the switch.
+
+use core::arch::asm;
+use core::mem::{offset_of, size_of};
+
+use super::EntryFn;
+
+unsafe extern "C" {
+    // Custom convention, see asm/x86_64.S: rax = resume address,
+    // rsi = where to save our sp, rdx = sp to switch to, rdi = value.
+    // Entered by jmp; never called.
+    fn greenhack_switch_in();
+    fn greenhack_switch_out();
+    // The first code a fresh greenlet runs; only ever a saved resume address.
+    fn greenhack_trampoline();
+    // The label after the trampoline's jump into the entry function.
+    static greenhack_trampoline_return: [u8; 0];
+}
+
+/// The frame a fresh greenlet's saved stack pointer points at; mirrors the
+/// pop order of the switch (`pop rbp; pop rcx; pop rbx`).
+#[repr(C)]
+struct InitialFrame {
+    /// Popped into rbp: the trampoline passes it as the object pointer.
+    obj: usize,
+    /// Popped into rcx and jumped to.
+    rip: usize,
+    /// Popped into rbx: the trampoline jumps to it.
+    entry: usize,
+}
+
+// The grid in asm/x86_64.S: rbp at 0x00, rip at 0x08, rbx at 0x10, and a
+// frame size that keeps the trampoline's stack 16-byte aligned.
+const _: () = {
+    assert!(offset_of!(InitialFrame, obj) == 0x00);
+    assert!(offset_of!(InitialFrame, rip) == 0x08);
+    assert!(offset_of!(InitialFrame, entry) == 0x10);
+    assert!(size_of::<InitialFrame>() == 0x18);
+};
+
+/// Lays out a fresh stack below `top`: `obj` copied to a 16-byte aligned
+/// slot, then the initial frame. Returns the saved stack pointer to resume.
+///
+/// # Safety
+///
+/// `top` must be 16-byte aligned and the memory below it writable for the
+/// object plus 64 bytes. Ownership of `*obj` passes to the stack: the caller
+/// must not drop it.
+pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) -> usize {
+    let align = core::mem::align_of::<T>().max(super::STACK_ALIGN);
+    let obj_addr = super::alloc_below(top, size_of::<T>(), align);
+    // The trampoline starts with rsp = obj_addr (16-byte aligned): right
+    // above the initial frame.
+    let sp = obj_addr - size_of::<InitialFrame>();
+    // SAFETY: both regions lie in the writable memory below `top` that the
+    // caller vouches for; `obj_addr` is aligned for T and `sp` for usize.
+    unsafe {
+        core::ptr::copy_nonoverlapping(obj, obj_addr as *mut T, 1);
+        (sp as *mut InitialFrame).write(InitialFrame {
+            obj: obj_addr,
+            rip: greenhack_trampoline as *const () as usize,
+            entry: entry as *const () as usize,
+        });
+    }
+    sp
+}
+
+/// The code address stored above the parent link, so that a frame-pointer
+/// walker sees the root of a greenlet's chain "return" into the trampoline.
+#[inline]
+pub(crate) fn trampoline_return() -> usize {
+    // Taking the address of an extern static needs no unsafe.
+    core::ptr::addr_of!(greenhack_trampoline_return) as usize
+}
+
+/// Resumes the greenlet whose saved stack pointer is `sp`, handing it
+/// `value`. Our own stack pointer is stored in `*parent_link` for the
+/// greenlet to switch back to. Returns the value the greenlet hands back.
+///
+/// # Safety
+///
+/// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
+/// this thread and `parent_link` the parent-link slot of that same greenlet.
+#[inline(always)]
+pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> usize {
+    let out: usize;
+    // SAFETY: the caller guarantees `sp` is a valid suspended context; the
+    // routine saves rbx/rbp/rip and the operands declare every other register
+    // clobbered, so all state the compiler relies on survives.
+    unsafe {
+        asm!(
+            // Our resume address, then hand over to the routine.
+            "lea rax, [rip + 2f]",
+            "jmp {switch}",
+            // The greenlet switched back: rdi holds its value, rbx/rbp are
+            // ours again. The trampoline's CFI points unwinders at this very
+            // address (signal-frame lookup, no -1): keep an instruction of
+            // this function after it.
+            "2:",
+            "nop",
+            switch = sym greenhack_switch_in,
+            inlateout("rdi") value => out,
+            in("rsi") parent_link,
+            in("rdx") sp,
+            lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
+            clobber_abi("sysv64"),
+        );
+    }
+    out
+}
+
+/// Suspends the running greenlet: stores our stack pointer in `*save` and
+/// continues the side whose saved stack pointer is `sp` (the parent link),
+/// handing it `value`. Returns the value of the next resume.
+///
+/// # Safety
+///
+/// Must run on a greenlet's stack, with `sp` the current value of its parent
+/// link.
+#[inline(always)]
+pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> usize {
+    let out: usize;
+    // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
+    // `switch_in`, which is suspended while we run.
+    unsafe {
+        asm!(
+            "lea rax, [rip + 2f]",
+            "jmp {switch}",
+            "2:",
+            switch = sym greenhack_switch_out,
+            inlateout("rdi") value => out,
+            in("rsi") save,
+            in("rdx") sp,
+            lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
+            clobber_abi("sysv64"),
+        );
+    }
+    out
+}

@@ -1,0 +1,570 @@
+//! The raw primitive: an asymmetric stackful coroutine.
+//!
+//! A [`Greenlet`] runs a closure on its own guarded stack. [`Greenlet::resume`]
+//! switches to it, handing it a value; inside, [`Suspender::suspend`] switches
+//! back, handing a value out and receiving the next resume's value. When the
+//! closure returns, `resume` returns its result.
+//!
+//! ```
+//! use greenhack::greenlet::{Greenlet, GreenletResult};
+//!
+//! let mut g = Greenlet::new(|s, first: u32| {
+//!     let second = s.suspend(first * 10);
+//!     first + second
+//! });
+//! assert_eq!(g.resume(1), GreenletResult::Yielded(10));
+//! assert_eq!(g.resume(2), GreenletResult::Complete(3));
+//! assert!(g.is_finished());
+//! ```
+//!
+//! # Panics
+//!
+//! A panic inside the closure is caught at the root of the greenlet's stack
+//! and resumed in the caller of [`resume`](Greenlet::resume), with its
+//! original payload. The greenlet is finished afterwards.
+//!
+//! # Dropping a suspended greenlet
+//!
+//! Dropping a greenlet that has started but not finished unwinds its stack:
+//! the pending `suspend` call panics with a private payload (without running
+//! the panic hook), every `Drop` on the greenlet's stack runs, and the unwind
+//! is caught at the greenlet's root. Code that catches that unwind with
+//! `catch_unwind` and then suspends again, or returns normally, leaves no
+//! sound way to finish the drop: the process aborts with a message naming the
+//! greenlet.
+//!
+//! # Threads
+//!
+//! A suspended stack may hold `!Send` values and addresses of thread locals
+//! that the compiler cached across the switch; resuming it on another thread
+//! would be undefined behaviour. [`Greenlet`] and [`Suspender`] are therefore
+//! neither `Send` nor `Sync`:
+//!
+//! ```compile_fail
+//! use greenhack::greenlet::Greenlet;
+//! let g = Greenlet::<(), (), ()>::new(|_, ()| ());
+//! std::thread::spawn(move || drop(g));
+//! ```
+//!
+//! ```compile_fail
+//! use greenhack::greenlet::Greenlet;
+//! let _g = Greenlet::<(), (), ()>::new(|s, ()| {
+//!     std::thread::scope(|scope| {
+//!         scope.spawn(|| s.suspend(()));
+//!     });
+//! });
+//! ```
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch;
+use crate::stack::{self, Stack, StackHeader};
+
+/// What [`Greenlet::resume`] returns: the greenlet suspended with a value, or
+/// finished with its closure's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GreenletResult<Y, R> {
+    /// The greenlet called [`Suspender::suspend`] with this value.
+    Yielded(Y),
+    /// The greenlet's closure returned this value; the greenlet is finished.
+    Complete(R),
+}
+
+impl<Y, R> GreenletResult<Y, R> {
+    /// The suspended value, if the greenlet suspended.
+    pub fn into_yielded(self) -> Option<Y> {
+        match self {
+            GreenletResult::Yielded(y) => Some(y),
+            GreenletResult::Complete(_) => None,
+        }
+    }
+
+    /// The result, if the greenlet finished.
+    pub fn into_complete(self) -> Option<R> {
+        match self {
+            GreenletResult::Yielded(_) => None,
+            GreenletResult::Complete(r) => Some(r),
+        }
+    }
+}
+
+/// Where a greenlet is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Created, never resumed: the closure sits on the stack.
+    Fresh,
+    /// Waiting in `suspend`.
+    Suspended,
+    /// Returned, panicked or unwound; the stack went back to the pool.
+    Finished,
+}
+
+/// Sent into a greenlet by a switch.
+enum ToGreenlet<I> {
+    /// `resume(value)`.
+    Resume(I),
+    /// The owner is dropping the greenlet: unwind.
+    Unwind,
+}
+
+/// Sent out of a greenlet by a switch. `Suspender` knows `Y` but not `R`,
+/// so the final outcome travels behind a type-erased pointer that only the
+/// `Greenlet<I, Y, R>` (which knows `R`) reads.
+enum FromGreenlet<Y> {
+    Yield(Y),
+    /// Points to an `Outcome<R>` on the finished greenlet's stack.
+    Done(*const ()),
+}
+
+/// How a greenlet's closure ended.
+enum Outcome<R> {
+    Return(R),
+    Panic(Box<dyn Any + Send>),
+    /// The forced unwind reached the root.
+    Unwound,
+}
+
+/// The panic payload of a forced unwind; private so nobody can fake one.
+struct ForcedUnwind;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Configures a greenlet before it is created: its name and stack size.
+///
+/// ```
+/// use greenhack::greenlet::Builder;
+///
+/// let mut g = Builder::new()
+///     .name("parser")
+///     .stack_size(1 << 20)
+///     .build(|_, input: &str| input.len())?;
+/// assert_eq!(g.name(), Some("parser"));
+/// assert_eq!(g.resume("hello").into_complete(), Some(5));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a Builder does nothing until `build` is called"]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A builder with no name and [`DEFAULT_STACK_SIZE`](stack::DEFAULT_STACK_SIZE).
+    pub fn new() -> Builder {
+        Builder {
+            name: None,
+            stack_size: stack::DEFAULT_STACK_SIZE,
+        }
+    }
+
+    /// Names the greenlet; the name appears in panic, abort and overflow
+    /// messages.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the usable stack size in bytes (rounded up to whole pages, at
+    /// least [`MIN_STACK_SIZE`](stack::MIN_STACK_SIZE)). The pool reuses a
+    /// stack only for a greenlet of the same rounded size.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// Creates the greenlet. It does not run until the first
+    /// [`resume`](Greenlet::resume), whose value becomes `f`'s second
+    /// argument.
+    ///
+    /// # Errors
+    ///
+    /// The stack could not be mapped: out of memory, out of address space,
+    /// or `vm.max_map_count` reached. The message says which and what to do.
+    pub fn build<I, Y, R, F>(self, f: F) -> io::Result<Greenlet<I, Y, R>>
+    where
+        F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
+    {
+        let stack = Stack::get(self.stack_size)?;
+        let name = self.name.map(String::into_boxed_str);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let header = stack.header();
+        header.id.set(id);
+        header.unwinding.set(false);
+        if let Some(n) = &name {
+            header.name_ptr.set(n.as_ptr());
+            header.name_len.set(n.len());
+        }
+        if size_of::<F>() > stack.usable() / 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "greenhack: a closure of {} bytes leaves too little of a {}-byte stack; \
+                     box its captures or raise Builder::stack_size",
+                    size_of::<F>(),
+                    stack.usable()
+                ),
+            ));
+        }
+        let f = MaybeUninit::new(f);
+        // SAFETY: the area below the header is free, writable stack memory
+        // with room for F (checked above) and the initial frame. The stack
+        // now owns the closure; `f` is MaybeUninit, so it is not dropped here.
+        let sp = unsafe { arch::init_stack(stack.frames_top(), entry::<I, Y, R, F>, f.as_ptr()) };
+        header.saved_sp.set(sp);
+        Ok(Greenlet {
+            stack: Some(stack),
+            state: State::Fresh,
+            name,
+            id,
+            _marker: PhantomData,
+        })
+    }
+}
+
+/// An asymmetric stackful coroutine: a closure on its own stack, resumed with
+/// values of type `I`, suspending with values of type `Y`, finishing with a
+/// value of type `R`.
+///
+/// See the [module documentation](self) for panics, drop and threads.
+pub struct Greenlet<I, Y, R> {
+    /// The stack while the greenlet can still run; `None` once finished.
+    stack: Option<Stack>,
+    state: State,
+    /// Owned here, pointed to by the stack header for messages.
+    name: Option<Box<str>>,
+    id: u64,
+    /// `!Send`, `!Sync`; invariant in I, Y and R.
+    _marker: PhantomData<(*mut (), fn(I) -> (Y, R), fn(Y) -> I)>,
+}
+
+impl<I, Y, R> Greenlet<I, Y, R> {
+    /// Creates a greenlet with the default stack size and no name.
+    ///
+    /// # Panics
+    ///
+    /// If the stack cannot be mapped; [`Builder::build`] returns the error
+    /// instead.
+    pub fn new<F>(f: F) -> Greenlet<I, Y, R>
+    where
+        F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
+    {
+        match Builder::new().build(f) {
+            Ok(g) => g,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Switches to the greenlet, handing it `input`, and runs it until it
+    /// suspends or finishes.
+    ///
+    /// On the first resume `input` becomes the closure's second argument;
+    /// afterwards it is what the pending [`Suspender::suspend`] returns.
+    ///
+    /// # Panics
+    ///
+    /// Re-raises, with its original payload, a panic that escaped the
+    /// greenlet's closure. Panics if the greenlet has already finished.
+    pub fn resume(&mut self, input: I) -> GreenletResult<Y, R> {
+        if self.state == State::Finished {
+            self.resumed_after_finish();
+        }
+        match self.switch(ToGreenlet::Resume(input)) {
+            Ok(y) => {
+                self.state = State::Suspended;
+                GreenletResult::Yielded(y)
+            }
+            Err(Outcome::Return(r)) => GreenletResult::Complete(r),
+            Err(Outcome::Panic(payload)) => panic::resume_unwind(payload),
+            Err(Outcome::Unwound) => unreachable!("greenhack: unwound without being dropped"),
+        }
+    }
+
+    #[cold]
+    #[track_caller]
+    fn resumed_after_finish(&self) -> ! {
+        panic!(
+            "greenhack: resumed {}, which has finished",
+            Label(self.name(), self.id)
+        )
+    }
+
+    /// True once the closure has returned or panicked.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// True once the greenlet has been resumed at least once.
+    pub fn is_started(&self) -> bool {
+        self.state != State::Fresh
+    }
+
+    /// The name given by [`Builder::name`].
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// A process-unique id, used in messages.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The usable address range of the greenlet's stack (guard page
+    /// excluded), or `None` once it has finished and the stack went back to
+    /// the pool. For tests and debugging tools.
+    pub fn stack_range(&self) -> Option<std::ops::Range<usize>> {
+        self.stack.as_ref().map(Stack::range)
+    }
+
+    /// One switch in and back out: hands `msg` over, returns the yielded
+    /// value, or the outcome once the greenlet has finished (its stack is
+    /// back in the pool by then).
+    fn switch(&mut self, msg: ToGreenlet<I>) -> Result<Y, Outcome<R>> {
+        let stack = self
+            .stack
+            .as_ref()
+            .expect("greenhack: switch without a stack");
+        let header = stack.header();
+        // Clear the saved sp before leaving: if anything went wrong between
+        // here and the greenlet's next suspend, a stale sp must not be
+        // resumable.
+        let sp = header.saved_sp.replace(0);
+        debug_assert_ne!(sp, 0, "greenhack: greenlet resumed while running");
+        let msg = MaybeUninit::new(msg);
+        // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
+        // suspended (state != Finished), and the parent link is its own. The
+        // greenlet reads `msg` exactly once before switching back; our frame
+        // stays put while it runs.
+        let reply =
+            unsafe { arch::switch_in(msg.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
+        // SAFETY: the greenlet handed us a pointer to a FromGreenlet<Y> on
+        // its stack, written once for us to read once.
+        match unsafe { ptr::read(reply as *const FromGreenlet<Y>) } {
+            FromGreenlet::Yield(y) => Ok(y),
+            FromGreenlet::Done(outcome) => {
+                // SAFETY: entry::<I, Y, R, F> wrote an Outcome<R> there, on a
+                // stack that stays mapped until `finish` below.
+                let outcome = unsafe { ptr::read(outcome as *const Outcome<R>) };
+                self.finish();
+                Err(outcome)
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Finished;
+        if let Some(s) = self.stack.take() {
+            s.recycle();
+        }
+    }
+}
+
+impl<I, Y, R> Drop for Greenlet<I, Y, R> {
+    fn drop(&mut self) {
+        if self.state == State::Finished {
+            return;
+        }
+        // Fresh or suspended: unwind the stack so every destructor on it runs
+        // (for a fresh greenlet, the closure's).
+        if let Some(stack) = &self.stack {
+            stack.header().unwinding.set(true);
+        }
+        match self.switch(ToGreenlet::Unwind) {
+            Err(Outcome::Unwound) => {}
+            // A destructor on the greenlet's stack panicked while unwinding,
+            // or the closure caught the unwind and panicked: hand the panic on
+            // unless one is already in flight (two at once would abort).
+            Err(Outcome::Panic(payload)) => {
+                if !std::thread::panicking() {
+                    panic::resume_unwind(payload)
+                }
+            }
+            // entry() and suspend() abort in these cases.
+            Ok(_) | Err(Outcome::Return(_)) => {
+                unreachable!("greenhack: greenlet kept running after being dropped")
+            }
+        }
+    }
+}
+
+impl<I, Y, R> fmt::Debug for Greenlet<I, Y, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Greenlet")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// The greenlet's side of the switch: passed by reference to its closure.
+///
+/// `!Send` and `!Sync`: only the greenlet itself may suspend.
+pub struct Suspender<I, Y> {
+    header: *const StackHeader,
+    _marker: PhantomData<(*mut (), fn(Y) -> I)>,
+}
+
+impl<I, Y> Suspender<I, Y> {
+    /// Suspends the greenlet, handing `value` to the caller of
+    /// [`Greenlet::resume`], and returns the value of the next resume.
+    ///
+    /// # Panics
+    ///
+    /// When the greenlet is dropped while suspended here, this call unwinds
+    /// (with a private payload, silently) so that the greenlet's destructors
+    /// run. Let that unwind pass: a greenlet that catches it and then
+    /// suspends again aborts the process.
+    #[inline(always)]
+    pub fn suspend(&self, value: Y) -> I {
+        // SAFETY: the header lives at the top of our own stack, which is
+        // mapped while we run.
+        let header = unsafe { &*self.header };
+        if header.unwinding.get() {
+            abort_kept_running(header, "suspended again");
+        }
+        let msg = MaybeUninit::new(FromGreenlet::Yield(value));
+        // SAFETY: we run on the greenlet's stack and the parent link holds
+        // the resumer's frame, saved by its switch_in. Our frame (and `msg`)
+        // stays put until we are resumed.
+        let back = unsafe {
+            arch::switch_out(
+                msg.as_ptr() as usize,
+                header.saved_sp.as_ptr(),
+                header.parent_link.get(),
+            )
+        };
+        // SAFETY: the resumer handed us a pointer to a ToGreenlet<I> on its
+        // stack, written once for us to read once.
+        match unsafe { ptr::read(back as *const ToGreenlet<I>) } {
+            ToGreenlet::Resume(input) => input,
+            ToGreenlet::Unwind => panic::resume_unwind(Box::new(ForcedUnwind)),
+        }
+    }
+
+    /// The id of the greenlet this suspender belongs to.
+    pub fn id(&self) -> u64 {
+        // SAFETY: as in `suspend`.
+        unsafe { &*self.header }.id.get()
+    }
+}
+
+impl<I, Y> fmt::Debug for Suspender<I, Y> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Suspender").field("id", &self.id()).finish()
+    }
+}
+
+/// The entry point of every greenlet, monomorphised per closure type. Runs on
+/// the new stack, called by the trampoline; never returns.
+///
+/// # Safety
+///
+/// Called only by `greenhack_trampoline` with: `first` a pointer to a
+/// `ToGreenlet<I>` to read once, `parent_link` the parent-link slot at offset
+/// 0 of this stack's header, `obj` the closure placed by `init_stack`.
+unsafe extern "C" fn entry<I, Y, R, F>(first: usize, parent_link: *mut usize, obj: *mut u8) -> !
+where
+    F: FnOnce(&Suspender<I, Y>, I) -> R,
+{
+    let header = parent_link as *const StackHeader;
+    // SAFETY: per the contract above; the closure is moved off its slot
+    // exactly once.
+    let (f, first) = unsafe {
+        (
+            ptr::read(obj as *mut F),
+            ptr::read(first as *const ToGreenlet<I>),
+        )
+    };
+    let outcome: Outcome<R> = match first {
+        ToGreenlet::Unwind => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
+            Ok(()) => Outcome::Unwound,
+            Err(p) => Outcome::Panic(p),
+        },
+        ToGreenlet::Resume(input) => {
+            let suspender = Suspender {
+                header,
+                _marker: PhantomData,
+            };
+            let result = panic::catch_unwind(AssertUnwindSafe(|| f(&suspender, input)));
+            // SAFETY: the header is at the top of this stack.
+            let header = unsafe { &*header };
+            match result {
+                Ok(r) if header.unwinding.get() => {
+                    drop(r);
+                    abort_kept_running(header, "returned normally")
+                }
+                Ok(r) => Outcome::Return(r),
+                Err(p) if p.is::<ForcedUnwind>() => Outcome::Unwound,
+                Err(p) => Outcome::Panic(p),
+            }
+        }
+    };
+    // Everything this frame owned is gone but `outcome`, which the resumer
+    // reads from here before it recycles the stack.
+    let outcome = MaybeUninit::new(outcome);
+    let reply = MaybeUninit::new(FromGreenlet::<Y>::Done(outcome.as_ptr().cast()));
+    // SAFETY: the header is at the top of this stack.
+    let header = unsafe { &*header };
+    // SAFETY: as in `Suspender::suspend`; this greenlet is never resumed
+    // again (its owner marks it finished on reading a final reply).
+    unsafe {
+        arch::switch_out(
+            reply.as_ptr() as usize,
+            header.saved_sp.as_ptr(),
+            header.parent_link.get(),
+        );
+    }
+    // A finished greenlet was resumed: the state machine is broken.
+    std::process::abort()
+}
+
+/// Aborts because a greenlet that is being dropped did not unwind.
+#[cold]
+fn abort_kept_running(header: &StackHeader, what: &str) -> ! {
+    let name = header_name(header);
+    eprintln!(
+        "greenhack: {} {what} while it was being dropped. Dropping a suspended greenlet \
+         unwinds its stack; this greenlet caught that unwind (catch_unwind) and kept running, \
+         so its stack can be neither freed nor resumed. Aborting.",
+        Label(name, header.id.get())
+    );
+    std::process::abort()
+}
+
+fn header_name(header: &StackHeader) -> Option<&str> {
+    let p = header.name_ptr.get();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: name_ptr/len point into the `Box<str>` of the Greenlet that
+    // owns this stack, which outlives every switch into it.
+    Some(unsafe {
+        std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, header.name_len.get()))
+    })
+}
+
+/// Formats "greenlet 'name' (id N)" or "greenlet N".
+struct Label<'a>(Option<&'a str>, u64);
+
+impl fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(name) => write!(f, "greenlet '{name}' (id {})", self.1),
+            None => write!(f, "greenlet {}", self.1),
+        }
+    }
+}

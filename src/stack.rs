@@ -1,0 +1,489 @@
+//! Guard-page stacks, the per-thread stack pool, and the per-thread list of
+//! mapped stacks that the overflow handler consults.
+//!
+//! # Layout
+//!
+//! A stack is one private anonymous mapping:
+//!
+//! ```text
+//! +---------------------+  <- top (page aligned)
+//! | StackHeader         |  parent link, saved sp, name, list links
+//! +---------------------+
+//! | usable stack ...    |  grows down; pages are committed on first touch
+//! |                     |
+//! +---------------------+  <- base + page size
+//! | guard page          |  PROT_NONE: touching it raises SIGSEGV, which
+//! +---------------------+  <- base            `overflow` turns into a message
+//! ```
+//!
+//! The whole range is reserved `PROT_NONE` first and the part above the guard
+//! made read-write; the owning [`Stack`] exists before the `mprotect`, so a
+//! failure unmaps through `Drop`.
+//!
+//! # Limits
+//!
+//! A guarded stack costs two kernel mappings (VMAs). Linux caps a process at
+//! `vm.max_map_count` of them (65530 by default), so roughly 32,000 greenlets
+//! can be alive at once; `sysctl -w vm.max_map_count=N` raises it. The error
+//! returned when the cap is hit says so.
+//!
+//! # Pool
+//!
+//! Finished greenlets give their stack to a per-thread pool (up to
+//! [`POOL_CAPACITY`] stacks), so creating a greenlet in the steady state costs
+//! no system call. A stack whose use reached below its top
+//! [`POOL_KEEP_BYTES`] gives those deeper pages back with
+//! `madvise(MADV_DONTNEED)` before it is pooled: deep recursion once does not
+//! pin memory forever.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::ptr;
+
+/// The default usable size of a greenlet stack: 256 KiB.
+///
+/// Pages are committed by the kernel on first touch, so the size is address
+/// space, not memory: an idle greenlet that never went deep costs a few
+/// pages. 256 KiB fits ordinary sync code (formatting, serde, regex matching)
+/// in release and debug builds; deep recursion needs
+/// [`Builder::stack_size`](crate::greenlet::Builder::stack_size).
+pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+
+/// The smallest usable size accepted: room for the header, the entry frames
+/// and a panic's unwinding.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+
+/// How many free stacks each thread keeps for reuse.
+pub const POOL_CAPACITY: usize = 256;
+
+/// How much of a pooled stack's top keeps its memory; deeper pages that were
+/// used are released when the stack is pooled.
+pub const POOL_KEEP_BYTES: usize = 32 * 1024;
+
+/// The bookkeeping at the top of every stack.
+///
+/// It lives in the stack mapping itself so that it never moves while a
+/// `Greenlet` value does, and so that the overflow handler can reach it
+/// without allocating.
+#[repr(C, align(16))]
+pub(crate) struct StackHeader {
+    /// The resumer's saved stack pointer while the greenlet runs. Must stay
+    /// at offset 0: the trampoline points the greenlet's root frame pointer
+    /// here and its CFI dereferences it.
+    pub(crate) parent_link: Cell<usize>,
+    /// A code address above the parent link, making `(parent_link, ret)` a
+    /// frame record for frame-pointer walkers. Offset 8.
+    pub(crate) frame_ret: usize,
+    /// The greenlet's saved stack pointer while it is suspended.
+    pub(crate) saved_sp: Cell<usize>,
+    /// Set when the owner asked the greenlet to unwind (it is being dropped).
+    pub(crate) unwinding: Cell<bool>,
+    /// The greenlet's name, for messages: a pointer and length into a string
+    /// the `Greenlet` owns; null when unnamed or when no greenlet runs here.
+    pub(crate) name_ptr: Cell<*const u8>,
+    pub(crate) name_len: Cell<usize>,
+    /// The greenlet's id, 0 when the stack is free.
+    pub(crate) id: Cell<u64>,
+    /// The thread's list of mapped stacks (for the overflow handler).
+    next: Cell<*const StackHeader>,
+    prev: Cell<*const StackHeader>,
+    /// Lowest address of the mapping (the guard page) and its total length.
+    pub(crate) map_base: usize,
+    pub(crate) map_len: usize,
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(StackHeader, parent_link) == 0);
+    assert!(core::mem::offset_of!(StackHeader, frame_ret) == 8);
+    assert!(core::mem::size_of::<StackHeader>() % 16 == 0);
+};
+
+thread_local! {
+    /// Head of this thread's list of mapped stacks. Constant-initialised and
+    /// without a destructor, so reading it is a plain thread-local load: safe
+    /// from the SIGSEGV handler.
+    static MAPPED: Cell<*const StackHeader> = const { Cell::new(ptr::null()) };
+    /// Free stacks, most recently used last.
+    static POOL: RefCell<Vec<Stack>> = const { RefCell::new(Vec::new()) };
+    /// Counters for tests and benchmarks.
+    static STATS: Cell<StackStats> = const { Cell::new(StackStats { mapped: 0, mmaps: 0, pooled: 0 }) };
+}
+
+/// This thread's stack counters, from [`stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    /// Stacks currently mapped by this thread (in use or pooled).
+    pub mapped: usize,
+    /// `mmap` calls made by this thread for stacks since it started.
+    pub mmaps: u64,
+    /// Free stacks waiting in this thread's pool.
+    pub pooled: usize,
+}
+
+/// Returns this thread's stack counters.
+///
+/// ```
+/// use greenhack::greenlet::Greenlet;
+///
+/// let mut g = Greenlet::<(), (), u32>::new(|_, ()| 7);
+/// assert_eq!(g.resume(()).into_complete(), Some(7));
+/// drop(g);
+/// let before = greenhack::stack::stats();
+/// let mut g = Greenlet::<(), (), u32>::new(|_, ()| 8);
+/// g.resume(());
+/// // The second greenlet took the first one's stack from the pool.
+/// assert_eq!(greenhack::stack::stats().mmaps, before.mmaps);
+/// ```
+pub fn stats() -> StackStats {
+    STATS.with(|s| s.get())
+}
+
+fn update_stats(f: impl FnOnce(&mut StackStats)) {
+    STATS.with(|s| {
+        let mut v = s.get();
+        f(&mut v);
+        s.set(v);
+    });
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
+}
+
+/// An owned, guarded stack mapping. Unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    /// Lowest address of the mapping: the guard page.
+    base: usize,
+    /// Length of the whole mapping, guard page included.
+    len: usize,
+    /// Whether the header is written and on this thread's list (false only
+    /// while `map` has not finished).
+    linked: bool,
+}
+
+impl Stack {
+    /// Maps a stack with at least `size` usable bytes (rounded up to pages)
+    /// above one guard page.
+    pub(crate) fn map(size: usize) -> io::Result<Stack> {
+        let page = page_size();
+        let usable = size
+            .max(MIN_STACK_SIZE)
+            .checked_next_multiple_of(page)
+            .ok_or_else(|| size_error(size))?;
+        let len = usable.checked_add(page).ok_or_else(|| size_error(size))?;
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                // MAP_NORESERVE: a stack is mostly address space; commit
+                // accounting happens page by page as it is touched.
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(map_error(io::Error::last_os_error(), len));
+        }
+        // Own the mapping before the next fallible step.
+        let mut stack = Stack {
+            base: base as usize,
+            len,
+            linked: false,
+        };
+        // SAFETY: the range above the guard page lies inside the mapping we
+        // just created and own.
+        let rc = unsafe {
+            libc::mprotect(
+                (stack.base + page) as *mut libc::c_void,
+                usable,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(map_error(io::Error::last_os_error(), len));
+        }
+        crate::overflow::ensure_installed();
+        stack.link();
+        update_stats(|s| {
+            s.mapped += 1;
+            s.mmaps += 1;
+        });
+        Ok(stack)
+    }
+
+    /// Takes a stack of exactly `size` usable bytes from this thread's pool,
+    /// or maps a new one.
+    pub(crate) fn get(size: usize) -> io::Result<Stack> {
+        let usable = usable_size(size);
+        let pooled = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().rposition(|s| s.usable() == usable)?;
+            Some(p.swap_remove(i))
+        });
+        match pooled {
+            Some(s) => {
+                update_stats(|st| st.pooled -= 1);
+                Ok(s)
+            }
+            None => Stack::map(size),
+        }
+    }
+
+    /// Returns the stack to this thread's pool, or unmaps it when the pool
+    /// is full.
+    pub(crate) fn recycle(self) {
+        self.header().id.set(0);
+        self.header().name_ptr.set(ptr::null());
+        self.release_deep_pages();
+        let overflow = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_CAPACITY {
+                p.push(self);
+                None
+            } else {
+                Some(self)
+            }
+        });
+        match overflow {
+            Ok(None) => update_stats(|st| st.pooled += 1),
+            Ok(Some(s)) => drop(s),
+            // The thread is exiting and its pool is gone: unmap.
+            Err(_) => {}
+        }
+    }
+
+    /// If the greenlet wrote below the kept top of the stack, gives those
+    /// pages back to the kernel.
+    ///
+    /// The probe is the first word below the kept region: any frame that
+    /// crossed that line almost always wrote it (return addresses and saved
+    /// registers are written densely). A frame that straddles it without
+    /// writing that word escapes; its pages are reclaimed when the stack is
+    /// unmapped.
+    fn release_deep_pages(&self) {
+        let page = page_size();
+        let low = self.base + page;
+        let keep_from = self.top().saturating_sub(POOL_KEEP_BYTES);
+        if keep_from <= low {
+            return;
+        }
+        let probe = (keep_from - 8) as *const usize;
+        // SAFETY: `probe` lies in the read-write part of our mapping; reading
+        // an untouched page maps the shared zero page.
+        if unsafe { probe.read_volatile() } == 0 {
+            return;
+        }
+        // SAFETY: the range is page aligned, inside our mapping, and holds no
+        // live frames: the greenlet that used it has finished.
+        unsafe {
+            libc::madvise(
+                low as *mut libc::c_void,
+                keep_from - low,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+
+    /// The highest address of the stack (exclusive), page aligned.
+    pub(crate) fn top(&self) -> usize {
+        self.base + self.len
+    }
+
+    /// Usable bytes (excluding the guard page).
+    pub(crate) fn usable(&self) -> usize {
+        self.len - page_size()
+    }
+
+    /// Where the greenlet's frames begin: just below the header.
+    pub(crate) fn frames_top(&self) -> usize {
+        self.top() - core::mem::size_of::<StackHeader>()
+    }
+
+    /// The lowest usable address and the top, for tests and debugging.
+    pub(crate) fn range(&self) -> std::ops::Range<usize> {
+        self.base + page_size()..self.top()
+    }
+
+    pub(crate) fn header(&self) -> &StackHeader {
+        // SAFETY: `map` wrote a header at `frames_top` before returning the
+        // stack, and it lives as long as the mapping.
+        unsafe { &*(self.frames_top() as *const StackHeader) }
+    }
+
+    pub(crate) fn header_ptr(&self) -> *mut StackHeader {
+        self.frames_top() as *mut StackHeader
+    }
+
+    /// Writes the header and links it into this thread's list.
+    fn link(&mut self) {
+        let head = MAPPED.with(|m| m.get());
+        let header = StackHeader {
+            parent_link: Cell::new(0),
+            frame_ret: crate::arch::trampoline_return(),
+            saved_sp: Cell::new(0),
+            unwinding: Cell::new(false),
+            name_ptr: Cell::new(ptr::null()),
+            name_len: Cell::new(0),
+            id: Cell::new(0),
+            next: Cell::new(head),
+            prev: Cell::new(ptr::null()),
+            map_base: self.base,
+            map_len: self.len,
+        };
+        let h = self.header_ptr();
+        // SAFETY: the header slot is read-write memory of our mapping,
+        // aligned to 16 (top is page aligned, the header size a multiple of 16).
+        unsafe { h.write(header) };
+        if !head.is_null() {
+            // SAFETY: every header on the list belongs to a live mapping.
+            unsafe { (*head).prev.set(h) };
+        }
+        MAPPED.with(|m| m.set(h));
+        self.linked = true;
+    }
+
+    fn unlink(&self) {
+        let h = self.header();
+        let (next, prev) = (h.next.get(), h.prev.get());
+        // SAFETY: neighbours on the list belong to live mappings of this
+        // thread (a Stack is !Send, so it is dropped where it was mapped).
+        unsafe {
+            if !next.is_null() {
+                (*next).prev.set(prev);
+            }
+            if prev.is_null() {
+                let _ = MAPPED.try_with(|m| m.set(next));
+            } else {
+                (*prev).next.set(next);
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // A stack whose mprotect failed has no header (and its memory is
+        // still PROT_NONE): nothing to unlink.
+        if self.linked {
+            self.unlink();
+            update_stats(|s| s.mapped -= 1);
+        }
+        // SAFETY: we own the mapping and nothing runs on it any more.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Finds the mapped stack of this thread whose guard page contains `addr`.
+///
+/// Async-signal-safe: reads a constant-initialised thread local and walks
+/// headers in mapped memory; no allocation, no locks.
+pub(crate) fn guard_owner(addr: usize) -> Option<&'static StackHeader> {
+    let page = page_size_cached_for_signal();
+    let mut p = MAPPED.try_with(|m| m.get()).ok()?;
+    while !p.is_null() {
+        // SAFETY: every header on the list belongs to a live mapping.
+        let h = unsafe { &*p };
+        if addr >= h.map_base && addr < h.map_base + page {
+            return Some(h);
+        }
+        p = h.next.get();
+    }
+    None
+}
+
+/// The page size without `OnceLock` (which is fine after initialisation,
+/// but a signal handler should not depend on that reasoning).
+fn page_size_cached_for_signal() -> usize {
+    // SAFETY: sysconf(_SC_PAGESIZE) reads a value cached by libc; it is not
+    // on the POSIX list but does not allocate or lock in glibc or musl.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+fn usable_size(size: usize) -> usize {
+    let page = page_size();
+    size.max(MIN_STACK_SIZE)
+        .checked_next_multiple_of(page)
+        .unwrap_or(usize::MAX)
+}
+
+fn size_error(size: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("greenhack: stack size of {size} bytes overflows when rounded to pages"),
+    )
+}
+
+/// Turns a failed `mmap`/`mprotect` into an error that says what to do.
+fn map_error(err: io::Error, len: usize) -> io::Error {
+    if err.raw_os_error() != Some(libc::ENOMEM) {
+        return io::Error::new(
+            err.kind(),
+            format!("greenhack: cannot map a greenlet stack of {len} bytes: {err}"),
+        );
+    }
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map(|s| s.lines().count())
+        .ok();
+    match (max, maps) {
+        (Some(max), Some(maps)) if maps + 8 >= max => io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "greenhack: cannot map a greenlet stack: the process has {maps} memory mappings \
+                 and vm.max_map_count is {max}. Each live greenlet stack costs two mappings \
+                 (stack and guard page). Raise the limit with \
+                 `sysctl -w vm.max_map_count={}` or keep fewer greenlets alive ({err})",
+                max * 2
+            ),
+        ),
+        _ => io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "greenhack: cannot map a greenlet stack of {len} bytes: out of memory or address \
+                 space; use smaller stacks (Builder::stack_size) or fewer greenlets ({err})"
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_rounds_to_pages_and_links() {
+        let s = Stack::map(MIN_STACK_SIZE + 1).unwrap();
+        assert_eq!(s.usable() % page_size(), 0);
+        assert!(s.usable() > MIN_STACK_SIZE);
+        assert!(s.linked);
+        assert_eq!(guard_owner(s.base).map(|h| h.map_base), Some(s.base));
+        assert!(guard_owner(s.base + page_size()).is_none());
+    }
+
+    #[test]
+    fn huge_size_is_an_error() {
+        let e = Stack::map(usize::MAX - 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn deep_pages_are_released_when_pooled() {
+        let s = Stack::map(DEFAULT_STACK_SIZE).unwrap();
+        let probe = (s.top() - POOL_KEEP_BYTES - 8) as *mut usize;
+        // SAFETY: inside the read-write part of the mapping.
+        unsafe { probe.write_volatile(0xdead) };
+        s.release_deep_pages();
+        // SAFETY: as above; MADV_DONTNEED on anonymous memory reads back zero.
+        assert_eq!(unsafe { probe.read_volatile() }, 0);
+    }
+}

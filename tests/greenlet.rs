@@ -1,0 +1,318 @@
+//! Behaviour of the raw `Greenlet` primitive.
+
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+
+use greenhack::greenlet::{Builder, Greenlet, GreenletResult};
+
+#[test]
+fn smoke() {
+    let mut g = Greenlet::<i32, (), i32>::new(|_, x| x + 1);
+    assert!(!g.is_started());
+    assert_eq!(g.resume(41), GreenletResult::Complete(42));
+    assert!(g.is_finished());
+    assert!(g.stack_range().is_none());
+}
+
+#[test]
+fn suspend_and_resume() {
+    let mut g = Greenlet::new(|s, a: u64| {
+        let b = s.suspend(a * 2);
+        let c = s.suspend(b * 3);
+        format!("{a} {b} {c}")
+    });
+    assert_eq!(g.resume(1), GreenletResult::Yielded(2));
+    assert_eq!(g.resume(5), GreenletResult::Yielded(15));
+    assert_eq!(g.resume(7), GreenletResult::Complete("1 5 7".to_string()));
+}
+
+#[test]
+fn values_in_and_out_over_a_million_switches() {
+    const N: u64 = 1_000_000;
+    let mut g = Greenlet::new(|s, mut x: u64| {
+        let mut sum = 0u64;
+        loop {
+            if x == u64::MAX {
+                return sum;
+            }
+            sum = sum.wrapping_add(x);
+            // Hand out a value derived from the input, so both directions
+            // are checked on every switch.
+            x = s.suspend(x.wrapping_mul(3) ^ 0x5a5a);
+        }
+    });
+    for i in 0..N {
+        assert_eq!(
+            g.resume(i),
+            GreenletResult::Yielded(i.wrapping_mul(3) ^ 0x5a5a)
+        );
+    }
+    assert_eq!(
+        g.resume(u64::MAX),
+        GreenletResult::Complete(N * (N - 1) / 2)
+    );
+}
+
+#[test]
+fn large_values_cross_both_ways() {
+    let mut g = Greenlet::new(|s, a: [u8; 4096]| {
+        let b = s.suspend([a[4095]; 8192]);
+        b.iter().map(|&x| x as u64).sum::<u64>()
+    });
+    let mut a = [0u8; 4096];
+    a[4095] = 9;
+    assert_eq!(g.resume(a).into_yielded(), Some([9u8; 8192]));
+    assert_eq!(g.resume([1u8; 4096]).into_complete(), Some(4096));
+}
+
+#[test]
+fn panics_propagated() {
+    let mut g = Greenlet::<(), (), ()>::new(|s, ()| {
+        s.suspend(());
+        std::panic::panic_any(1234u32);
+    });
+    g.resume(());
+    let err = panic::catch_unwind(AssertUnwindSafe(|| g.resume(()))).unwrap_err();
+    assert_eq!(err.downcast_ref::<u32>(), Some(&1234));
+    assert!(g.is_finished());
+}
+
+#[test]
+fn panic_message_payload_is_the_original_string() {
+    let mut g = Greenlet::<(), (), ()>::new(|_, ()| panic!("bad {}", std::hint::black_box(42)));
+    let err = panic::catch_unwind(AssertUnwindSafe(|| g.resume(()))).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<String>().map(String::as_str),
+        Some("bad 42")
+    );
+}
+
+#[test]
+fn resume_after_finish_panics_with_name() {
+    let mut g: Greenlet<(), (), ()> = Builder::new().name("done-one").build(|_, ()| ()).unwrap();
+    g.resume(());
+    let err = panic::catch_unwind(AssertUnwindSafe(|| g.resume(()))).unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(
+        msg.contains("'done-one'") && msg.contains("finished"),
+        "{msg}"
+    );
+}
+
+struct Counted(Rc<Cell<u32>>);
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn drop_of_suspended_greenlet_runs_destructors() {
+    let drops = Rc::new(Cell::new(0));
+    let d = drops.clone();
+    let mut g = Greenlet::<(), u32, ()>::new(move |s, ()| {
+        let _a = Counted(d.clone());
+        #[inline(never)]
+        fn deeper(s: &greenhack::greenlet::Suspender<(), u32>, d: Rc<Cell<u32>>) {
+            let _b = Counted(d.clone());
+            let _c = Counted(d);
+            s.suspend(1);
+            unreachable!();
+        }
+        deeper(s, d.clone());
+        s.suspend(2);
+    });
+    assert_eq!(g.resume(()), GreenletResult::Yielded(1));
+    assert_eq!(drops.get(), 0);
+    drop(g);
+    // _a, _b, _c, and the closure's captured `d` clone held by... (the Rc
+    // captured by the closure itself is moved into the frame and dropped).
+    assert_eq!(drops.get(), 3);
+    assert_eq!(
+        Rc::strong_count(&drops),
+        1,
+        "every Rc clone on the stack was dropped"
+    );
+}
+
+#[test]
+fn drop_of_fresh_greenlet_drops_the_closure() {
+    let drops = Rc::new(Cell::new(0));
+    let c = Counted(drops.clone());
+    let g = Greenlet::<(), (), ()>::new(move |_, ()| {
+        let _keep = &c;
+    });
+    drop(g);
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn destructors_see_an_unwind_when_a_suspended_greenlet_is_dropped() {
+    struct SeesPanicking(Rc<Cell<Option<bool>>>);
+    impl Drop for SeesPanicking {
+        fn drop(&mut self) {
+            self.0.set(Some(std::thread::panicking()));
+        }
+    }
+    let seen = Rc::new(Cell::new(None));
+    let s2 = seen.clone();
+    let mut g = Greenlet::<(), (), ()>::new(move |s, ()| {
+        let _p = SeesPanicking(s2);
+        s.suspend(());
+    });
+    g.resume(());
+    drop(g);
+    // Cancellation is an unwind: code that distinguishes (poisoning, guards
+    // that roll back) behaves as it would for a panic.
+    assert_eq!(seen.get(), Some(true));
+    // The unwind did not leak out of the drop.
+    assert!(!std::thread::panicking());
+}
+
+#[test]
+fn nested_greenlets() {
+    let mut outer = Greenlet::new(|s, n: u32| {
+        let mut inner = Greenlet::new(|s2, m: u32| {
+            let k = s2.suspend(m + 1);
+            k * 10
+        });
+        let a = inner.resume(n).into_yielded().unwrap();
+        let b = s.suspend(a);
+        let c = inner.resume(b).into_complete().unwrap();
+        // A third level, finished inside.
+        let mut third = Greenlet::<u32, (), u32>::new(|_, x| x + 5);
+        c + third.resume(0).into_complete().unwrap()
+    });
+    assert_eq!(outer.resume(1), GreenletResult::Yielded(2));
+    assert_eq!(outer.resume(3), GreenletResult::Complete(35));
+}
+
+#[test]
+fn greenlet_resumed_from_different_parents() {
+    let mut child = Greenlet::new(|s, x: u32| {
+        let y = s.suspend(x);
+        let z = s.suspend(y);
+        x + y + z
+    });
+    assert_eq!(child.resume(1), GreenletResult::Yielded(1));
+    // Move the suspended child into another greenlet, which resumes it.
+    let mut host = Greenlet::<(), (), _>::new(move |_, ()| {
+        let r = child.resume(2);
+        (r, child)
+    });
+    let (r, mut child) = host.resume(()).into_complete().unwrap();
+    assert_eq!(r, GreenletResult::Yielded(2));
+    assert_eq!(child.resume(3), GreenletResult::Complete(6));
+}
+
+#[test]
+fn names_and_ids() {
+    let a: Greenlet<(), (), ()> = Builder::new().name("alpha").build(|_, ()| ()).unwrap();
+    let b = Greenlet::<(), (), ()>::new(|_, ()| ());
+    assert_eq!(a.name(), Some("alpha"));
+    assert_eq!(b.name(), None);
+    assert_ne!(a.id(), b.id());
+    assert!(format!("{a:?}").contains("alpha"));
+}
+
+#[test]
+fn suspender_reports_its_greenlet_id() {
+    let mut g = Greenlet::<(), (), u64>::new(|s, ()| s.id());
+    let id = g.id();
+    assert_eq!(g.resume(()).into_complete(), Some(id));
+}
+
+#[test]
+fn pool_reuses_the_stack_without_a_new_mapping() {
+    // Run on a fresh thread so the pool starts empty and other tests do not
+    // interleave.
+    std::thread::spawn(|| {
+        let mut first = Greenlet::<(), (), ()>::new(|_, ()| ());
+        let range = first.stack_range().unwrap();
+        first.resume(());
+        drop(first);
+        let before = greenhack::stack::stats();
+        assert_eq!(before.pooled, 1);
+        let second = Greenlet::<(), (), ()>::new(|_, ()| ());
+        assert_eq!(second.stack_range(), Some(range), "same stack reused");
+        let after = greenhack::stack::stats();
+        assert_eq!(after.mmaps, before.mmaps, "no new mmap");
+        assert_eq!(after.mapped, before.mapped, "no new mapping");
+        assert_eq!(after.pooled, 0);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn stacks_of_other_sizes_are_not_mixed() {
+    std::thread::spawn(|| {
+        let g: Greenlet<(), (), ()> = Builder::new()
+            .stack_size(64 * 1024)
+            .build(|_, ()| ())
+            .unwrap();
+        drop(g);
+        let big: Greenlet<(), (), ()> = Builder::new()
+            .stack_size(1 << 20)
+            .build(|_, ()| ())
+            .unwrap();
+        assert!(big.stack_range().unwrap().len() >= 1 << 20);
+        assert_eq!(greenhack::stack::stats().pooled, 1);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn thread_exit_unmaps_pooled_stacks() {
+    fn mappings() -> usize {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .count()
+    }
+    // Other tests run concurrently and map stacks too, so compare the
+    // thread's own counter.
+    let stats = std::thread::spawn(|| {
+        for _ in 0..10 {
+            let mut g = Greenlet::<(), (), ()>::new(|_, ()| ());
+            g.resume(());
+        }
+        greenhack::stack::stats()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(stats.mapped, 1);
+    assert_eq!(stats.pooled, 1);
+    let _ = mappings();
+}
+
+#[test]
+fn oversized_closure_is_an_error() {
+    let big = [0u8; 200 * 1024];
+    let err = Builder::new()
+        .stack_size(64 * 1024)
+        .build::<(), (), u8, _>(move |_, ()| big[0])
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("stack_size"), "{err}");
+}
+
+#[test]
+fn deep_recursion_within_the_stack_works() {
+    #[inline(never)]
+    fn depth(n: u32) -> u32 {
+        let buf = std::hint::black_box([n as u8; 256]);
+        if n == 0 {
+            0
+        } else {
+            depth(n - 1) + buf[0] as u32 % 2
+        }
+    }
+    let mut g: Greenlet<u32, (), u32> = Builder::new()
+        .stack_size(4 << 20)
+        .build(|_, n: u32| depth(n))
+        .unwrap();
+    assert_eq!(g.resume(5000).into_complete(), Some(2500));
+}
