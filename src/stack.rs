@@ -53,7 +53,8 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 /// and a panic's unwinding.
 pub const MIN_STACK_SIZE: usize = 16 * 1024;
 
-/// How many free stacks each thread keeps for reuse.
+/// How many free stacks each thread keeps for reuse, unless changed with
+/// [`set_pool_capacity`].
 pub const POOL_CAPACITY: usize = 256;
 
 /// How much of a pooled stack's top keeps its memory; deeper pages that were
@@ -105,6 +106,8 @@ thread_local! {
     static MAPPED: Cell<*const StackHeader> = const { Cell::new(ptr::null()) };
     /// Free stacks, most recently used last.
     static POOL: RefCell<Vec<Stack>> = const { RefCell::new(Vec::new()) };
+    /// How many stacks POOL may hold.
+    static POOL_LIMIT: Cell<usize> = const { Cell::new(POOL_CAPACITY) };
     /// Counters for tests and benchmarks.
     static STATS: Cell<StackStats> = const { Cell::new(StackStats { mapped: 0, mmaps: 0, pooled: 0 }) };
 }
@@ -144,6 +147,27 @@ fn update_stats(f: impl FnOnce(&mut StackStats)) {
         f(&mut v);
         s.set(v);
     });
+}
+
+/// Sets how many free stacks this thread keeps for reuse (default
+/// [`POOL_CAPACITY`]); stacks beyond the new capacity are unmapped now.
+///
+/// `0` disables pooling: every greenlet then maps and unmaps its own stack,
+/// which is what a benchmark of fresh creation wants.
+///
+/// ```
+/// greenhack::stack::set_pool_capacity(0);
+/// assert_eq!(greenhack::stack::stats().pooled, 0);
+/// ```
+pub fn set_pool_capacity(stacks: usize) {
+    POOL_LIMIT.with(|l| l.set(stacks));
+    let excess: Vec<Stack> = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let excess = p.len().saturating_sub(stacks);
+        p.drain(..excess).collect()
+    });
+    update_stats(|s| s.pooled -= excess.len());
+    drop(excess);
 }
 
 /// The system page size.
@@ -245,7 +269,7 @@ impl Stack {
         self.release_deep_pages();
         let overflow = POOL.try_with(|p| {
             let mut p = p.borrow_mut();
-            if p.len() < POOL_CAPACITY {
+            if p.len() < POOL_LIMIT.with(|l| l.get()) {
                 p.push(self);
                 None
             } else {
