@@ -139,9 +139,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Configures a greenlet before it is created: its name and stack size.
 ///
 /// ```
-/// use greenhack::greenlet::Builder;
+/// use greenhack::greenlet::{Builder, Greenlet};
 ///
-/// let mut g = Builder::new()
+/// let mut g: Greenlet<&str, (), usize> = Builder::new()
 ///     .name("parser")
 ///     .stack_size(1 << 20)
 ///     .build(|_, input: &str| input.len())?;
