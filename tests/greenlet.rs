@@ -266,26 +266,37 @@ fn stacks_of_other_sizes_are_not_mixed() {
 
 #[test]
 fn thread_exit_unmaps_pooled_stacks() {
-    fn mappings() -> usize {
+    fn is_mapped(addr: usize) -> bool {
         std::fs::read_to_string("/proc/self/maps")
             .unwrap()
             .lines()
-            .count()
+            .any(|l| {
+                let range = l.split_whitespace().next().unwrap();
+                let (lo, hi) = range.split_once('-').unwrap();
+                let (lo, hi) = (
+                    usize::from_str_radix(lo, 16).unwrap(),
+                    usize::from_str_radix(hi, 16).unwrap(),
+                );
+                (lo..hi).contains(&addr)
+            })
     }
-    // Other tests run concurrently and map stacks too, so compare the
-    // thread's own counter.
-    let stats = std::thread::spawn(|| {
+    let (stats, range) = std::thread::spawn(|| {
+        let mut range = None;
         for _ in 0..10 {
             let mut g = Greenlet::<(), (), ()>::new(|_, ()| ());
+            range = g.stack_range();
             g.resume(());
         }
-        greenhack::stack::stats()
+        (greenhack::stack::stats(), range.unwrap())
     })
     .join()
     .unwrap();
+    // Ten greenlets in a row shared one stack…
     assert_eq!(stats.mapped, 1);
+    assert_eq!(stats.mmaps, 1);
     assert_eq!(stats.pooled, 1);
-    let _ = mappings();
+    // …which the thread's exit unmapped.
+    assert!(!is_mapped(range.start), "pooled stack outlived its thread");
 }
 
 #[test]
