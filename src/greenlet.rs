@@ -247,8 +247,7 @@ pub struct Greenlet<I, Y, R> {
     /// Owned here, pointed to by the stack header for messages.
     name: Option<Box<str>>,
     id: u64,
-    /// `!Send`, `!Sync`; invariant in I, Y and R.
-    _marker: PhantomData<(*mut (), fn(I) -> (Y, R), fn(Y) -> I)>,
+    _marker: NotSendInvariant<(I, Y, R)>,
 }
 
 impl<I, Y, R> Greenlet<I, Y, R> {
@@ -415,8 +414,11 @@ impl<I, Y, R> fmt::Debug for Greenlet<I, Y, R> {
 /// `!Send` and `!Sync`: only the greenlet itself may suspend.
 pub struct Suspender<I, Y> {
     header: *const StackHeader,
-    _marker: PhantomData<(*mut (), fn(Y) -> I)>,
+    _marker: NotSendInvariant<(I, Y)>,
 }
+
+/// `!Send`, `!Sync` (the raw pointer) and invariant in `T` (the `fn`).
+type NotSendInvariant<T> = PhantomData<(*mut (), fn(T) -> T)>;
 
 impl<I, Y> Suspender<I, Y> {
     /// Suspends the greenlet, handing `value` to the caller of
@@ -453,6 +455,13 @@ impl<I, Y> Suspender<I, Y> {
             ToGreenlet::Resume(input) => input,
             ToGreenlet::Unwind => panic::resume_unwind(Box::new(ForcedUnwind)),
         }
+    }
+
+    /// The usable address range of this greenlet's stack.
+    pub(crate) fn stack_range(&self) -> std::ops::Range<usize> {
+        // SAFETY: as in `suspend`.
+        let header = unsafe { &*self.header };
+        header.map_base + stack::page_size()..self.header as usize
     }
 
     /// The id of the greenlet this suspender belongs to.

@@ -93,4 +93,13 @@
 mod arch;
 pub mod greenlet;
 mod overflow;
+mod pair;
+mod reactor;
 pub mod stack;
+mod task;
+mod time;
+
+pub use greenlet::Builder;
+pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+pub use task::{JoinError, JoinHandle, spawn};
+pub use time::{sleep, sleep_until, yield_now};

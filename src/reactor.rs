@@ -1,0 +1,646 @@
+//! The per-thread event loop: I/O readiness over `mio`, timers, a ready
+//! queue of tasks, and cross-thread wake-ups.
+//!
+//! # Implementation
+//!
+//! Each thread that uses greenhack's I/O, timers or `spawn` gets one
+//! [`Reactor`], created on first use. It is driven by [`block_on`], which runs
+//! on the thread's own stack whenever code outside any greenlet waits (that is
+//! `exempt`, `JoinHandle::join` and the blocking-looking socket calls on a
+//! plain thread). While it runs it:
+//!
+//! 1. polls the future it was asked to wait for, whenever that future's waker
+//!    fired;
+//! 2. polls every task in the ready queue (a spawned greenlet is a task: its
+//!    `AsAsync` future);
+//! 3. waits in `epoll` for I/O, for the earliest timer, or for a wake-up from
+//!    another thread, then turns what happened into wakes.
+//!
+//! # I/O readiness
+//!
+//! Sources are registered edge-triggered, for reading and writing at once,
+//! when a socket is created. Readiness reported by `epoll` is latched in the
+//! source's slot until the socket operation that consumes it returns
+//! `WouldBlock`, so an edge that arrives while nobody waits is never lost. As
+//! with mio, an operation must be retried until `WouldBlock` before waiting:
+//! [`Reactor::io`] is that loop. Readers and writers wait separately; several
+//! greenlets may wait on one direction of one socket (all are woken).
+//!
+//! # Wakers
+//!
+//! A task's waker is a small `Arc` holding the task's slot index and
+//! generation, so a wake that arrives after the task finished and the slot
+//! was reused is ignored. Waking on the reactor's own thread pushes onto the
+//! ready queue; waking from another thread pushes onto a locked queue and
+//! wakes `epoll` through a `mio::Waker`.
+//!
+//! `EINTR` from `epoll_wait` counts as a turn with no events.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll as MioPoll, Registry, Token};
+
+/// The token of the cross-thread waker; I/O tokens are slot index + 1.
+const WAKE_TOKEN: Token = Token(0);
+
+/// Readiness bits latched per source.
+const READABLE: u8 = 1;
+const WRITABLE: u8 = 2;
+const READ_CLOSED: u8 = 4;
+const WRITE_CLOSED: u8 = 8;
+const ERROR: u8 = 16;
+
+/// Which way an operation goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+impl Direction {
+    /// Bits that end a wait in this direction.
+    fn ready_mask(self) -> u8 {
+        match self {
+            Direction::Read => READABLE | READ_CLOSED | ERROR,
+            Direction::Write => WRITABLE | WRITE_CLOSED | ERROR,
+        }
+    }
+
+    /// Bits an operation's `WouldBlock` clears. Closed and error states are
+    /// final and never cleared.
+    fn clear_mask(self) -> u8 {
+        match self {
+            Direction::Read => READABLE,
+            Direction::Write => WRITABLE,
+        }
+    }
+}
+
+/// One registered I/O source.
+#[derive(Default)]
+struct IoSlot {
+    readiness: u8,
+    readers: Vec<Waker>,
+    writers: Vec<Waker>,
+}
+
+/// A spawned task.
+struct TaskSlot {
+    /// `None` while the task is being polled (taken out so the task may
+    /// spawn or wake without a double borrow) or after it finished.
+    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    /// Unique per spawn (the slot index is reused), so a wake meant for a
+    /// finished task is ignored.
+    generation: u32,
+    /// Woken while it was being polled: poll again.
+    woken_while_polled: bool,
+    /// The waker handed to the task; built once per spawn.
+    waker: Option<Waker>,
+}
+
+/// The part of a reactor other threads may touch.
+struct Shared {
+    /// Tasks woken from other threads: (slot, generation).
+    remote: Mutex<Vec<(u32, u32)>>,
+    /// Interrupts `epoll_wait`.
+    waker: mio::Waker,
+}
+
+/// A thread's event loop. See the module documentation.
+pub(crate) struct Reactor {
+    /// Owned by whoever runs a turn; borrowed only inside `turn`.
+    poll: RefCell<MioPoll>,
+    events: RefCell<Events>,
+    /// A handle for (de)registering sources at any time.
+    registry: Registry,
+    /// I/O sources; token = index + 1.
+    io: RefCell<Slab<IoSlot>>,
+    /// Deadline, sequence number -> waker. The sequence number keeps equal
+    /// deadlines apart and identifies an entry for removal.
+    timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
+    timer_seq: Cell<u64>,
+    tasks: RefCell<Slab<TaskSlot>>,
+    /// Source of task generations.
+    spawn_seq: Cell<u32>,
+    /// Tasks to poll: (slot, generation).
+    ready: RefCell<VecDeque<(u32, u32)>>,
+    shared: Arc<Shared>,
+    /// Set by `start_loop`: blocking this thread is what its owner wants,
+    /// even when a foreign executor also runs here.
+    explicit_loop: Cell<bool>,
+    /// Woken when the last task finishes (`run` waits for that).
+    idle_waiters: RefCell<Vec<Waker>>,
+}
+
+thread_local! {
+    static REACTOR: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
+}
+
+impl Reactor {
+    /// This thread's reactor, created on first use.
+    pub(crate) fn current() -> Rc<Reactor> {
+        REACTOR.with(|r| {
+            r.borrow_mut()
+                .get_or_insert_with(|| {
+                    Rc::new(
+                        Reactor::new().expect("greenhack: cannot create the event loop (epoll)"),
+                    )
+                })
+                .clone()
+        })
+    }
+
+    /// This thread's reactor if it exists.
+    pub(crate) fn try_current() -> Option<Rc<Reactor>> {
+        REACTOR.try_with(|r| r.borrow().clone()).ok().flatten()
+    }
+
+    fn new() -> io::Result<Reactor> {
+        let poll = MioPoll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN)?;
+        Ok(Reactor {
+            poll: RefCell::new(poll),
+            events: RefCell::new(Events::with_capacity(1024)),
+            registry,
+            io: RefCell::new(Slab::new()),
+            timers: RefCell::new(BTreeMap::new()),
+            timer_seq: Cell::new(0),
+            tasks: RefCell::new(Slab::new()),
+            spawn_seq: Cell::new(0),
+            ready: RefCell::new(VecDeque::new()),
+            shared: Arc::new(Shared {
+                remote: Mutex::new(Vec::new()),
+                waker,
+            }),
+            explicit_loop: Cell::new(false),
+            idle_waiters: RefCell::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn set_explicit_loop(&self) {
+        self.explicit_loop.set(true);
+    }
+
+    pub(crate) fn has_explicit_loop(&self) -> bool {
+        self.explicit_loop.get()
+    }
+
+    pub(crate) fn clear_explicit_loop(&self) {
+        self.explicit_loop.set(false);
+    }
+
+    // ----- I/O -------------------------------------------------------------
+
+    /// Registers `source` for reading and writing, edge-triggered.
+    pub(crate) fn register(&self, source: &mut impl mio::event::Source) -> io::Result<Token> {
+        let index = self.io.borrow_mut().insert(IoSlot::default());
+        let token = Token(index + 1);
+        if let Err(e) =
+            self.registry
+                .register(source, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            self.io.borrow_mut().remove(index);
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// Deregisters `source` and frees its slot. Errors are ignored: the
+    /// source is being closed, and the kernel forgets a closed fd anyway.
+    pub(crate) fn deregister(&self, source: &mut impl mio::event::Source, token: Token) {
+        let _ = self.registry.deregister(source);
+        let slot = self.io.borrow_mut().remove(token.0 - 1);
+        // Waiters of a closed socket are woken so they observe the closure
+        // (they hold a borrow of the socket, so normally there are none).
+        if let Some(slot) = slot {
+            slot.readers
+                .into_iter()
+                .chain(slot.writers)
+                .for_each(Waker::wake);
+        }
+    }
+
+    /// Runs `op` until it stops returning `WouldBlock`, waiting for
+    /// readiness in `dir` between attempts. `deadline` bounds the whole
+    /// call: past it, the result is `WouldBlock` with the message std gives
+    /// a timed-out socket (`Resource temporarily unavailable`, EAGAIN).
+    pub(crate) fn io<R>(
+        &self,
+        token: Token,
+        dir: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut() -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            match op() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+            self.clear_readiness(token, dir);
+            let ready = Readiness {
+                reactor: self,
+                token,
+                dir,
+            };
+            match deadline {
+                None => crate::pair::exempt_io(ready)?,
+                Some(d) => {
+                    if crate::pair::exempt_io(crate::time::Deadline::new(ready, d))?.is_none() {
+                        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+                    }
+                }
+            }
+        }
+    }
+
+    fn clear_readiness(&self, token: Token, dir: Direction) {
+        if let Some(slot) = self.io.borrow_mut().get_mut(token.0 - 1) {
+            slot.readiness &= !dir.clear_mask();
+        }
+    }
+
+    fn poll_ready(&self, token: Token, dir: Direction, cx: &mut Context<'_>) -> Poll<()> {
+        let mut io = self.io.borrow_mut();
+        let Some(slot) = io.get_mut(token.0 - 1) else {
+            return Poll::Ready(());
+        };
+        if slot.readiness & dir.ready_mask() != 0 {
+            return Poll::Ready(());
+        }
+        let waiters = match dir {
+            Direction::Read => &mut slot.readers,
+            Direction::Write => &mut slot.writers,
+        };
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    // ----- timers ------------------------------------------------------------
+
+    /// Registers (or re-registers) a timer; returns its key.
+    pub(crate) fn add_timer(
+        &self,
+        deadline: Instant,
+        waker: &Waker,
+        old: Option<(Instant, u64)>,
+    ) -> (Instant, u64) {
+        let mut timers = self.timers.borrow_mut();
+        if let Some(key) = old {
+            if let Some(w) = timers.get_mut(&key) {
+                if !w.will_wake(waker) {
+                    *w = waker.clone();
+                }
+                return key;
+            }
+        }
+        let seq = self.timer_seq.get() + 1;
+        self.timer_seq.set(seq);
+        timers.insert((deadline, seq), waker.clone());
+        (deadline, seq)
+    }
+
+    pub(crate) fn remove_timer(&self, key: (Instant, u64)) {
+        self.timers.borrow_mut().remove(&key);
+    }
+
+    // ----- tasks -------------------------------------------------------------
+
+    /// Queues `future` as a task; it first runs at the next turn.
+    pub(crate) fn spawn(&self, future: Pin<Box<dyn Future<Output = ()>>>) {
+        let generation = self.spawn_seq.get().wrapping_add(1);
+        self.spawn_seq.set(generation);
+        let mut tasks = self.tasks.borrow_mut();
+        let index = tasks.insert(TaskSlot {
+            future: Some(future),
+            generation,
+            woken_while_polled: false,
+            waker: None,
+        });
+        tasks.get_mut(index).expect("just inserted").waker =
+            Some(Waker::from(Arc::new(TaskWaker {
+                index: index as u32,
+                generation,
+                shared: self.shared.clone(),
+            })));
+        drop(tasks);
+        self.ready
+            .borrow_mut()
+            .push_back((index as u32, generation));
+    }
+
+    /// Number of tasks not finished.
+    pub(crate) fn live_tasks(&self) -> usize {
+        self.tasks.borrow().len()
+    }
+
+    fn wake_task(&self, index: u32, generation: u32) {
+        let mut tasks = self.tasks.borrow_mut();
+        let Some(slot) = tasks.get_mut(index as usize) else {
+            return;
+        };
+        if slot.generation != generation {
+            return; // stale: the task finished and the slot was reused
+        }
+        if slot.future.is_none() {
+            slot.woken_while_polled = true;
+            return;
+        }
+        drop(tasks);
+        self.ready.borrow_mut().push_back((index, generation));
+    }
+
+    /// Polls every task that is ready now (not the ones woken meanwhile:
+    /// those wait for the next round, so I/O is not starved).
+    fn run_ready(&self) {
+        let n = self.ready.borrow().len();
+        for _ in 0..n {
+            let Some((index, generation)) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
+            let (mut future, waker) = {
+                let mut tasks = self.tasks.borrow_mut();
+                let Some(slot) = tasks.get_mut(index as usize) else {
+                    continue;
+                };
+                if slot.generation != generation {
+                    continue;
+                }
+                let Some(f) = slot.future.take() else {
+                    continue;
+                };
+                (f, slot.waker.clone().expect("task waker"))
+            };
+            let done = crate::pair::loop_poll(|| {
+                future
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready()
+            });
+            let mut tasks = self.tasks.borrow_mut();
+            if done {
+                let removed = tasks.remove(index as usize);
+                let idle = tasks.len() == 0;
+                drop(tasks);
+                // The task's future is dropped outside the borrow: its
+                // destructors may spawn or wake.
+                drop(removed);
+                drop(future);
+                if idle {
+                    let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
+                    waiters.into_iter().for_each(Waker::wake);
+                }
+            } else if let Some(slot) = tasks.get_mut(index as usize) {
+                slot.future = Some(future);
+                if std::mem::take(&mut slot.woken_while_polled) {
+                    drop(tasks);
+                    self.ready.borrow_mut().push_back((index, generation));
+                }
+            }
+        }
+    }
+
+    // ----- the turn ----------------------------------------------------------
+
+    /// Waits for events (at most `timeout`), then wakes what they concern:
+    /// I/O waiters, due timers and tasks woken from other threads.
+    fn turn(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut wakers = Vec::new();
+        {
+            let mut poll = self.poll.borrow_mut();
+            let mut events = self.events.borrow_mut();
+            // Phase 1: wait. EINTR is a turn with no events.
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+                Err(e) => return Err(e),
+            }
+            // Phase 2: latch readiness and collect the waiters.
+            let mut io = self.io.borrow_mut();
+            for event in events.iter() {
+                if event.token() == WAKE_TOKEN {
+                    continue;
+                }
+                let Some(slot) = io.get_mut(event.token().0 - 1) else {
+                    continue;
+                };
+                let mut bits = 0;
+                if event.is_readable() {
+                    bits |= READABLE;
+                }
+                if event.is_writable() {
+                    bits |= WRITABLE;
+                }
+                if event.is_read_closed() {
+                    bits |= READ_CLOSED;
+                }
+                if event.is_write_closed() {
+                    bits |= WRITE_CLOSED;
+                }
+                if event.is_error() {
+                    bits |= ERROR;
+                }
+                slot.readiness |= bits;
+                if bits & Direction::Read.ready_mask() != 0 {
+                    wakers.append(&mut slot.readers);
+                }
+                if bits & Direction::Write.ready_mask() != 0 {
+                    wakers.append(&mut slot.writers);
+                }
+            }
+        }
+        // Phase 3: due timers: every deadline at or before now.
+        let now = Instant::now();
+        {
+            let mut timers = self.timers.borrow_mut();
+            while let Some(entry) = timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                wakers.push(entry.remove());
+            }
+        }
+        // Phase 4: tasks woken from other threads.
+        let remote =
+            std::mem::take(&mut *self.shared.remote.lock().unwrap_or_else(|e| e.into_inner()));
+        for (index, generation) in remote {
+            self.wake_task(index, generation);
+        }
+        // Phase 5: wake, with no borrow held: a waker may run arbitrary code.
+        wakers.into_iter().for_each(Waker::wake);
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let timers = self.timers.borrow();
+        let (deadline, _) = timers.keys().next()?;
+        // mio rounds a sub-millisecond timeout up, never down to a spin.
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Runs the reactor on this thread until `future` completes.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let reactor = Reactor::current();
+    let main = Arc::new(MainWaker {
+        woken: AtomicBool::new(true),
+        thread: std::thread::current().id(),
+        shared: reactor.shared.clone(),
+    });
+    let waker = Waker::from(main.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if main.woken.swap(false, Ordering::Acquire) {
+            if let Poll::Ready(v) = crate::pair::loop_poll(|| future.as_mut().poll(&mut cx)) {
+                return v;
+            }
+        }
+        reactor.run_ready();
+        let busy = main.woken.load(Ordering::Acquire) || !reactor.ready.borrow().is_empty();
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            reactor.next_timeout()
+        };
+        reactor.turn(timeout).expect("greenhack: epoll_wait failed");
+    }
+}
+
+/// Resolves when the thread's reactor has no live task.
+pub(crate) struct AllTasksDone;
+
+impl Future for AllTasksDone {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let reactor = Reactor::current();
+        if reactor.live_tasks() == 0 {
+            return Poll::Ready(());
+        }
+        reactor.idle_waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The waker of the future `block_on` waits for.
+struct MainWaker {
+    woken: AtomicBool,
+    thread: std::thread::ThreadId,
+    shared: Arc<Shared>,
+}
+
+impl Wake for MainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if std::thread::current().id() != self.thread {
+            let _ = self.shared.waker.wake();
+        }
+    }
+}
+
+/// The waker of a task: its slot and generation.
+struct TaskWaker {
+    index: u32,
+    generation: u32,
+    shared: Arc<Shared>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // On the reactor's own thread: straight onto the ready queue.
+        let local = Reactor::try_current().filter(|r| Arc::ptr_eq(&r.shared, &self.shared));
+        match local {
+            Some(r) => r.wake_task(self.index, self.generation),
+            None => {
+                self.shared
+                    .remote
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((self.index, self.generation));
+                let _ = self.shared.waker.wake();
+            }
+        }
+    }
+}
+
+/// Resolves when `token` is ready in `dir` (or closed, or in error).
+struct Readiness<'a> {
+    reactor: &'a Reactor,
+    token: Token,
+    dir: Direction,
+}
+
+impl Future for Readiness<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.reactor.poll_ready(self.token, self.dir, cx)
+    }
+}
+
+/// A minimal slab: stable indices, a free list.
+struct Slab<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    const fn new() -> Slab<T> {
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn insert(&mut self, value: T) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(value);
+                i
+            }
+            None => {
+                self.entries.push(Some(value));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.entries.get_mut(i)?.as_mut()
+    }
+
+    fn remove(&mut self, i: usize) -> Option<T> {
+        let v = self.entries.get_mut(i)?.take()?;
+        self.free.push(i);
+        self.len -= 1;
+        Some(v)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}

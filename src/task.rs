@@ -1,0 +1,267 @@
+//! Spawned greenlets: more logical threads on the current thread's loop.
+//!
+//! [`spawn`] runs a sync closure on a new greenlet that greenhack's loop
+//! drives, and returns a [`JoinHandle`]: `join()` waits for it from sync
+//! code, and the handle is also a `Future`. A panic in the greenlet comes out
+//! of `join` as a [`JoinError`] carrying the payload; [`JoinHandle::cancel`]
+//! unwinds the greenlet's stack (its destructors run) and `join` then reports
+//! the cancellation. Dropping the handle detaches the greenlet.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use crate::greenlet::Builder;
+use crate::pair::AsAsync;
+use crate::reactor::Reactor;
+
+/// Spawns `f` on a new greenlet of this thread's loop.
+///
+/// The greenlet first runs when this thread next waits on greenhack's loop:
+/// inside another greenlet, at its next wait; on a plain thread, at the next
+/// `exempt`, `join`, socket call or `sleep`, or at the end of [`run`](crate::run).
+///
+/// ```
+/// let h = greenhack::spawn(|| 6 * 7);
+/// assert_eq!(h.join().unwrap(), 42);
+/// ```
+///
+/// # Panics
+///
+/// Inside an `as_async` polled by a foreign executor (nothing would run the
+/// greenlet: use that executor's `spawn_local(greenhack::as_async(f))`), or
+/// if the stack cannot be mapped ([`Builder::spawn`] returns that error).
+#[track_caller]
+pub fn spawn<T, F>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    match Builder::new().spawn(f) {
+        Ok(h) => h,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl Builder {
+    /// [`spawn`] with this builder's name and stack size.
+    ///
+    /// # Errors
+    ///
+    /// The greenlet's stack could not be mapped.
+    ///
+    /// # Panics
+    ///
+    /// As [`spawn`].
+    #[track_caller]
+    pub fn spawn<T, F>(self, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        crate::pair::require_loop(
+            "greenhack::spawn",
+            "the executor's spawn_local(greenhack::as_async(f))",
+        );
+        let future = self.as_async(f)?;
+        let state = Rc::new(JoinState {
+            result: RefCell::new(None),
+            joiner: RefCell::new(None),
+            task: RefCell::new(None),
+            cancelled: Cell::new(false),
+        });
+        Reactor::current().spawn(Box::pin(Task {
+            future: Some(future),
+            state: state.clone(),
+        }));
+        Ok(JoinHandle { state })
+    }
+}
+
+/// Shared between a task and its handle.
+struct JoinState<T> {
+    /// Set once, when the greenlet ends.
+    result: RefCell<Option<Result<T, JoinError>>>,
+    /// Who waits in `join` or polls the handle.
+    joiner: RefCell<Option<Waker>>,
+    /// The task's own waker, to make it notice a cancellation.
+    task: RefCell<Option<Waker>>,
+    cancelled: Cell<bool>,
+}
+
+impl<T> JoinState<T> {
+    fn finish(&self, result: Result<T, JoinError>) {
+        *self.result.borrow_mut() = Some(result);
+        if let Some(w) = self.joiner.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// The reactor's view of a spawned greenlet.
+struct Task<T> {
+    future: Option<AsAsync<T>>,
+    state: Rc<JoinState<T>>,
+}
+
+impl<T> Future for Task<T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.future.is_none() {
+            return Poll::Ready(());
+        }
+        if self.state.cancelled.get() {
+            // Unwind the greenlet's stack here, where no poll is running.
+            let unwound = panic::catch_unwind(AssertUnwindSafe(|| self.future = None));
+            let err = match unwound {
+                Ok(()) => JoinError::cancelled(),
+                Err(payload) => JoinError::panicked(payload),
+            };
+            self.state.finish(Err(err));
+            return Poll::Ready(());
+        }
+        let future = self.future.as_mut().expect("checked above");
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| Pin::new(future).poll(cx)));
+        let result = match polled {
+            Ok(Poll::Pending) => {
+                let mut task = self.state.task.borrow_mut();
+                if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *task = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            Ok(Poll::Ready(v)) => Ok(v),
+            Err(payload) => Err(JoinError::panicked(payload)),
+        };
+        self.future = None;
+        self.state.finish(result);
+        Poll::Ready(())
+    }
+}
+
+/// Owns the right to join a spawned greenlet. Dropping it detaches the
+/// greenlet, which keeps running.
+#[must_use = "dropping a JoinHandle detaches the greenlet; call join() to wait for it"]
+pub struct JoinHandle<T> {
+    state: Rc<JoinState<T>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the greenlet to finish and returns its result, or the
+    /// payload of its panic, or the news that it was cancelled.
+    ///
+    /// Waits like [`exempt`](crate::exempt): inside a greenlet it suspends,
+    /// on a plain thread it runs the loop.
+    pub fn join(self) -> Result<T, JoinError> {
+        crate::exempt(self)
+    }
+
+    /// True once the greenlet has finished (returned, panicked or been
+    /// cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.state.result.borrow().is_some()
+    }
+
+    /// Asks the greenlet to stop: at the loop's next turn its stack is
+    /// unwound, so every destructor on it runs and the future it waits on is
+    /// dropped. [`join`](Self::join) then returns an error whose
+    /// [`is_cancelled`](JoinError::is_cancelled) is true. Cancelling a
+    /// finished greenlet does nothing.
+    pub fn cancel(&self) {
+        if self.is_finished() {
+            return;
+        }
+        self.state.cancelled.set(true);
+        if let Some(w) = self.state.task.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.state.result.borrow_mut().take() {
+            return Poll::Ready(r);
+        }
+        *self.state.joiner.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// Why a spawned greenlet produced no value.
+pub struct JoinError {
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+impl JoinError {
+    fn cancelled() -> JoinError {
+        JoinError { panic: None }
+    }
+
+    fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
+        JoinError {
+            panic: Some(payload),
+        }
+    }
+
+    /// True if [`JoinHandle::cancel`] stopped the greenlet.
+    pub fn is_cancelled(&self) -> bool {
+        self.panic.is_none()
+    }
+
+    /// True if the greenlet panicked.
+    pub fn is_panic(&self) -> bool {
+        self.panic.is_some()
+    }
+
+    /// The panic's payload, to inspect or to `resume_unwind`.
+    ///
+    /// # Panics
+    ///
+    /// If the greenlet was cancelled rather than panicking.
+    pub fn into_panic(self) -> Box<dyn Any + Send> {
+        self.panic
+            .expect("greenhack: the greenlet was cancelled, it did not panic")
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.panic {
+            None => f.write_str("greenlet was cancelled"),
+            Some(p) => match p
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+            {
+                Some(msg) => write!(f, "greenlet panicked: {msg}"),
+                None => f.write_str("greenlet panicked"),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinError({self})")
+    }
+}
+
+impl std::error::Error for JoinError {}
