@@ -218,6 +218,7 @@ fn nested_as_async_inside_exempted_code() {
 }
 
 #[test]
+#[cfg(feature = "tokio")]
 fn exempt_outside_a_pair_on_a_tokio_thread_fails_and_names_the_fix() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()

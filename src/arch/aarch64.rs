@@ -1,3 +1,171 @@
-//! aarch64 AAPCS64: the asm! stubs around `asm/aarch64.S` (placeholder until
-//! the aarch64 port lands).
-compile_error!("greenhack: the aarch64 switch is not written yet");
+//! aarch64 AAPCS64: the asm! stubs around `asm/aarch64.S`.
+//!
+//! The same design as `x86_64.rs`: the routines in the `.S` file save only
+//! x19, x29 and the resume address (LLVM reserves x19 and x29, so inline asm
+//! cannot declare them clobbered); the stubs here declare every other
+//! callee-saved register of AAPCS64 (x20–x28, x30, v8–v15) clobbered,
+//! together with everything `clobber_abi("C")` covers, so the compiler spills
+//! only what is live across a switch. The stubs are `#[inline(always)]` for
+//! the reasons given in `x86_64.rs`.
+//!
+//! `clobber_abi("C")` already lists x30 and all of v0–v31 on aarch64 (Rust
+//! cannot express that only the upper halves of v8–v15 are caller-saved), so
+//! the explicit `lateout`s for x30 and v8–v15 change nothing in the code
+//! generated; they are spelled out so that the stubs state the whole
+//! callee-saved set and do not depend on that detail of `clobber_abi`.
+
+use core::arch::asm;
+use core::mem::{offset_of, size_of};
+
+use super::EntryFn;
+
+unsafe extern "C" {
+    // Custom convention, see asm/aarch64.S: x3 = resume address,
+    // x1 = where to save our sp, x2 = sp to switch to, x0 = value.
+    // Entered by `b`; never called.
+    fn greenhack_switch_in();
+    fn greenhack_switch_out();
+    // The first code a fresh greenlet runs; only ever a saved resume address.
+    fn greenhack_trampoline();
+    // The label after the trampoline's branch into the entry function.
+    static greenhack_trampoline_return: [u8; 0];
+}
+
+/// The frame a fresh greenlet's saved stack pointer points at; mirrors the
+/// loads of the switch (`ldp x29, x16, [x2]; ldr x19, [x2, #0x10]`).
+#[repr(C)]
+struct InitialFrame {
+    /// Loaded into x29: the trampoline passes it as the object pointer.
+    obj: usize,
+    /// Loaded into x16 and branched to.
+    pc: usize,
+    /// Loaded into x19: the trampoline branches to it.
+    entry: usize,
+    /// Keeps sp 16-byte aligned; never read.
+    _pad: usize,
+}
+
+// The grid in asm/aarch64.S: x29 at 0x00, pc at 0x08, x19 at 0x10, padding
+// at 0x18, and a frame size that keeps sp 16-byte aligned.
+const _: () = {
+    assert!(offset_of!(InitialFrame, obj) == 0x00);
+    assert!(offset_of!(InitialFrame, pc) == 0x08);
+    assert!(offset_of!(InitialFrame, entry) == 0x10);
+    assert!(offset_of!(InitialFrame, _pad) == 0x18);
+    assert!(size_of::<InitialFrame>() == 0x20);
+    assert!(size_of::<InitialFrame>() % super::STACK_ALIGN == 0);
+};
+
+/// Lays out a fresh stack below `top`: `obj` copied to a 16-byte aligned
+/// slot, then the initial frame. Returns the saved stack pointer to resume.
+///
+/// # Safety
+///
+/// `top` must be 16-byte aligned and the memory below it writable for the
+/// object plus 64 bytes. Ownership of `*obj` passes to the stack: the caller
+/// must not drop it.
+pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) -> usize {
+    let align = core::mem::align_of::<T>().max(super::STACK_ALIGN);
+    let obj_addr = super::alloc_below(top, size_of::<T>(), align);
+    // The switch leaves sp = saved sp + 0x20 = obj_addr (16-byte aligned)
+    // when it branches to the trampoline.
+    let sp = obj_addr - size_of::<InitialFrame>();
+    // SAFETY: both regions lie in the writable memory below `top` that the
+    // caller vouches for; `obj_addr` is aligned for T and `sp` for usize.
+    unsafe {
+        core::ptr::copy_nonoverlapping(obj, obj_addr as *mut T, 1);
+        (sp as *mut InitialFrame).write(InitialFrame {
+            obj: obj_addr,
+            pc: greenhack_trampoline as *const () as usize,
+            entry: entry as *const () as usize,
+            _pad: 0,
+        });
+    }
+    sp
+}
+
+/// The code address stored above the parent link, so that a frame-pointer
+/// walker sees the root of a greenlet's chain "return" into the trampoline.
+#[inline]
+pub(crate) fn trampoline_return() -> usize {
+    // Taking the address of an extern static needs no unsafe.
+    core::ptr::addr_of!(greenhack_trampoline_return) as usize
+}
+
+/// Resumes the greenlet whose saved stack pointer is `sp`, handing it
+/// `value`. Our own stack pointer is stored in `*parent_link` for the
+/// greenlet to switch back to. Returns the value the greenlet hands back.
+///
+/// # Safety
+///
+/// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
+/// this thread and `parent_link` the parent-link slot of that same greenlet.
+#[inline(always)]
+pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> usize {
+    let out: usize;
+    // SAFETY: the caller guarantees `sp` is a valid suspended context; the
+    // routine saves x19/x29/pc and the operands declare every other register
+    // clobbered (x3 and x16, which the routine uses, by `clobber_abi`), so
+    // all state the compiler relies on survives. Without `nostack`, the
+    // compiler keeps sp 16-byte aligned and nothing live below it, as the
+    // routine's store of its frame below sp requires.
+    unsafe {
+        asm!(
+            // Our resume address, then hand over to the routine.
+            "adr x3, 2f",
+            "b {switch}",
+            // The greenlet switched back: x0 holds its value, x19/x29 are
+            // ours again. The trampoline's CFI points unwinders at this very
+            // address (signal-frame lookup, no -1): keep an instruction of
+            // this function after it.
+            "2:",
+            "nop",
+            switch = sym greenhack_switch_in,
+            inlateout("x0") value => out,
+            in("x1") parent_link,
+            in("x2") sp,
+            lateout("x20") _, lateout("x21") _, lateout("x22") _,
+            lateout("x23") _, lateout("x24") _, lateout("x25") _,
+            lateout("x26") _, lateout("x27") _, lateout("x28") _,
+            lateout("x30") _,
+            lateout("v8") _, lateout("v9") _, lateout("v10") _, lateout("v11") _,
+            lateout("v12") _, lateout("v13") _, lateout("v14") _, lateout("v15") _,
+            clobber_abi("C"),
+        );
+    }
+    out
+}
+
+/// Suspends the running greenlet: stores our stack pointer in `*save` and
+/// continues the side whose saved stack pointer is `sp` (the parent link),
+/// handing it `value`. Returns the value of the next resume.
+///
+/// # Safety
+///
+/// Must run on a greenlet's stack, with `sp` the current value of its parent
+/// link.
+#[inline(always)]
+pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> usize {
+    let out: usize;
+    // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
+    // `switch_in`, which is suspended while we run.
+    unsafe {
+        asm!(
+            "adr x3, 2f",
+            "b {switch}",
+            "2:",
+            switch = sym greenhack_switch_out,
+            inlateout("x0") value => out,
+            in("x1") save,
+            in("x2") sp,
+            lateout("x20") _, lateout("x21") _, lateout("x22") _,
+            lateout("x23") _, lateout("x24") _, lateout("x25") _,
+            lateout("x26") _, lateout("x27") _, lateout("x28") _,
+            lateout("x30") _,
+            lateout("v8") _, lateout("v9") _, lateout("v10") _, lateout("v11") _,
+            lateout("v12") _, lateout("v13") _, lateout("v14") _, lateout("v15") _,
+            clobber_abi("C"),
+        );
+    }
+    out
+}

@@ -49,3 +49,15 @@ pub fn assert_aborted(out: &Output) {
 fn libc_sigabrt() -> i32 {
     6
 }
+
+/// Asserts that the child ran exactly its one test and it passed (a child
+/// that matched no test would also exit 0).
+pub fn assert_child_passed(out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed or ran no test; status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
