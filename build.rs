@@ -32,5 +32,12 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={file}");
     println!("cargo:rerun-if-changed=build.rs");
-    cc::Build::new().file(file).compile("greenhack_switch");
+    let mut build = cc::Build::new();
+    build.file(file);
+    // Save the floating-point control registers across switches (MXCSR and
+    // the x87 control word; FPCR on aarch64): see the `fp-control` feature.
+    if env::var_os("CARGO_FEATURE_FP_CONTROL").is_some() {
+        build.define("GREENHACK_FP_CONTROL", None);
+    }
+    build.compile("greenhack_switch");
 }

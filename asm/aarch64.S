@@ -38,9 +38,11 @@
  *   veneers and PLT stubs, i.e. for exactly this kind of tail branch.
  *
  * FPCR (rounding mode, flush-to-zero) is callee-saved by AAPCS64 and is NOT
- * saved, for the reasons MXCSR is not on x86_64: Rust code never changes it,
- * and an `msr fpcr` per switch is a system-register write that many cores
- * serialise (not measured on aarch64 by this project).
+ * saved by default, for the reasons MXCSR is not on x86_64: Rust code never
+ * changes it, and an `msr fpcr` per switch is a system-register write that
+ * many cores serialise (not measured on aarch64 by this project: no
+ * hardware). The `fp-control` cargo feature (GREENHACK_FP_CONTROL) saves it
+ * in the frame's padding word, so the frame keeps its size.
  *
  * Hardening: Debian's aarch64-unknown-linux-gnu target builds without BTI
  * and PAC, and so does this file. This object carries no
@@ -66,7 +68,7 @@
  *        0    0x00   x29         \  a valid AArch64 frame record (fp, lr)
  *        1    0x08   resume pc   /  so frame-pointer walkers can step through
  *        2    0x10   x19
- *        3    0x18   (padding, never written)
+ *        3    0x18   FPCR with fp-control; otherwise padding, never written
  *                    ...         <- 0x20: the stub's sp before the switch
  *                                   (the CFA the trampoline's CFI computes)
  *
@@ -127,6 +129,10 @@
         .cfi_offset x30, -0x18
         str     x19, [sp, #0x10]
         .cfi_offset x19, -0x10
+#ifdef GREENHACK_FP_CONTROL
+        mrs     x16, fpcr
+        str     x16, [sp, #0x18]
+#endif
         /* Publish where this side stopped. sp cannot be the source of a
          * `str` (register 31 there is xzr), hence the copy. */
         mov     x16, sp
@@ -134,6 +140,10 @@
         /* Load the other side's frame through x2 before moving sp onto it,
          * so sp never points above data still to be read: a signal arriving
          * in between cannot overwrite the frame. */
+#ifdef GREENHACK_FP_CONTROL
+        ldr     x16, [x2, #0x18]
+        msr     fpcr, x16
+#endif
         ldp     x29, x16, [x2]
         ldr     x19, [x2, #0x10]
         /* Cross over, to the other side's sp before its switch. */

@@ -35,13 +35,15 @@
  *   switch. rbx and rbp cannot be declared clobbered in Rust inline asm (LLVM
  *   reserves them), so they are saved here.
  *
- * MXCSR and the x87 control word are callee-saved by the ABI but are NOT saved.
- * Saving and restoring them (stmxcsr/ldmxcsr + fnstcw/fldcw) costs a
- * serialising ldmxcsr/fldcw per switch, measured at +2.9 ns per round trip on
- * this project's benchmark machine (see README, "switch variants"). Rust code
- * never changes them; a greenlet that does (fesetround, denormal flushing) must
- * restore them before it suspends. corosensei and libco make the same choice;
- * boost.context and CPython's greenlet make the other.
+ * MXCSR and the x87 control word are callee-saved by the ABI. By default they
+ * are NOT saved: Rust code never changes them, and the serialising
+ * ldmxcsr/fldcw pair costs more than the rest of the switch (measured with
+ * the `fp-control` cargo feature, which saves them: see README, "Switch
+ * variants"). corosensei and libco make the same choice; boost.context and
+ * CPython's greenlet make the other. A program whose greenlets change the
+ * rounding mode or denormal flushing (fesetround, DAZ/FTZ) enables
+ * `fp-control`, which defines GREENHACK_FP_CONTROL here and adds one word to
+ * the frame.
  *
  * ---------------------------------------------------------------------------
  * The saved frame. A suspended side's stack pointer points at three words;
@@ -52,8 +54,10 @@
  *        0    0x00   rbp         \  a valid frame record (rbp, return address)
  *        1    0x08   resume rip  /  so frame-pointer walkers can step through
  *        2    0x10   rbx
- *                    ...         <- 0x18: the stub's rsp before the switch
- *                                   (the CFA the trampoline's CFI computes)
+ *       (3    0x18   MXCSR (low 4 bytes), x87 CW (next 2): fp-control only)
+ *                    ...         <- FRAME_SIZE (0x18, or 0x20 with
+ *                                   fp-control): the stub's rsp before the
+ *                                   switch, the CFA the trampoline computes
  *
  * Stack top of a greenlet (the StackHeader of src/stack.rs, highest addresses
  * first). While the greenlet runs:
@@ -81,6 +85,8 @@
  *
  *      | closure (F)           |  <- 16-byte aligned
  *      +-----------------------+
+ *      |(MXCSR, CW: creator's) |  fp-control only
+ *      +-----------------------+
  *      | rbx = entry function  |  the monomorphised Rust entry point
  *      | rip = trampoline      |
  *      | rbp = &closure        |  <- initial saved sp
@@ -90,6 +96,12 @@
         .intel_syntax noprefix
         .text
 
+#ifdef GREENHACK_FP_CONTROL
+#define FRAME_SIZE 0x20
+#else
+#define FRAME_SIZE 0x18
+#endif
+
 /* The switch. One macro, two names (see above). */
 .macro GREENHACK_SWITCH name
         .globl  \name
@@ -98,6 +110,12 @@
         .balign 16
 \name:
         .cfi_startproc
+#ifdef GREENHACK_FP_CONTROL
+        /* The floating-point control words, in the frame's top word. */
+        sub     rsp, 8
+        stmxcsr [rsp]
+        fnstcw  [rsp + 4]
+#endif
         /* Push this side's frame: rbx, resume address, rbp (the last two form
          * a frame record, so rsp now points at a valid rbp chain link). */
         push    rbx
@@ -112,6 +130,11 @@
         pop     rbp
         pop     rcx
         pop     rbx
+#ifdef GREENHACK_FP_CONTROL
+        ldmxcsr [rsp]
+        fldcw   [rsp + 4]
+        add     rsp, 8
+#endif
         /* Continue after the other side's stub, or in greenhack_trampoline
          * for a fresh greenlet. rdi still holds the value handed over. */
         jmp     rcx
@@ -161,19 +184,19 @@ greenhack_trampoline:
          * terminates where the resumer's own chain does. */
         mov     rdx, rbp
         mov     rbp, rsi
-        /* CFA = [rbp] + 0x18, as a DWARF expression:
+        /* CFA = [rbp] + FRAME_SIZE, as a DWARF expression:
          *   0x0f        DW_CFA_def_cfa_expression
          *   0x05        expression length: 5 bytes
          *   0x76 0x00   DW_OP_breg6 (rbp) + 0; gdb mishandles DW_OP_reg6 here
          *   0x06        DW_OP_deref: load the parent link = resumer's sp
-         *   0x23 0x18   DW_OP_plus_uconst 24: skip rbp, rip, rbx (the CFA is
-         *               the stub's rsp before its pushes) */
-        .cfi_escape 0x0f, 0x05, 0x76, 0x00, 0x06, 0x23, 0x18
+         *   0x23 N      DW_OP_plus_uconst FRAME_SIZE (0x18 or 0x20): skip the
+         *               saved frame (the CFA is the stub's rsp before it) */
+        .cfi_escape 0x0f, 0x05, 0x76, 0x00, 0x06, 0x23, FRAME_SIZE
         /* The resumer's registers, as offsets from that CFA (see the saved
          * frame grid): rbx at word 2, rip at word 1, rbp at word 0. */
-        .cfi_offset rbx, -0x08
-        .cfi_offset rip, -0x10
-        .cfi_offset rbp, -0x18
+        .cfi_offset rbx, 0x10 - FRAME_SIZE
+        .cfi_offset rip, 0x08 - FRAME_SIZE
+        .cfi_offset rbp, 0x00 - FRAME_SIZE
         /* Call the entry with push + jmp rather than `call`: the entry never
          * returns, and a `call` would leave a return-stack-buffer entry that
          * the resumer's next `ret` would pop and mispredict. */

@@ -41,17 +41,19 @@ struct InitialFrame {
     pc: usize,
     /// Loaded into x19: the trampoline branches to it.
     entry: usize,
-    /// Keeps sp 16-byte aligned; never read.
-    _pad: usize,
+    /// With `fp-control`, loaded into FPCR: the creator's, so a greenlet
+    /// starts in its creator's floating-point environment. Otherwise
+    /// padding that keeps sp 16-byte aligned, never read.
+    fpcr: usize,
 }
 
-// The grid in asm/aarch64.S: x29 at 0x00, pc at 0x08, x19 at 0x10, padding
-// at 0x18, and a frame size that keeps sp 16-byte aligned.
+// The grid in asm/aarch64.S: x29 at 0x00, pc at 0x08, x19 at 0x10, FPCR or
+// padding at 0x18, and a frame size that keeps sp 16-byte aligned.
 const _: () = {
     assert!(offset_of!(InitialFrame, obj) == 0x00);
     assert!(offset_of!(InitialFrame, pc) == 0x08);
     assert!(offset_of!(InitialFrame, entry) == 0x10);
-    assert!(offset_of!(InitialFrame, _pad) == 0x18);
+    assert!(offset_of!(InitialFrame, fpcr) == 0x18);
     assert!(size_of::<InitialFrame>() == 0x20);
     assert!(size_of::<InitialFrame>() % super::STACK_ALIGN == 0);
 };
@@ -78,10 +80,23 @@ pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) ->
             obj: obj_addr,
             pc: greenhack_trampoline as *const () as usize,
             entry: entry as *const () as usize,
-            _pad: 0,
+            fpcr: current_fpcr(),
         });
     }
     sp
+}
+
+/// The current FPCR with `fp-control`; 0 (unused padding) without.
+fn current_fpcr() -> usize {
+    #[cfg(feature = "fp-control")]
+    {
+        let fpcr: usize;
+        // SAFETY: reading FPCR has no side effects.
+        unsafe { asm!("mrs {}, fpcr", out(reg) fpcr, options(nomem, nostack, preserves_flags)) };
+        fpcr
+    }
+    #[cfg(not(feature = "fp-control"))]
+    0
 }
 
 /// The code address stored above the parent link, so that a frame-pointer

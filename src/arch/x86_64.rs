@@ -39,6 +39,10 @@ struct InitialFrame {
     rip: usize,
     /// Popped into rbx: the trampoline jumps to it.
     entry: usize,
+    /// MXCSR (low half) and x87 control word: the creator's, so a greenlet
+    /// starts in its creator's floating-point environment.
+    #[cfg(feature = "fp-control")]
+    fp_control: u64,
 }
 
 // The grid in asm/x86_64.S: rbp at 0x00, rip at 0x08, rbx at 0x10, and a
@@ -47,8 +51,30 @@ const _: () = {
     assert!(offset_of!(InitialFrame, obj) == 0x00);
     assert!(offset_of!(InitialFrame, rip) == 0x08);
     assert!(offset_of!(InitialFrame, entry) == 0x10);
+    #[cfg(feature = "fp-control")]
+    assert!(offset_of!(InitialFrame, fp_control) == 0x18);
+    // FRAME_SIZE in the .S file.
+    #[cfg(not(feature = "fp-control"))]
     assert!(size_of::<InitialFrame>() == 0x18);
+    #[cfg(feature = "fp-control")]
+    assert!(size_of::<InitialFrame>() == 0x20);
 };
+
+/// The current MXCSR and x87 control word, packed as the frame stores them.
+#[cfg(feature = "fp-control")]
+fn current_fp_control() -> u64 {
+    let mut word = 0u64;
+    // SAFETY: stores 4 + 2 bytes into `word`, which is 8 bytes.
+    unsafe {
+        asm!(
+            "stmxcsr [{p}]",
+            "fnstcw [{p} + 4]",
+            p = in(reg) &mut word,
+            options(nostack, preserves_flags),
+        );
+    }
+    word
+}
 
 /// Lays out a fresh stack below `top`: `obj` copied to a 16-byte aligned
 /// slot, then the initial frame. Returns the saved stack pointer to resume.
@@ -72,6 +98,8 @@ pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) ->
             obj: obj_addr,
             rip: greenhack_trampoline as *const () as usize,
             entry: entry as *const () as usize,
+            #[cfg(feature = "fp-control")]
+            fp_control: current_fp_control(),
         });
     }
     sp
