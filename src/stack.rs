@@ -104,12 +104,27 @@ thread_local! {
     /// without a destructor, so reading it is a plain thread-local load: safe
     /// from the SIGSEGV handler.
     static MAPPED: Cell<*const StackHeader> = const { Cell::new(ptr::null()) };
+    /// This thread's pool and counters: one thread local, so taking or
+    /// giving back a stack costs one thread-local access.
+    static STACKS: ThreadStacks = const {
+        ThreadStacks {
+            pool: RefCell::new(Vec::new()),
+            limit: Cell::new(POOL_CAPACITY),
+            mapped: Cell::new(0),
+            mmaps: Cell::new(0),
+        }
+    };
+}
+
+struct ThreadStacks {
     /// Free stacks, most recently used last.
-    static POOL: RefCell<Vec<Stack>> = const { RefCell::new(Vec::new()) };
-    /// How many stacks POOL may hold.
-    static POOL_LIMIT: Cell<usize> = const { Cell::new(POOL_CAPACITY) };
-    /// Counters for tests and benchmarks.
-    static STATS: Cell<StackStats> = const { Cell::new(StackStats { mapped: 0, mmaps: 0, pooled: 0 }) };
+    pool: RefCell<Vec<Stack>>,
+    /// How many stacks `pool` may hold.
+    limit: Cell<usize>,
+    /// Stacks mapped by this thread and not yet unmapped.
+    mapped: Cell<usize>,
+    /// `mmap` calls for stacks so far.
+    mmaps: Cell<u64>,
 }
 
 /// This thread's stack counters, from [`stats`].
@@ -138,15 +153,11 @@ pub struct StackStats {
 /// assert_eq!(greenhack::stack::stats().mmaps, before.mmaps);
 /// ```
 pub fn stats() -> StackStats {
-    STATS.with(|s| s.get())
-}
-
-fn update_stats(f: impl FnOnce(&mut StackStats)) {
-    STATS.with(|s| {
-        let mut v = s.get();
-        f(&mut v);
-        s.set(v);
-    });
+    STACKS.with(|t| StackStats {
+        mapped: t.mapped.get(),
+        mmaps: t.mmaps.get(),
+        pooled: t.pool.borrow().len(),
+    })
 }
 
 /// Sets how many free stacks this thread keeps for reuse (default
@@ -160,13 +171,13 @@ fn update_stats(f: impl FnOnce(&mut StackStats)) {
 /// assert_eq!(greenhack::stack::stats().pooled, 0);
 /// ```
 pub fn set_pool_capacity(stacks: usize) {
-    POOL_LIMIT.with(|l| l.set(stacks));
-    let excess: Vec<Stack> = POOL.with(|p| {
-        let mut p = p.borrow_mut();
+    let excess: Vec<Stack> = STACKS.with(|t| {
+        t.limit.set(stacks);
+        let mut p = t.pool.borrow_mut();
         let excess = p.len().saturating_sub(stacks);
         p.drain(..excess).collect()
     });
-    update_stats(|s| s.pooled -= excess.len());
+    // Unmapped outside the borrow: `Drop for Stack` updates the counters.
     drop(excess);
 }
 
@@ -177,16 +188,31 @@ pub(crate) fn page_size() -> usize {
     *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
 }
 
-/// An owned, guarded stack mapping. Unmapped on drop.
+/// A raw anonymous mapping, unmapped on drop: owns the memory while `map`
+/// sets it up, before a `Stack` (with its header) exists.
+struct Mapping {
+    base: usize,
+    len: usize,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping and nothing runs on it.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+/// An owned, guarded stack mapping with its header written and linked into
+/// this thread's list. Unlinked and unmapped on drop.
+///
+/// Two words, so that `io::Result<Stack>` travels in registers: the pool's
+/// hot path moves it by value.
 #[derive(Debug)]
 pub(crate) struct Stack {
-    /// Lowest address of the mapping: the guard page.
-    base: usize,
+    /// Lowest address of the mapping: the guard page. Never null.
+    base: std::ptr::NonNull<u8>,
     /// Length of the whole mapping, guard page included.
     len: usize,
-    /// Whether the header is written and on this thread's list (false only
-    /// while `map` has not finished).
-    linked: bool,
 }
 
 impl Stack {
@@ -217,16 +243,15 @@ impl Stack {
             return Err(map_error(io::Error::last_os_error(), len));
         }
         // Own the mapping before the next fallible step.
-        let mut stack = Stack {
+        let mapping = Mapping {
             base: base as usize,
             len,
-            linked: false,
         };
         // SAFETY: the range above the guard page lies inside the mapping we
         // just created and own.
         let rc = unsafe {
             libc::mprotect(
-                (stack.base + page) as *mut libc::c_void,
+                (mapping.base + page) as *mut libc::c_void,
                 usable,
                 libc::PROT_READ | libc::PROT_WRITE,
             )
@@ -235,10 +260,16 @@ impl Stack {
             return Err(map_error(io::Error::last_os_error(), len));
         }
         crate::overflow::ensure_installed();
+        let mapping = std::mem::ManuallyDrop::new(mapping);
+        let stack = Stack {
+            // SAFETY: mmap succeeded, so the address is not null.
+            base: unsafe { std::ptr::NonNull::new_unchecked(mapping.base as *mut u8) },
+            len,
+        };
         stack.link();
-        update_stats(|s| {
-            s.mapped += 1;
-            s.mmaps += 1;
+        STACKS.with(|t| {
+            t.mapped.set(t.mapped.get() + 1);
+            t.mmaps.set(t.mmaps.get() + 1);
         });
         Ok(stack)
     }
@@ -246,17 +277,15 @@ impl Stack {
     /// Takes a stack of exactly `size` usable bytes from this thread's pool,
     /// or maps a new one.
     pub(crate) fn get(size: usize) -> io::Result<Stack> {
-        let usable = usable_size(size);
-        let pooled = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let i = p.iter().rposition(|s| s.usable() == usable)?;
+        let len = usable_size(size) + page_size();
+        let pooled = STACKS.with(|t| {
+            let mut p = t.pool.borrow_mut();
+            // Most pools hold one size: the last stack matches.
+            let i = p.iter().rposition(|s| s.len == len)?;
             Some(p.swap_remove(i))
         });
         match pooled {
-            Some(s) => {
-                update_stats(|st| st.pooled -= 1);
-                Ok(s)
-            }
+            Some(s) => Ok(s),
             None => Stack::map(size),
         }
     }
@@ -264,24 +293,20 @@ impl Stack {
     /// Returns the stack to this thread's pool, or unmaps it when the pool
     /// is full.
     pub(crate) fn recycle(self) {
-        self.header().id.set(0);
-        self.header().name_ptr.set(ptr::null());
-        self.release_deep_pages();
-        let overflow = POOL.try_with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_LIMIT.with(|l| l.get()) {
+        let header = self.header();
+        header.id.set(0);
+        header.name_ptr.set(ptr::null());
+        // Unmapped (by Drop) when the pool is full or, during thread exit,
+        // already gone.
+        let _ = STACKS.try_with(|t| {
+            let mut p = t.pool.borrow_mut();
+            if p.len() < t.limit.get() {
+                // Only a stack that stays needs its deep pages released (and
+                // the probe would cost a fresh stack a page fault).
+                self.release_deep_pages();
                 p.push(self);
-                None
-            } else {
-                Some(self)
             }
         });
-        match overflow {
-            Ok(None) => update_stats(|st| st.pooled += 1),
-            Ok(Some(s)) => drop(s),
-            // The thread is exiting and its pool is gone: unmap.
-            Err(_) => {}
-        }
     }
 
     /// If the greenlet wrote below the kept top of the stack, gives those
@@ -294,7 +319,7 @@ impl Stack {
     /// unmapped.
     fn release_deep_pages(&self) {
         let page = page_size();
-        let low = self.base + page;
+        let low = self.base() + page;
         let keep_from = self.top().saturating_sub(POOL_KEEP_BYTES);
         if keep_from <= low {
             return;
@@ -316,9 +341,14 @@ impl Stack {
         }
     }
 
+    /// The lowest address of the mapping (the guard page).
+    fn base(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
     /// The highest address of the stack (exclusive), page aligned.
     pub(crate) fn top(&self) -> usize {
-        self.base + self.len
+        self.base() + self.len
     }
 
     /// Usable bytes (excluding the guard page).
@@ -333,7 +363,7 @@ impl Stack {
 
     /// The lowest usable address and the top, for tests and debugging.
     pub(crate) fn range(&self) -> std::ops::Range<usize> {
-        self.base + page_size()..self.top()
+        self.base() + page_size()..self.top()
     }
 
     pub(crate) fn header(&self) -> &StackHeader {
@@ -347,7 +377,7 @@ impl Stack {
     }
 
     /// Writes the header and links it into this thread's list.
-    fn link(&mut self) {
+    fn link(&self) {
         let head = MAPPED.with(|m| m.get());
         let header = StackHeader {
             parent_link: Cell::new(0),
@@ -359,7 +389,7 @@ impl Stack {
             id: Cell::new(0),
             next: Cell::new(head),
             prev: Cell::new(ptr::null()),
-            map_base: self.base,
+            map_base: self.base(),
             map_len: self.len,
         };
         let h = self.header_ptr();
@@ -371,7 +401,6 @@ impl Stack {
             unsafe { (*head).prev.set(h) };
         }
         MAPPED.with(|m| m.set(h));
-        self.linked = true;
     }
 
     fn unlink(&self) {
@@ -394,14 +423,12 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // A stack whose mprotect failed has no header (and its memory is
-        // still PROT_NONE): nothing to unlink.
-        if self.linked {
-            self.unlink();
-            update_stats(|s| s.mapped -= 1);
-        }
-        // SAFETY: we own the mapping and nothing runs on it any more.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        self.unlink();
+        let _ = STACKS.try_with(|t| t.mapped.set(t.mapped.get() - 1));
+        drop(Mapping {
+            base: self.base(),
+            len: self.len,
+        });
     }
 }
 
@@ -431,7 +458,9 @@ fn page_size_cached_for_signal() -> usize {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
-fn usable_size(size: usize) -> usize {
+/// The usable size `map` gives a stack asked for `size` bytes (saturating:
+/// an overflowing size is rejected by `map`).
+pub(crate) fn usable_size(size: usize) -> usize {
     let page = page_size();
     size.max(MIN_STACK_SIZE)
         .checked_next_multiple_of(page)
@@ -489,9 +518,8 @@ mod tests {
         let s = Stack::map(MIN_STACK_SIZE + 1).unwrap();
         assert_eq!(s.usable() % page_size(), 0);
         assert!(s.usable() > MIN_STACK_SIZE);
-        assert!(s.linked);
-        assert_eq!(guard_owner(s.base).map(|h| h.map_base), Some(s.base));
-        assert!(guard_owner(s.base + page_size()).is_none());
+        assert_eq!(guard_owner(s.base()).map(|h| h.map_base), Some(s.base()));
+        assert!(guard_owner(s.base() + page_size()).is_none());
     }
 
     #[test]
