@@ -438,7 +438,8 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     }
 
     /// Reads the outcome of a finished greenlet off its stack, then gives
-    /// the stack back to the pool. Out of line: it runs once per greenlet.
+    /// the stack back to the pool. Out of line: inlined, it makes `resume`
+    /// too big to inline (the switch bench's flat case went 2.3 -> 3.6 ns).
     #[inline(never)]
     fn take_outcome(&mut self, outcome: *const ()) -> Outcome<R> {
         // SAFETY: entry::<I, Y, R, F> wrote an Outcome<R> there, on a stack

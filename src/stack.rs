@@ -182,10 +182,19 @@ pub fn set_pool_capacity(stacks: usize) {
 }
 
 /// The system page size.
+#[inline]
 pub(crate) fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    match PAGE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+            PAGE.store(page, Ordering::Relaxed);
+            page
+        }
+        page => page,
+    }
 }
 
 /// A raw anonymous mapping, unmapped on drop: owns the memory while `map`
@@ -276,11 +285,15 @@ impl Stack {
 
     /// Takes a stack of exactly `size` usable bytes from this thread's pool,
     /// or maps a new one.
+    #[inline]
     pub(crate) fn get(size: usize) -> io::Result<Stack> {
         let len = usable_size(size) + page_size();
         let pooled = STACKS.with(|t| {
             let mut p = t.pool.borrow_mut();
             // Most pools hold one size: the last stack matches.
+            if p.last().is_some_and(|s| s.len == len) {
+                return p.pop();
+            }
             let i = p.iter().rposition(|s| s.len == len)?;
             Some(p.swap_remove(i))
         });
@@ -460,8 +473,12 @@ fn page_size_cached_for_signal() -> usize {
 
 /// The usable size `map` gives a stack asked for `size` bytes (saturating:
 /// an overflowing size is rejected by `map`).
+#[inline]
 pub(crate) fn usable_size(size: usize) -> usize {
     let page = page_size();
+    if size >= MIN_STACK_SIZE && size & (page - 1) == 0 {
+        return size; // the common case: a whole number of pages
+    }
     size.max(MIN_STACK_SIZE)
         .checked_next_multiple_of(page)
         .unwrap_or(usize::MAX)
