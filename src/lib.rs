@@ -12,7 +12,9 @@
 //!   with values in and out, panics propagated, unwinding on drop);
 //! * [`stack`] — guard-page stacks and the per-thread pool;
 //! * stack-overflow detection that names the greenlet (see
-//!   [`Builder::name`](greenlet::Builder::name)).
+//!   [`Builder::name`](greenlet::Builder::name));
+//! * [`net`] — TCP, UDP and Unix sockets with std's API whose waits run on
+//!   greenhack's loop.
 //!
 //! # A tour
 //!
@@ -91,7 +93,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+pub mod debug;
 pub mod greenlet;
+pub mod net;
 mod overflow;
 mod pair;
 mod reactor;

@@ -1,0 +1,472 @@
+//! Sockets with std's API whose waits run on greenhack's loop:
+//! [`TcpListener`], [`TcpStream`], [`UdpSocket`], [`UnixListener`],
+//! [`UnixStream`].
+//!
+//! Code written against these types is plain blocking-style Rust, the same as
+//! with `std::net`: `accept` returns a connection, `read` returns bytes.
+//! Where std would block the thread, these wait on the thread's greenhack
+//! loop instead:
+//!
+//! * inside a greenlet driven by greenhack's loop ([`spawn`](crate::spawn),
+//!   or an [`as_async`](crate::as_async) that [`run`](crate::run) or
+//!   [`exempt`](crate::exempt) waits for), the greenlet suspends and the
+//!   loop runs the thread's other greenlets meanwhile;
+//! * on a plain thread outside any greenlet, the call runs greenhack's loop
+//!   on the calling thread until the socket is ready, so the thread behaves
+//!   as if the socket were a blocking std socket (and any greenlets it
+//!   spawned make progress meanwhile);
+//! * inside an `as_async` polled by another executor (tokio, …), where
+//!   greenhack's loop does not run, a call that would wait fails at once
+//!   with [`ErrorKind::Unsupported`](std::io::ErrorKind::Unsupported) and a
+//!   message naming the fix: use that executor's sockets through
+//!   [`exempt`](crate::exempt). A call that need not wait (data already
+//!   buffered) still succeeds.
+//!
+//! So one codebase serves a plain program, thousands of connections on one
+//! thread, and sync code embedded in an async server.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use greenhack::net::{TcpListener, TcpStream};
+//!
+//! let echoed = greenhack::run(|| {
+//!     let listener = TcpListener::bind("127.0.0.1:0")?;
+//!     let addr = listener.local_addr()?;
+//!     // The server: a greenlet per connection.
+//!     let _server = greenhack::spawn(move || -> std::io::Result<()> {
+//!         let (mut conn, _) = listener.accept()?;
+//!         let mut buf = [0; 5];
+//!         conn.read_exact(&mut buf)?;
+//!         conn.write_all(&buf)
+//!     });
+//!     // The client, on the thread's own stack.
+//!     let mut client = TcpStream::connect(addr)?;
+//!     client.write_all(b"hello")?;
+//!     let mut back = String::new();
+//!     client.read_to_string(&mut back)?;
+//!     Ok::<_, std::io::Error>(back)
+//! })?;
+//! assert_eq!(echoed, "hello");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Differences from std
+//!
+//! * **Always non-blocking underneath.** The descriptor is in `O_NONBLOCK`
+//!   mode and registered with the thread's reactor (edge-triggered); that is
+//!   how the loop learns when to resume a waiter. There is therefore no
+//!   `set_nonblocking`: a non-blocking socket would turn every wait into a
+//!   `WouldBlock` error, which is what greenhack exists to hide. To wait for
+//!   several things at once, spawn a greenlet per wait; to bound a wait, use
+//!   a timeout.
+//! * **Timeouts** (`set_read_timeout`, `set_write_timeout`) are kept where std
+//!   keeps them, in the socket (`SO_RCVTIMEO`, `SO_SNDTIMEO`), so clones made
+//!   with `try_clone` share them and `into_std`/`from_std` carry them. They
+//!   are read (one `getsockopt`) only when an operation is about to wait.
+//!   Expiry is reported as std reports it on Linux: `WouldBlock` (`EAGAIN`,
+//!   "Resource temporarily unavailable"). A zero `Duration` is refused with
+//!   `InvalidInput`, as std does.
+//! * **Errors** are the `io::Error`s of the same system calls std makes, so
+//!   their kinds are std's: a refused connect is `ConnectionRefused`, a closed
+//!   peer is `Ok(0)` on read and `BrokenPipe`/`ConnectionReset` on write.
+//!   Running out of descriptors in `accept` (`EMFILE`, `ENFILE`) is returned
+//!   to that caller; the listener and every other socket keep working.
+//! * **Name resolution** (`ToSocketAddrs` on a host name) calls the system
+//!   resolver, which blocks the thread as it does with std. Pass a
+//!   `SocketAddr`, or resolve before entering the loop, where that matters.
+//!
+//! # Threads
+//!
+//! Each socket is registered with the reactor of the thread that created it,
+//! so the types are `!Send` and `!Sync`. To hand a socket to another thread,
+//! convert it with `into_std`, send the std socket, and `from_std` it there:
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhack::net::TcpStream>();
+//! ```
+//!
+//! ```
+//! use greenhack::net::{TcpListener, TcpStream};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let client = TcpStream::connect(listener.local_addr()?)?;
+//! let (_server, _) = listener.accept()?;
+//! let std_stream = client.into_std()?; // deregistered, blocking again
+//! std::thread::spawn(move || {
+//!     let client = TcpStream::from_std(std_stream).unwrap(); // that thread's loop
+//!     client.peer_addr().unwrap();
+//! })
+//! .join()
+//! .unwrap();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Clones
+//!
+//! `try_clone` duplicates the descriptor (`dup`) and registers the new one
+//! separately. Two registrations of one socket are fine with `epoll`: it
+//! keys a registration by descriptor (and open file), and each clone has a
+//! descriptor of its own. The clones share
+//! the socket's open file description, hence its `O_NONBLOCK` flag: calling
+//! `into_std` (which makes the socket blocking) while a greenhack clone of
+//! the same socket is still in use would make that clone block its thread.
+//! The same holds for `from_std` and std clones of the socket, which become
+//! non-blocking. Drop the other handles first.
+//!
+//! # Implementation
+//!
+//! Every socket type is a thin wrapper over a `mio` socket held in a
+//! `Registered` (this module), which owns the registration and writes the
+//! retry loop once: try the operation; on `WouldBlock`, read the socket's
+//! timeout and let the reactor's `io` loop wait for readiness (and retry)
+//! until the operation stops returning `WouldBlock` or the deadline passes.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use mio::event::Source;
+
+use crate::reactor::{Direction, Reactor};
+
+mod tcp;
+mod udp;
+mod unix;
+
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixIncoming, UnixListener, UnixStream};
+
+/// A `mio` source registered with the current thread's reactor: the shared
+/// core of every socket type. Owns the registration: dropping it
+/// deregisters the source, then closes it.
+pub(crate) struct Registered<S: Source + AsRawFd> {
+    /// `None` only after `into_inner` took it (then `Drop` has nothing to do).
+    source: Option<S>,
+    token: Token,
+    /// The reactor the source is registered with. Holding it makes every
+    /// socket `!Send` and `!Sync`, as it must be.
+    reactor: Rc<Reactor>,
+}
+
+impl<S: Source + AsRawFd> Registered<S> {
+    /// Registers `source` (which must be in non-blocking mode) with this
+    /// thread's reactor.
+    pub(crate) fn new(mut source: S) -> io::Result<Self> {
+        let reactor = Reactor::current();
+        let token = reactor.register(&mut source)?;
+        Ok(Registered {
+            source: Some(source),
+            token,
+            reactor,
+        })
+    }
+
+    /// The `mio` source, for operations that never wait.
+    pub(crate) fn get(&self) -> &S {
+        match &self.source {
+            Some(s) => s,
+            None => unreachable!("greenhack: source used after into_inner"),
+        }
+    }
+
+    /// Runs `op` like a blocking socket call: until it stops returning
+    /// `WouldBlock`, waiting for readiness in `dir` in between, bounded by
+    /// the socket's timeout for that direction (`SO_RCVTIMEO` for reading,
+    /// `SO_SNDTIMEO` for writing).
+    pub(crate) fn io<R>(
+        &self,
+        dir: Direction,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let source = self.get();
+        // Fast path: the timeout is only looked up when we are about to wait.
+        let first_would_block = match op(source) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+            other => return other,
+        };
+        let deadline = self
+            .timeout(dir)?
+            .and_then(|t| Instant::now().checked_add(t));
+        // `op` has just said WouldBlock: report that to the retry loop
+        // instead of repeating the system call.
+        let mut skip = first_would_block;
+        self.reactor.io(self.token, dir, deadline, || {
+            if std::mem::take(&mut skip) {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                op(source)
+            }
+        })
+    }
+
+    /// Like [`io`](Self::io) with an explicit deadline instead of the
+    /// socket's timeout. Past the deadline the result is `WouldBlock`.
+    pub(crate) fn io_until<R>(
+        &self,
+        dir: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let source = self.get();
+        self.reactor.io(self.token, dir, deadline, || op(source))
+    }
+
+    /// Sets the timeout of `dir` in the socket, validated as std does.
+    pub(crate) fn set_timeout(&self, dir: Direction, dur: Option<Duration>) -> io::Result<()> {
+        let dur = crate::time::check_timeout(dur)?;
+        set_timeout_opt(self.get().as_raw_fd(), timeout_opt(dir), dur)
+    }
+
+    /// The timeout of `dir` as the socket holds it.
+    pub(crate) fn timeout(&self, dir: Direction) -> io::Result<Option<Duration>> {
+        get_timeout_opt(self.get().as_raw_fd(), timeout_opt(dir))
+    }
+
+    /// A duplicate of the descriptor, not registered (the caller registers
+    /// it as its own source).
+    pub(crate) fn dup(&self) -> io::Result<OwnedFd>
+    where
+        S: AsFd,
+    {
+        self.get().as_fd().try_clone_to_owned()
+    }
+
+    /// Deregisters the source and hands it back, open.
+    pub(crate) fn into_inner(mut self) -> S {
+        let mut source = match self.source.take() {
+            Some(s) => s,
+            None => unreachable!("greenhack: into_inner called twice"),
+        };
+        self.reactor.deregister(&mut source, self.token);
+        source
+    }
+}
+
+impl<S: Source + AsRawFd> Drop for Registered<S> {
+    fn drop(&mut self) {
+        if let Some(mut source) = self.source.take() {
+            // Deregister before closing. Errors are ignored: deregistering
+            // fails only if the descriptor is not in our epoll set (it is:
+            // we registered it) or the kernel is out of memory, and a
+            // destructor has no one to report to. Deregistering explicitly
+            // matters even though close would do it: epoll drops an entry
+            // only when the last descriptor of the open file description
+            // closes, and a `try_clone` (or a descriptor inherited by a
+            // child process) may keep it open, which would leave events
+            // arriving for a token that a new socket may reuse.
+            self.reactor.deregister(&mut source, self.token);
+            drop(source); // closes the descriptor
+        }
+    }
+}
+
+impl<S: Source + AsRawFd + fmt::Debug> fmt::Debug for Registered<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// The socket option holding the timeout of `dir`.
+fn timeout_opt(dir: Direction) -> libc::c_int {
+    match dir {
+        Direction::Read => libc::SO_RCVTIMEO,
+        Direction::Write => libc::SO_SNDTIMEO,
+    }
+}
+
+/// Stores a timeout in the socket, converted exactly as std's
+/// `set_read_timeout` does (seconds saturate; a non-zero duration below a
+/// microsecond becomes one microsecond, since zero means "none").
+fn set_timeout_opt(fd: RawFd, opt: libc::c_int, dur: Option<Duration>) -> io::Result<()> {
+    let tv = match dur {
+        Some(d) => {
+            let mut tv = libc::timeval {
+                tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_usec: d.subsec_micros() as libc::suseconds_t,
+            };
+            if tv.tv_sec == 0 && tv.tv_usec == 0 {
+                tv.tv_usec = 1;
+            }
+            tv
+        }
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    // SAFETY: `tv` is a valid, initialised timeval that outlives the call,
+    // and the length passed is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads a timeout from the socket, as std's `read_timeout` does.
+fn get_timeout_opt(fd: RawFd, opt: libc::c_int) -> io::Result<Option<Duration>> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` is writable for `len` bytes, and `len` is a valid
+    // in/out length for the duration of the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw mut tv).cast(),
+            &raw mut len,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if tv.tv_sec == 0 && tv.tv_usec == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Duration::new(
+        tv.tv_sec as u64,
+        (tv.tv_usec as u32) * 1000,
+    )))
+}
+
+/// Tries `f` on each address `addr` resolves to, as std does: the first
+/// success, or the last error.
+fn each_addr<A: ToSocketAddrs, T>(
+    addr: A,
+    mut f: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last_err = None;
+    for addr in addr.to_socket_addrs()? {
+        match f(addr) {
+            Ok(v) => return Ok(v),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any addresses",
+        )
+    }))
+}
+
+/// `AsRawFd`, `AsFd` and `IntoRawFd` for a wrapper whose `reg` field is a
+/// [`Registered`].
+///
+/// `FromRawFd` is left out on purpose: building a socket registers it with
+/// the reactor, which can fail, and `from_raw_fd` cannot report that. Use
+/// `from_std(std_type::from_raw_fd(fd))` instead.
+macro_rules! impl_fd_traits {
+    ($ty:ty) => {
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(self.reg.get())
+            }
+        }
+
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self.reg.get())
+            }
+        }
+
+        /// Deregisters the socket and returns its descriptor, still in
+        /// non-blocking mode (`into_std` makes it blocking).
+        impl std::os::fd::IntoRawFd for $ty {
+            fn into_raw_fd(self) -> std::os::fd::RawFd {
+                std::os::fd::IntoRawFd::into_raw_fd(self.reg.into_inner())
+            }
+        }
+    };
+}
+pub(crate) use impl_fd_traits;
+
+/// `Read` and `Write` for a stream wrapper and a shared reference to it,
+/// over the `mio` stream's own impls for `&S`.
+macro_rules! impl_read_write {
+    ($ty:ty) => {
+        impl std::io::Read for &$ty {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.reg.io(crate::reactor::Direction::Read, |mut s| {
+                    std::io::Read::read(&mut s, buf)
+                })
+            }
+
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [std::io::IoSliceMut<'_>],
+            ) -> std::io::Result<usize> {
+                self.reg.io(crate::reactor::Direction::Read, |mut s| {
+                    std::io::Read::read_vectored(&mut s, bufs)
+                })
+            }
+        }
+
+        impl std::io::Write for &$ty {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.reg.io(crate::reactor::Direction::Write, |mut s| {
+                    std::io::Write::write(&mut s, buf)
+                })
+            }
+
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                self.reg.io(crate::reactor::Direction::Write, |mut s| {
+                    std::io::Write::write_vectored(&mut s, bufs)
+                })
+            }
+
+            /// A no-op: nothing is buffered in user space.
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl std::io::Read for $ty {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::io::Read::read(&mut &*self, buf)
+            }
+
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [std::io::IoSliceMut<'_>],
+            ) -> std::io::Result<usize> {
+                std::io::Read::read_vectored(&mut &*self, bufs)
+            }
+        }
+
+        impl std::io::Write for $ty {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                std::io::Write::write(&mut &*self, buf)
+            }
+
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                std::io::Write::write_vectored(&mut &*self, bufs)
+            }
+
+            /// A no-op: nothing is buffered in user space.
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_read_write;
