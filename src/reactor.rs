@@ -75,12 +75,15 @@ impl Direction {
         }
     }
 
-    /// Bits an operation's `WouldBlock` clears. Closed and error states are
-    /// final and never cleared.
+    /// Bits an operation's `WouldBlock` clears. Closed states are final and
+    /// never cleared. An error is not: the kernel reports a pending socket
+    /// error before `EAGAIN`, so `WouldBlock` proves it was consumed (a UDP
+    /// socket's ICMP error, returned once by `recv`); left latched, every
+    /// later wait would end at once and the retry loop would spin.
     fn clear_mask(self) -> u8 {
         match self {
-            Direction::Read => READABLE,
-            Direction::Write => WRITABLE,
+            Direction::Read => READABLE | ERROR,
+            Direction::Write => WRITABLE | ERROR,
         }
     }
 }
@@ -88,6 +91,8 @@ impl Direction {
 /// One registered I/O source.
 #[derive(Default)]
 struct IoSlot {
+    /// The registered fd, for `debug::dump`'s "waiting for fd N".
+    fd: std::os::fd::RawFd,
     readiness: u8,
     readers: Vec<Waker>,
     writers: Vec<Waker>,
@@ -202,8 +207,14 @@ impl Reactor {
     // ----- I/O -------------------------------------------------------------
 
     /// Registers `source` for reading and writing, edge-triggered.
-    pub(crate) fn register(&self, source: &mut impl mio::event::Source) -> io::Result<Token> {
-        let index = self.io.borrow_mut().insert(IoSlot::default());
+    pub(crate) fn register<S>(&self, source: &mut S) -> io::Result<Token>
+    where
+        S: mio::event::Source + std::os::fd::AsRawFd,
+    {
+        let index = self.io.borrow_mut().insert(IoSlot {
+            fd: source.as_raw_fd(),
+            ..IoSlot::default()
+        });
         let token = Token(index + 1);
         if let Err(e) =
             self.registry
@@ -247,16 +258,22 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
-            self.clear_readiness(token, dir);
+            let fd = self.clear_readiness(token, dir);
             let ready = Readiness {
                 reactor: self,
                 token,
                 dir,
+                registered: None,
+            };
+            let wait = match dir {
+                Direction::Read => crate::debug::Wait::Readable(fd),
+                Direction::Write => crate::debug::Wait::Writable(fd),
             };
             match deadline {
-                None => crate::pair::exempt_io(ready)?,
+                None => crate::pair::exempt_io_for(ready, wait)?,
                 Some(d) => {
-                    if crate::pair::exempt_io(crate::time::Deadline::new(ready, d))?.is_none() {
+                    let timed = crate::time::Deadline::new(ready, d);
+                    if crate::pair::exempt_io_for(timed, wait)?.is_none() {
                         return Err(io::Error::from_raw_os_error(libc::EAGAIN));
                     }
                 }
@@ -264,12 +281,33 @@ impl Reactor {
         }
     }
 
-    fn clear_readiness(&self, token: Token, dir: Direction) {
-        if let Some(slot) = self.io.borrow_mut().get_mut(token.0 - 1) {
-            slot.readiness &= !dir.clear_mask();
+    /// Clears the readiness an operation's `WouldBlock` disproved; returns
+    /// the source's fd.
+    fn clear_readiness(&self, token: Token, dir: Direction) -> std::os::fd::RawFd {
+        match self.io.borrow_mut().get_mut(token.0 - 1) {
+            Some(slot) => {
+                slot.readiness &= !dir.clear_mask();
+                slot.fd
+            }
+            None => -1,
         }
     }
 
+    /// Removes a waiter that stopped waiting (its wait timed out or was
+    /// dropped), so waiters do not pile up on a quiet socket.
+    fn forget_waiter(&self, token: Token, dir: Direction, waker: &Waker) {
+        if let Some(slot) = self.io.borrow_mut().get_mut(token.0 - 1) {
+            let waiters = match dir {
+                Direction::Read => &mut slot.readers,
+                Direction::Write => &mut slot.writers,
+            };
+            if let Some(i) = waiters.iter().position(|w| w.will_wake(waker)) {
+                waiters.swap_remove(i);
+            }
+        }
+    }
+
+    /// Ready when the source is, else registers `cx`'s waker.
     fn poll_ready(&self, token: Token, dir: Direction, cx: &mut Context<'_>) -> Poll<()> {
         let mut io = self.io.borrow_mut();
         let Some(slot) = io.get_mut(token.0 - 1) else {
@@ -516,6 +554,42 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
             reactor.next_timeout()
         };
         reactor.turn(timeout).expect("greenhack: epoll_wait failed");
+        if reactor.is_dump_target() {
+            crate::debug::dump_if_requested();
+        }
+    }
+}
+
+/// The `mio::Waker` of the reactor that prints dumps on a signal
+/// (`debug::dump_on_signal`); leaked so the signal handler can use it at any
+/// time.
+static DUMP_TARGET: std::sync::atomic::AtomicPtr<Shared> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+impl Reactor {
+    /// Makes this reactor the one a dump signal wakes.
+    pub(crate) fn make_dump_target(&self) {
+        let leaked = Arc::into_raw(self.shared.clone()) as *mut Shared;
+        // The previous target (if any) stays leaked: a signal handler may be
+        // reading it right now.
+        DUMP_TARGET.store(leaked, Ordering::Release);
+    }
+
+    fn is_dump_target(&self) -> bool {
+        std::ptr::eq(
+            DUMP_TARGET.load(Ordering::Relaxed),
+            Arc::as_ptr(&self.shared),
+        )
+    }
+}
+
+/// Wakes the dump target's `epoll_wait`. Async-signal-safe: an atomic load
+/// and an eventfd `write`.
+pub(crate) fn wake_dump_target() {
+    let target = DUMP_TARGET.load(Ordering::Acquire);
+    if !target.is_null() {
+        // SAFETY: stored from a leaked Arc, never freed.
+        let _ = unsafe { &*target }.waker.wake();
     }
 }
 
@@ -585,17 +659,35 @@ impl Wake for TaskWaker {
 }
 
 /// Resolves when `token` is ready in `dir` (or closed, or in error).
+/// Dropped before that (a timeout, a cancellation), it takes its waker back
+/// out of the source's waiters.
 struct Readiness<'a> {
     reactor: &'a Reactor,
     token: Token,
     dir: Direction,
+    /// The waker this future left with the source, while pending.
+    registered: Option<Waker>,
 }
 
 impl Future for Readiness<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.reactor.poll_ready(self.token, self.dir, cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let polled = self.reactor.poll_ready(self.token, self.dir, cx);
+        self.registered = match polled {
+            // A wake removed the waiters it woke; nothing is left to forget.
+            Poll::Ready(()) => None,
+            Poll::Pending => Some(cx.waker().clone()),
+        };
+        polled
+    }
+}
+
+impl Drop for Readiness<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.registered.take() {
+            self.reactor.forget_waiter(self.token, self.dir, &w);
+        }
     }
 }
 
@@ -642,5 +734,58 @@ impl<T> Slab<T> {
 
     fn len(&self) -> usize {
         self.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Regression: a wait that timed out left its waker with the source, and
+    /// on a plain thread every wait brings a new waker, so they piled up
+    /// until the socket next became ready.
+    #[test]
+    fn timed_out_waits_leave_no_waiter_behind() {
+        let (mut a, _b) = mio::net::UnixStream::pair().unwrap();
+        let reactor = Reactor::current();
+        let token = reactor.register(&mut a).unwrap();
+        for _ in 0..20 {
+            let deadline = Some(Instant::now() + Duration::from_millis(1));
+            let r = reactor.io(token, Direction::Read, deadline, || {
+                (&a).read(&mut [0u8; 8])
+            });
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        }
+        let readers = reactor
+            .io
+            .borrow_mut()
+            .get_mut(token.0 - 1)
+            .unwrap()
+            .readers
+            .len();
+        assert_eq!(readers, 0);
+        reactor.deregister(&mut a, token);
+    }
+
+    /// Stale wakes (a task that finished, its slot reused) are ignored.
+    #[test]
+    fn a_stale_wake_does_not_poll_the_slots_new_task() {
+        let reactor = Reactor::current();
+        let polls = Rc::new(Cell::new(0));
+        reactor.spawn(Box::pin(async {}));
+        reactor.run_ready(); // the first task finishes; its slot is free
+        let p = polls.clone();
+        reactor.spawn(Box::pin(std::future::poll_fn(move |_| {
+            p.set(p.get() + 1);
+            Poll::<()>::Pending
+        })));
+        reactor.run_ready();
+        assert_eq!(polls.get(), 1);
+        // A wake carrying the first task's generation for the same slot.
+        let stale = reactor.spawn_seq.get() - 1;
+        reactor.wake_task(0, stale);
+        reactor.run_ready();
+        assert_eq!(polls.get(), 1, "the stale wake polled the new task");
     }
 }
