@@ -269,6 +269,7 @@ impl Builder {
     ///
     /// The stack could not be mapped: out of memory, out of address space,
     /// or `vm.max_map_count` reached. The message says which and what to do.
+    #[track_caller]
     pub fn build<I, Y, R, F>(self, f: F) -> io::Result<Greenlet<I, Y, R>>
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
@@ -290,6 +291,7 @@ impl Builder {
         let header = stack.header();
         header.id.set(id);
         header.unwinding.set(false);
+        header.created_at.set(Some(std::panic::Location::caller()));
         if let Some(n) = &name {
             header.name_ptr.set(n.as_ptr());
             header.name_len.set(n.len());
@@ -335,6 +337,7 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     ///
     /// If the stack cannot be mapped; [`Builder::build`] returns the error
     /// instead.
+    #[track_caller]
     pub fn new<F>(f: F) -> Greenlet<I, Y, R>
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
@@ -355,10 +358,12 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     ///
     /// Re-raises, with its original payload, a panic that escaped the
     /// greenlet's closure. Panics if the greenlet has already finished.
-    // Inlined so that the switch stub, and with it the address the greenlet
-    // jumps back to, sits in the caller: no call frame around the switch,
-    // and no extra return to mispredict after it.
-    #[inline]
+    // Always inlined so that the switch stub, and with it the address the
+    // greenlet jumps back to, sits in the caller: no call frame around the
+    // switch, and no extra return to mispredict after it. Measured: with
+    // `resume` out of line the switch bench's nested round trip goes from
+    // ~22 to ~34 ns and the flat one from ~2.3 to ~3.8 ns.
+    #[inline(always)]
     pub fn resume(&mut self, input: I) -> GreenletResult<Y, R> {
         if self.state == State::Finished {
             self.resumed_after_finish();
@@ -412,6 +417,12 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         self.stack.as_ref().map(Stack::range)
     }
 
+    /// The stack header while the greenlet is not finished.
+    pub(crate) fn header_ref(&self) -> Option<&StackHeader> {
+        // SAFETY: `header` is valid while the stack is held.
+        self.stack.as_ref().map(|_| unsafe { &*self.header })
+    }
+
     /// One switch in and back out: hands `msg` over, returns the reply.
     /// A `Done` reply must go to `take_outcome` before anything else.
     #[inline(always)]
@@ -425,16 +436,34 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         // resumable.
         let sp = header.saved_sp.replace(0);
         debug_assert_ne!(sp, 0, "greenhack: greenlet resumed while running");
-        let msg = MaybeUninit::new(msg);
+        let msg = Aligned(MaybeUninit::new(msg));
+        if crate::debug::switch_hook() != 0 {
+            self.report_switch(crate::debug::SwitchKind::Resume);
+        }
         // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
         // suspended (state != Finished), and the parent link is its own. The
         // greenlet reads `msg` exactly once before switching back; our frame
         // stays put while it runs.
         let reply =
-            unsafe { arch::switch_in(msg.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
+            unsafe { arch::switch_in(msg.0.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
         // SAFETY: the greenlet handed us a pointer to a FromGreenlet<Y> on
         // its stack, written once for us to read once.
-        unsafe { FromGreenlet::take(reply as *const FromGreenlet<Y>) }
+        let reply = unsafe { FromGreenlet::take(reply as *const FromGreenlet<Y>) };
+        if crate::debug::switch_hook() != 0 {
+            self.report_switch(match reply {
+                FromGreenlet::Yield(_) => crate::debug::SwitchKind::Suspend,
+                FromGreenlet::Done(_) => crate::debug::SwitchKind::Finish,
+            });
+        }
+        reply
+    }
+
+    /// Calls the switch hook; out of line, so the switch path only tests
+    /// whether a hook is set.
+    #[cold]
+    #[inline(never)]
+    fn report_switch(&self, kind: crate::debug::SwitchKind) {
+        crate::debug::call_switch_hook(kind, self.id, self.name());
     }
 
     /// Reads the outcome of a finished greenlet off its stack, then gives
@@ -536,12 +565,25 @@ impl<I, Y> Suspender<I, Y> {
                 header.parent_link.get(),
             )
         };
+        // A debugger-style request (a backtrace for `debug::dump`) rather
+        // than a resume: serve it and wait for the real resume.
+        let back = if back & CONTROL_TAG != 0 {
+            serve_control(header, back)
+        } else {
+            back
+        };
         // SAFETY: the resumer handed us a pointer to a ToGreenlet<I> on its
         // stack, written once for us to read once.
         match unsafe { ToGreenlet::take(back as *const ToGreenlet<I>) } {
             ToGreenlet::Resume(input) => input,
             ToGreenlet::Unwind => panic::resume_unwind(Box::new(ForcedUnwind)),
         }
+    }
+
+    /// This greenlet's stack header.
+    pub(crate) fn header(&self) -> &StackHeader {
+        // SAFETY: as in `suspend`.
+        unsafe { &*self.header }
     }
 
     /// The usable address range of this greenlet's stack.
@@ -562,6 +604,84 @@ impl<I, Y> fmt::Debug for Suspender<I, Y> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Suspender").field("id", &self.id()).finish()
     }
+}
+
+/// Messages into a greenlet are at least this aligned, so a pointer to one
+/// never has its low bit set; a value with the bit set is a control request.
+#[repr(C, align(8))]
+struct Aligned<T>(MaybeUninit<T>);
+
+/// Marks a value handed to a suspended greenlet as a `Control` request.
+const CONTROL_TAG: usize = 1;
+
+/// A request served by a suspended greenlet without resuming its code.
+pub(crate) struct Control {
+    /// Filled by the greenlet: its backtrace, captured on its own stack.
+    pub(crate) backtrace: Option<std::backtrace::Backtrace>,
+}
+
+/// Serves control requests until a real resume arrives; returns it.
+#[cold]
+#[inline(never)]
+fn serve_control(header: &StackHeader, mut value: usize) -> usize {
+    while value & CONTROL_TAG != 0 {
+        // SAFETY: the requester passed a pointer to a Control on its stack,
+        // tagged; it stays valid until we switch back.
+        let control = unsafe { &mut *((value & !CONTROL_TAG) as *mut Control) };
+        control.backtrace = Some(std::backtrace::Backtrace::force_capture());
+        // SAFETY: as in `Suspender::suspend`: the requester resumed us with
+        // switch_in, so the parent link holds its frame.
+        value = unsafe { arch::switch_out(0, header.saved_sp.as_ptr(), header.parent_link.get()) };
+    }
+    value
+}
+
+/// Where a greenlet stands, read from its stack header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderState {
+    /// No greenlet owns the stack (it is pooled).
+    Free,
+    /// Created, never resumed.
+    Fresh,
+    /// Running, or resuming another greenlet (an ancestor of the caller).
+    Running,
+    /// Waiting in `suspend`.
+    Suspended,
+}
+
+/// Derives the state from the header: a greenlet that runs has a zero saved
+/// sp (`switch` clears it); a fresh one's saved frame resumes at the
+/// trampoline.
+pub(crate) fn header_state(header: &StackHeader) -> HeaderState {
+    if header.id.get() == 0 {
+        return HeaderState::Free;
+    }
+    match header.saved_sp.get() {
+        0 => HeaderState::Running,
+        sp if arch::is_fresh_frame(sp) => HeaderState::Fresh,
+        _ => HeaderState::Suspended,
+    }
+}
+
+/// Captures the backtrace of the suspended greenlet owning `header` by
+/// switching into it (its code does not run: `suspend` serves the request
+/// and switches straight back). `None` unless it is suspended.
+pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::Backtrace> {
+    if header_state(header) != HeaderState::Suspended || header.unwinding.get() {
+        return None;
+    }
+    let mut control = Control { backtrace: None };
+    let sp = header.saved_sp.replace(0);
+    // SAFETY: the greenlet is suspended in `suspend` (checked above), which
+    // serves tagged requests; `control` outlives the round trip.
+    unsafe {
+        arch::switch_in(
+            (&mut control as *mut Control as usize) | CONTROL_TAG,
+            header.parent_link.as_ptr(),
+            sp,
+        );
+    }
+    control.backtrace
 }
 
 /// The entry point of every greenlet, monomorphised per closure type. Runs on
@@ -641,7 +761,7 @@ fn abort_kept_running(header: &StackHeader, what: &str) -> ! {
     std::process::abort()
 }
 
-fn header_name(header: &StackHeader) -> Option<&str> {
+pub(crate) fn header_name(header: &StackHeader) -> Option<&str> {
     let p = header.name_ptr.get();
     if p.is_null() {
         return None;

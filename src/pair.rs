@@ -34,6 +34,7 @@ use std::pin::{Pin, pin};
 use std::ptr;
 use std::task::{Context, Poll};
 
+use crate::debug::Wait;
 use crate::greenlet::{Builder, Greenlet, GreenletResult, Suspender};
 use crate::reactor::{self, Reactor};
 
@@ -82,7 +83,8 @@ impl<T: Copy + 'static> Drop for Restore<T> {
 
 impl Pair {
     /// Polls `fut` with the poller's context; suspends while it is pending.
-    fn wait<F: Future>(&self, fut: F) -> F::Output {
+    /// `what` is recorded for `debug::dump` while suspended.
+    fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
         let mut fut = pin!(fut);
         loop {
             // SAFETY: the context was passed by the poll that resumed us,
@@ -90,10 +92,14 @@ impl Pair {
             let Resume { cx, driven_by_loop } = self.resume.get();
             let cx = unsafe { &mut *cx };
             // The future is polled by this pair: an AsAsync inside it is
-            // driven by greenhack's loop exactly when this pair is.
-            let prev = LOOP_POLLING.replace(driven_by_loop);
-            let polled = {
-                let _restore = Restore(&LOOP_POLLING, prev);
+            // driven by greenhack's loop exactly when this pair is. Inside
+            // the greenlet the flag is false (`AsAsync::poll` cleared it),
+            // so only a loop-driven pair has anything to set.
+            let polled = if driven_by_loop {
+                LOOP_POLLING.with(|l| l.set(true));
+                let _restore = Restore(&LOOP_POLLING, false);
+                fut.as_mut().poll(cx)
+            } else {
                 fut.as_mut().poll(cx)
             };
             if let Poll::Ready(v) = polled {
@@ -101,7 +107,11 @@ impl Pair {
             }
             // SAFETY: `suspender` belongs to our own greenlet, on whose stack
             // we run (checked by `current_pair`).
-            let next = unsafe { &*self.suspender }.suspend(());
+            let suspender = unsafe { &*self.suspender };
+            let header = suspender.header();
+            header.wait.set(what);
+            let next = suspender.suspend(());
+            header.wait.set(Wait::Nothing);
             self.resume.set(next);
             CURRENT.with(|c| c.set(self));
         }
@@ -109,6 +119,7 @@ impl Pair {
 }
 
 /// The pair whose greenlet is running this code, if any.
+#[inline]
 fn current_pair() -> Option<&'static Pair> {
     let p = CURRENT.with(|c| c.get());
     if p.is_null() {
@@ -159,6 +170,7 @@ fn current_pair() -> Option<&'static Pair> {
 ///
 /// If the greenlet's stack cannot be mapped; [`Builder::as_async`] returns
 /// the error instead.
+#[track_caller]
 pub fn as_async<T, F>(f: F) -> AsAsync<T>
 where
     F: FnOnce() -> T + 'static,
@@ -176,6 +188,7 @@ impl Builder {
     /// # Errors
     ///
     /// The greenlet's stack could not be mapped.
+    #[track_caller]
     pub fn as_async<T, F>(self, f: F) -> io::Result<AsAsync<T>>
     where
         F: FnOnce() -> T + 'static,
@@ -282,6 +295,7 @@ impl<T> fmt::Debug for AsAsync<T> {
 /// sync code in `as_async`, or to call [`start_loop`] if blocking is
 /// intended. [`try_exempt`] returns the future instead.
 #[track_caller]
+#[inline]
 pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {
     match try_exempt(fut) {
         Ok(v) => v,
@@ -296,10 +310,11 @@ pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {
 ///
 /// [`ExemptError`] when called outside any greenlet on a foreign executor's
 /// thread (see [`exempt`]).
+#[inline]
 pub fn try_exempt<F: IntoFuture>(fut: F) -> Result<F::Output, ExemptError<F::IntoFuture>> {
     let fut = fut.into_future();
     if let Some(pair) = current_pair() {
-        return Ok(pair.wait(fut));
+        return Ok(pair.wait(fut, Wait::Future(std::any::type_name::<F::IntoFuture>())));
     }
     if on_foreign_executor() {
         return Err(ExemptError { future: fut });
@@ -310,8 +325,13 @@ pub fn try_exempt<F: IntoFuture>(fut: F) -> Result<F::Output, ExemptError<F::Int
 /// Waits for a future that needs greenhack's loop (socket readiness):
 /// errors with `Unsupported` where that loop does not run.
 pub(crate) fn exempt_io<F: Future>(fut: F) -> io::Result<F::Output> {
+    exempt_io_for(fut, Wait::Future(std::any::type_name::<F>()))
+}
+
+/// `exempt_io`, recording `what` for `debug::dump` while suspended.
+pub(crate) fn exempt_io_for<F: Future>(fut: F, what: Wait) -> io::Result<F::Output> {
     match current_pair() {
-        Some(pair) if pair.resume.get().driven_by_loop => Ok(pair.wait(fut)),
+        Some(pair) if pair.resume.get().driven_by_loop => Ok(pair.wait(fut, what)),
         Some(_) => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "greenhack sockets need greenhack's event loop, but this as_async is polled by \
@@ -332,10 +352,19 @@ pub(crate) fn exempt_io<F: Future>(fut: F) -> io::Result<F::Output> {
 
 /// Waits for a future that needs greenhack's loop (timers, spawned
 /// greenlets); panics where that loop does not run, naming `alternative`.
+/// `wait` is recorded for `debug::dump` while suspended.
 #[track_caller]
-pub(crate) fn exempt_loop<F: Future>(what: &str, fut: F, alternative: &str) -> F::Output {
+pub(crate) fn exempt_loop<F: Future>(
+    what: &str,
+    fut: F,
+    alternative: &str,
+    wait: Wait,
+) -> F::Output {
     require_loop(what, alternative);
-    exempt(fut)
+    match current_pair() {
+        Some(pair) => pair.wait(fut, wait),
+        None => exempt(fut),
+    }
 }
 
 /// Panics unless greenhack's loop can serve the current code.

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! The whole range is reserved `PROT_NONE` first and the part above the guard
-//! made read-write; the owning [`Stack`] exists before the `mprotect`, so a
+//! made read-write; the owning `Stack` value exists before the `mprotect`, so a
 //! failure unmaps through `Drop`.
 //!
 //! # Limits
@@ -85,6 +85,11 @@ pub(crate) struct StackHeader {
     pub(crate) name_len: Cell<usize>,
     /// The greenlet's id, 0 when the stack is free.
     pub(crate) id: Cell<u64>,
+    /// What the greenlet waits for while suspended by the pair layer (for
+    /// `debug::dump`).
+    pub(crate) wait: Cell<crate::debug::Wait>,
+    /// Where the greenlet was created (`#[track_caller]`).
+    pub(crate) created_at: Cell<Option<&'static std::panic::Location<'static>>>,
     /// The thread's list of mapped stacks (for the overflow handler).
     next: Cell<*const StackHeader>,
     prev: Cell<*const StackHeader>,
@@ -309,6 +314,7 @@ impl Stack {
         let header = self.header();
         header.id.set(0);
         header.name_ptr.set(ptr::null());
+        header.wait.set(crate::debug::Wait::Nothing);
         // Unmapped (by Drop) when the pool is full or, during thread exit,
         // already gone.
         let _ = STACKS.try_with(|t| {
@@ -364,11 +370,6 @@ impl Stack {
         self.base() + self.len
     }
 
-    /// Usable bytes (excluding the guard page).
-    pub(crate) fn usable(&self) -> usize {
-        self.len - page_size()
-    }
-
     /// Where the greenlet's frames begin: just below the header.
     pub(crate) fn frames_top(&self) -> usize {
         self.top() - core::mem::size_of::<StackHeader>()
@@ -400,6 +401,8 @@ impl Stack {
             name_ptr: Cell::new(ptr::null()),
             name_len: Cell::new(0),
             id: Cell::new(0),
+            wait: Cell::new(crate::debug::Wait::Nothing),
+            created_at: Cell::new(None),
             next: Cell::new(head),
             prev: Cell::new(ptr::null()),
             map_base: self.base(),
@@ -442,6 +445,21 @@ impl Drop for Stack {
             base: self.base(),
             len: self.len,
         });
+    }
+}
+
+/// Calls `f` with the header of every stack this thread has mapped (in use
+/// or pooled), most recently mapped first.
+pub(crate) fn for_each_header(mut f: impl FnMut(&StackHeader)) {
+    let mut p = MAPPED.with(|m| m.get());
+    while !p.is_null() {
+        // SAFETY: every header on the list belongs to a live mapping of this
+        // thread; `f` cannot unmap it (it gets a shared reference only, and
+        // stacks are unmapped only by their owners).
+        let h = unsafe { &*p };
+        let next = h.next.get();
+        f(h);
+        p = next;
     }
 }
 
@@ -533,8 +551,8 @@ mod tests {
     #[test]
     fn map_rounds_to_pages_and_links() {
         let s = Stack::map(MIN_STACK_SIZE + 1).unwrap();
-        assert_eq!(s.usable() % page_size(), 0);
-        assert!(s.usable() > MIN_STACK_SIZE);
+        assert_eq!(s.range().len() % page_size(), 0);
+        assert!(s.range().len() > MIN_STACK_SIZE);
         assert_eq!(guard_owner(s.base()).map(|h| h.map_base), Some(s.base()));
         assert!(guard_owner(s.base() + page_size()).is_none());
     }

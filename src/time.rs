@@ -28,8 +28,9 @@ use crate::reactor::Reactor;
 ///
 /// # Panics
 ///
-/// Inside an `as_async` that a foreign executor polls: see the
-/// [module documentation](self).
+/// Inside an `as_async` that a foreign executor polls: greenhack's timers
+/// need greenhack's loop. The message names the executor-native
+/// alternative, `exempt(tokio::time::sleep(d))`.
 pub fn sleep(duration: Duration) {
     sleep_until(Instant::now() + duration)
 }
@@ -40,6 +41,7 @@ pub fn sleep_until(deadline: Instant) {
         "greenhack::sleep",
         Sleep::new(deadline),
         "tokio::time::sleep(d)",
+        crate::debug::Wait::Sleep(deadline),
     )
 }
 

@@ -86,6 +86,15 @@ pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) ->
     sp
 }
 
+/// True if the saved frame at `sp` is a fresh greenlet's (it would resume
+/// in the trampoline).
+pub(crate) fn is_fresh_frame(sp: usize) -> bool {
+    // SAFETY: `sp` is a saved stack pointer, which points at a saved frame
+    // (see the grid in asm/aarch64.S: the resume address is word 1).
+    let pc = unsafe { (sp as *const InitialFrame).read() }.pc;
+    pc == greenhack_trampoline as *const () as usize
+}
+
 /// The current FPCR with `fp-control`; 0 (unused padding) without.
 fn current_fpcr() -> usize {
     #[cfg(feature = "fp-control")]

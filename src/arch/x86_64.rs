@@ -105,6 +105,15 @@ pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) ->
     sp
 }
 
+/// True if the saved frame at `sp` is a fresh greenlet's (it would resume
+/// in the trampoline).
+pub(crate) fn is_fresh_frame(sp: usize) -> bool {
+    // SAFETY: `sp` is a saved stack pointer, which points at a saved frame
+    // (see the grid in asm/x86_64.S: the resume address is word 1).
+    let rip = unsafe { (sp as *const InitialFrame).read() }.rip;
+    rip == greenhack_trampoline as *const () as usize
+}
+
 /// The code address stored above the parent link, so that a frame-pointer
 /// walker sees the root of a greenlet's chain "return" into the trampoline.
 #[inline]
