@@ -20,10 +20,10 @@ fn spawned_greenlets_interleave_on_sleep() {
     greenhack::run(|| {
         for (i, ms) in [(0, 30u64), (1, 10), (2, 20)] {
             let log = log.clone();
-            spawn(move || {
+            drop(spawn(move || {
                 greenhack::sleep(Duration::from_millis(ms));
                 log.borrow_mut().push(i);
-            });
+            }));
         }
     });
     assert_eq!(*log.borrow(), [1, 2, 0]);

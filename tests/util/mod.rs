@@ -13,20 +13,26 @@ use std::process::{Command, Output};
 /// is put in front of the command.
 pub fn run_child(test: &str) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
-    let runner = std::env::var("GREENHACK_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(prog) => {
-            let mut c = Command::new(prog);
-            c.args(words).arg(&exe);
-            c
-        }
-        None => Command::new(&exe),
-    };
+    let mut cmd = command(&exe);
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("GREENHACK_CHILD", test)
         .env_remove("RUST_BACKTRACE");
     cmd.output().expect("spawn child test process")
+}
+
+/// A command running the target binary `exe`, through
+/// `GREENHACK_TEST_RUNNER` when set (emulation).
+pub fn command(exe: &std::path::Path) -> Command {
+    let runner = std::env::var("GREENHACK_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(prog) => {
+            let mut c = Command::new(prog);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
 }
 
 /// True in the child half of a `run_child` test.

@@ -1,0 +1,176 @@
+//! The examples, run as their own processes and driven like a user would.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `target/<profile>/examples/<name>`, next to this test's `deps/` directory.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let path: PathBuf = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(path.exists(), "example binary {path:?} not built");
+    util::command(&path)
+}
+
+/// A one-shot HTTP server on a std thread: answers `count` requests with a
+/// fixed body, then stops.
+fn tiny_http_server(body: &'static str, count: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(count) {
+            let mut stream = stream.unwrap();
+            // Read the whole request head before answering and closing.
+            let mut req = Vec::new();
+            let mut byte = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                req.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Kills the child when the test ends, passing or not.
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server example on an ephemeral port; returns it and its address
+/// (parsed from its "listening on" line).
+fn start_server(name: &str) -> (KillOnDrop, String) {
+    let mut child = example(name)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("listening line")
+        .to_string();
+    (KillOnDrop(child), addr)
+}
+
+#[test]
+fn repl_runs_requests_concurrently_from_piped_stdin() {
+    let a = tiny_http_server("alpha", 2);
+    let b = tiny_http_server("bravo!", 1);
+    let refused = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut child = example("repl")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!("get {a} {b} {refused}\nbg get {a}\nsleep 50\nbogus\nquit\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Results in argument order, each with its status line and size.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} missing from:\n{stdout}"))
+    };
+    let ia = pos(&format!("{a}: HTTP/1.1 200 OK ("));
+    let ib = pos(&format!("{b}: HTTP/1.1 200 OK ("));
+    let ir = pos(&format!("{refused}: error: Connection refused"));
+    assert!(ia < ib && ib < ir, "{stdout}");
+    assert!(
+        stdout.contains(&format!("started background fetch of {a}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("[bg] {a}: HTTP/1.1 200 OK")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("commands: get ADDR"),
+        "help for a bad command:\n{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("bye"), "{stdout}");
+}
+
+#[test]
+fn echo_example_echoes_for_concurrent_clients() {
+    let (_server, addr) = start_server("echo");
+    let clients: Vec<_> = (0..8u8)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let msg: Vec<u8> = (0..10_000u32).map(|j| (j as u8) ^ i).collect();
+                s.write_all(&msg).unwrap();
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).unwrap();
+                assert_eq!(back, msg);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
+#[test]
+fn http_example_keeps_alive_and_pipelines() {
+    let (_server, addr) = start_server("http");
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Two pipelined requests on one connection, then a third after reading.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let one =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nHello, world!";
+    let mut buf = vec![0u8; one.len() * 2];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf), one.repeat(2));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert_eq!(
+        rest,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\nconnection: close\r\n\r\nHello, world!"
+    );
+}
