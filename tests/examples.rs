@@ -79,10 +79,8 @@ fn start_server(name: &str) -> (KillOnDrop, String) {
 fn repl_runs_requests_concurrently_from_piped_stdin() {
     let a = tiny_http_server("alpha", 2);
     let b = tiny_http_server("bravo!", 1);
-    let refused = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let (_closed, refused) = util::closed_port();
+    let refused = refused.to_string();
     let mut child = example("repl")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -13,11 +13,6 @@ use std::time::{Duration, Instant};
 use greenhack::net::{TcpListener, TcpStream, UnixStream};
 
 /// An address nothing listens on: a port just bound and closed.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// Makes closing `s` send a RST (SO_LINGER with a zero timeout).
 fn reset_on_close(s: &std::net::TcpStream) {
     let linger = libc::linger {
@@ -40,7 +35,7 @@ fn reset_on_close(s: &std::net::TcpStream) {
 
 #[test]
 fn refused_connect_is_connection_refused_like_std() {
-    let addr = closed_port();
+    let (_closed, addr) = util::closed_port();
     let std_err = std::net::TcpStream::connect(addr).unwrap_err();
     let err = TcpStream::connect(addr).unwrap_err();
     assert_eq!(std_err.kind(), ErrorKind::ConnectionRefused);
@@ -50,7 +45,7 @@ fn refused_connect_is_connection_refused_like_std() {
 
 #[test]
 fn connect_timeout_refused_and_zero_like_std() {
-    let addr = closed_port();
+    let (_closed, addr) = util::closed_port();
     let t = Duration::from_secs(5);
     let std_err = std::net::TcpStream::connect_timeout(&addr, t).unwrap_err();
     let err = TcpStream::connect_timeout(&addr, t).unwrap_err();
@@ -81,7 +76,8 @@ fn unresolvable_addresses_like_std() {
     assert_eq!(err.to_string(), std_err.to_string());
     // Each address is tried: the first refuses, the second connects.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let both = [closed_port(), listener.local_addr().unwrap()];
+    let (_closed, refusing) = util::closed_port();
+    let both = [refusing, listener.local_addr().unwrap()];
     let s = TcpStream::connect(&both[..]).unwrap();
     assert_eq!(s.peer_addr().unwrap(), both[1]);
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::process::{Command, Output};
 
 /// Re-runs this test binary with only `test` selected and `GREENHACK_CHILD`
@@ -66,4 +67,35 @@ pub fn assert_child_passed(out: &Output) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A loopback port that refuses connections for as long as the returned
+/// guard lives: a TCP socket bound there but not listening. (Binding a
+/// listener and closing it would free the port, and a test running in
+/// parallel could take it before the connect.)
+pub fn closed_port() -> (std::os::fd::OwnedFd, SocketAddr) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a new fd that we own; the sockaddr
+    // structs are initialised and their sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let guard = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &sin as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let mut out: libc::sockaddr_in = std::mem::zeroed();
+        let mut out_len = len;
+        assert_eq!(
+            libc::getsockname(fd, &mut out as *mut _ as *mut libc::sockaddr, &mut out_len),
+            0
+        );
+        let port = u16::from_be(out.sin_port);
+        (guard, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
 }
