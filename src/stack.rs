@@ -96,6 +96,10 @@ pub(crate) struct StackHeader {
     /// Lowest address of the mapping (the guard page) and its total length.
     pub(crate) map_base: usize,
     pub(crate) map_len: usize,
+    /// Valgrind's id for this stack; 0 when not running under Valgrind.
+    pub(crate) valgrind_id: Cell<usize>,
+    /// The AddressSanitizer fiber state; zero-sized without ASan.
+    pub(crate) asan: crate::asan::Fiber,
 }
 
 const _: () = {
@@ -281,6 +285,9 @@ impl Stack {
             len,
         };
         stack.link();
+        let range = stack.range();
+        let valgrind_id = crate::valgrind::stack_register(range.start, range.end);
+        stack.header().valgrind_id.set(valgrind_id);
         STACKS.with(|t| {
             t.mapped.set(t.mapped.get() + 1);
             t.mmaps.set(t.mmaps.get() + 1);
@@ -313,6 +320,12 @@ impl Stack {
     pub(crate) fn recycle(self) {
         let header = self.header();
         header.id.set(0);
+        // The finished greenlet's frames left marks in the sanitizers'
+        // shadow memory: make the stack look freshly mapped.
+        crate::asan::unpoison_stack(header);
+        if header.valgrind_id.get() != 0 {
+            crate::valgrind::make_mem_defined(self.base() + page_size(), self.frames_top());
+        }
         header.name_ptr.set(ptr::null());
         header.wait.set(crate::debug::Wait::Nothing);
         // Unmapped (by Drop) when the pool is full or, during thread exit,
@@ -407,6 +420,8 @@ impl Stack {
             prev: Cell::new(ptr::null()),
             map_base: self.base(),
             map_len: self.len,
+            valgrind_id: Cell::new(0),
+            asan: crate::asan::Fiber::default(),
         };
         let h = self.header_ptr();
         // SAFETY: the header slot is read-write memory of our mapping,
@@ -440,6 +455,8 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.unlink();
+        crate::valgrind::stack_deregister(self.header().valgrind_id.get());
+        crate::asan::unpoison_stack(self.header());
         let _ = STACKS.try_with(|t| t.mapped.set(t.mapped.get() - 1));
         drop(Mapping {
             base: self.base(),
@@ -509,6 +526,25 @@ fn size_error(size: usize) -> io::Error {
     )
 }
 
+/// The number of mappings of this process: the lines of /proc/self/maps,
+/// counted through a small buffer. Reading the file into a `String` would
+/// not do: at the map-count limit a large allocation needs a new mapping
+/// and fails too.
+fn count_mappings() -> Option<usize> {
+    use std::io::Read;
+    let mut file = std::fs::File::open("/proc/self/maps").ok()?;
+    let mut buf = [0u8; 4096];
+    let mut lines = 0;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Some(lines),
+            Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Turns a failed `mmap`/`mprotect` into an error that says what to do.
 fn map_error(err: io::Error, len: usize) -> io::Error {
     if err.raw_os_error() != Some(libc::ENOMEM) {
@@ -520,9 +556,7 @@ fn map_error(err: io::Error, len: usize) -> io::Error {
     let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok());
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map(|s| s.lines().count())
-        .ok();
+    let maps = count_mappings();
     match (max, maps) {
         (Some(max), Some(maps)) if maps + 8 >= max => io::Error::new(
             io::ErrorKind::OutOfMemory,
