@@ -295,13 +295,13 @@ impl Reactor {
 
     /// Removes a waiter that stopped waiting (its wait timed out or was
     /// dropped), so waiters do not pile up on a quiet socket.
-    fn forget_waiter(&self, token: Token, dir: Direction, waker: &Waker) {
+    fn forget_waiter(&self, token: Token, dir: Direction, waker: WakerId) {
         if let Some(slot) = self.io.borrow_mut().get_mut(token.0 - 1) {
             let waiters = match dir {
                 Direction::Read => &mut slot.readers,
                 Direction::Write => &mut slot.writers,
             };
-            if let Some(i) = waiters.iter().position(|w| w.will_wake(waker)) {
+            if let Some(i) = waiters.iter().position(|w| WakerId::of(w) == waker) {
                 waiters.swap_remove(i);
             }
         }
@@ -499,11 +499,16 @@ impl Reactor {
                 }
             }
         }
-        // Phase 3: due timers: every deadline at or before now.
-        let now = Instant::now();
+        // Phase 3: due timers: every deadline at or before now (the clock
+        // is read only when a timer exists).
         {
             let mut timers = self.timers.borrow_mut();
-            while let Some(entry) = timers.first_entry() {
+            let now = if timers.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
+            while let (Some(now), Some(entry)) = (now, timers.first_entry()) {
                 if entry.key().0 > now {
                     break;
                 }
@@ -643,10 +648,18 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         // On the reactor's own thread: straight onto the ready queue.
-        let local = Reactor::try_current().filter(|r| Arc::ptr_eq(&r.shared, &self.shared));
-        match local {
-            Some(r) => r.wake_task(self.index, self.generation),
-            None => {
+        let woken_locally = REACTOR
+            .try_with(|r| match &*r.borrow() {
+                Some(r) if Arc::ptr_eq(&r.shared, &self.shared) => {
+                    r.wake_task(self.index, self.generation);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false);
+        match woken_locally {
+            true => {}
+            false => {
                 self.shared
                     .remote
                     .lock()
@@ -665,8 +678,20 @@ struct Readiness<'a> {
     reactor: &'a Reactor,
     token: Token,
     dir: Direction,
-    /// The waker this future left with the source, while pending.
-    registered: Option<Waker>,
+    /// The waker this future left with the source, while pending, by
+    /// identity (data and vtable, what `Waker::will_wake` compares): keeping
+    /// a clone would cost two atomic operations per wait.
+    registered: Option<WakerId>,
+}
+
+/// A waker's identity.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WakerId(*const (), *const std::task::RawWakerVTable);
+
+impl WakerId {
+    fn of(w: &Waker) -> WakerId {
+        WakerId(w.data(), w.vtable())
+    }
 }
 
 impl Future for Readiness<'_> {
@@ -677,7 +702,7 @@ impl Future for Readiness<'_> {
         self.registered = match polled {
             // A wake removed the waiters it woke; nothing is left to forget.
             Poll::Ready(()) => None,
-            Poll::Pending => Some(cx.waker().clone()),
+            Poll::Pending => Some(WakerId::of(cx.waker())),
         };
         polled
     }
@@ -685,8 +710,8 @@ impl Future for Readiness<'_> {
 
 impl Drop for Readiness<'_> {
     fn drop(&mut self) {
-        if let Some(w) = self.registered.take() {
-            self.reactor.forget_waiter(self.token, self.dir, &w);
+        if let Some(id) = self.registered.take() {
+            self.reactor.forget_waiter(self.token, self.dir, id);
         }
     }
 }

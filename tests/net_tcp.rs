@@ -381,3 +381,27 @@ fn vectored_io_peek_and_options() {
     assert_eq!(&one, b"!");
     let _ = listener.try_clone().unwrap();
 }
+
+#[test]
+fn a_timeout_set_on_one_clone_holds_for_the_other() {
+    let _guard = lock();
+    // Clones are one socket, as with std: a timeout belongs to the socket.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let mut b = a.try_clone().unwrap();
+    assert_eq!(b.read_timeout().unwrap(), None); // known (and cached) as none
+    a.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    // The kernel rounds to its tick (30 ms may read back as 32 ms, with std
+    // too): compare the clones, not the literal.
+    let t = b
+        .read_timeout()
+        .unwrap()
+        .expect("the other clone's timeout");
+    assert_eq!(Some(t), a.read_timeout().unwrap());
+    assert!(t >= Duration::from_millis(30));
+    let start = std::time::Instant::now();
+    let err = b.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert!(start.elapsed() >= Duration::from_millis(30));
+}

@@ -328,7 +328,9 @@ impl TcpStream {
     /// registered on its own (see the [module documentation](super#clones)).
     /// One clone may read while another writes, from two greenlets.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
-        TcpStream::from_mio(mio::net::TcpStream::from(self.reg.dup()?))
+        Ok(TcpStream {
+            reg: self.reg.try_clone()?,
+        })
     }
 
     /// Wraps a connected std stream: sets it non-blocking and registers it

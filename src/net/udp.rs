@@ -198,7 +198,9 @@ impl UdpSocket {
     /// A new handle to the same socket: the descriptor is duplicated and
     /// registered on its own (see the [module documentation](super#clones)).
     pub fn try_clone(&self) -> io::Result<UdpSocket> {
-        UdpSocket::from_mio(mio::net::UdpSocket::from(self.reg.dup()?))
+        Ok(UdpSocket {
+            reg: self.reg.try_clone()?,
+        })
     }
 
     /// Wraps a std socket: sets it non-blocking and registers it with this

@@ -87,7 +87,9 @@ impl UnixListener {
     /// A new handle to the same socket: the descriptor is duplicated and
     /// registered on its own (see the [module documentation](super#clones)).
     pub fn try_clone(&self) -> io::Result<UnixListener> {
-        UnixListener::from_mio(mio::net::UnixListener::from(self.reg.dup()?))
+        Ok(UnixListener {
+            reg: self.reg.try_clone()?,
+        })
     }
 
     /// Wraps a std listener: sets it non-blocking and registers it with this
@@ -245,7 +247,9 @@ impl UnixStream {
     /// A new handle to the same connection: the descriptor is duplicated and
     /// registered on its own (see the [module documentation](super#clones)).
     pub fn try_clone(&self) -> io::Result<UnixStream> {
-        UnixStream::from_mio(mio::net::UnixStream::from(self.reg.dup()?))
+        Ok(UnixStream {
+            reg: self.reg.try_clone()?,
+        })
     }
 
     /// Wraps a connected std stream: sets it non-blocking and registers it
