@@ -281,6 +281,22 @@ impl Reactor {
         }
     }
 
+    /// True if readiness in `dir` is latched (an event arrived and no
+    /// operation has since seen `WouldBlock`).
+    pub(crate) fn is_ready(&self, token: Token, dir: Direction) -> bool {
+        self.io
+            .borrow_mut()
+            .get_mut(token.0 - 1)
+            .is_none_or(|slot| slot.readiness & dir.ready_mask() != 0)
+    }
+
+    /// Forgets latched readiness in `dir` without an operation having seen
+    /// `WouldBlock`: for a caller that knows the source is drained (a short
+    /// stream read).
+    pub(crate) fn mark_drained(&self, token: Token, dir: Direction) {
+        self.clear_readiness(token, dir);
+    }
+
     /// Clears the readiness an operation's `WouldBlock` disproved; returns
     /// the source's fd.
     fn clear_readiness(&self, token: Token, dir: Direction) -> std::os::fd::RawFd {

@@ -405,3 +405,33 @@ fn a_timeout_set_on_one_clone_holds_for_the_other() {
     assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     assert!(start.elapsed() >= Duration::from_millis(30));
 }
+
+#[test]
+fn data_arriving_after_a_short_read_is_still_read() {
+    // A short read lets the next read wait for readiness instead of trying
+    // first: the bytes that arrive later must still wake it.
+    let _guard = lock();
+    greenhack::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = greenhack::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            for chunk in [&b"first"[..], b"second", b"third!"] {
+                s.write_all(chunk).unwrap();
+                greenhack::sleep(Duration::from_millis(10));
+            }
+        });
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match conn.read(&mut buf).unwrap() {
+                0 => break,
+                n => got.extend_from_slice(&buf[..n]), // every read here is short
+            }
+        }
+        assert_eq!(got, b"firstsecondthird!");
+        writer.join().unwrap();
+    });
+}

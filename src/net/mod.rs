@@ -154,6 +154,9 @@ pub(crate) struct Registered<S: Source + AsRawFd> {
     /// The reactor the source is registered with. Holding it makes every
     /// socket `!Send` and `!Sync`, as it must be.
     reactor: Rc<Reactor>,
+    /// Set after a short stream read (see `read_stream`): the kernel buffer
+    /// was drained, so the next read waits for readiness before trying.
+    drained: Cell<bool>,
     /// The socket's timeouts as last read from or written to it, shared by
     /// every clone of the descriptor (they are one socket): the socket is
     /// asked once, not on every wait.
@@ -186,6 +189,7 @@ impl<S: Source + AsRawFd> Registered<S> {
             source: Some(source),
             token,
             reactor,
+            drained: Cell::new(false),
             timeouts: Rc::default(),
         })
     }
@@ -216,15 +220,49 @@ impl<S: Source + AsRawFd> Registered<S> {
     pub(crate) fn io<R>(
         &self,
         dir: Direction,
+        op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.io_from(dir, false, op)
+    }
+
+    /// A read from a stream socket: `io`, plus the short-read rule. A read
+    /// that returns fewer bytes than asked (but some) drained the kernel's
+    /// receive buffer, so the next read waits for the next readiness event
+    /// instead of making a system call that could only say `WouldBlock` —
+    /// one system call fewer per request on a request/response connection.
+    /// Sound for stream sockets under edge-triggered epoll, where any data
+    /// arriving after the read raises a new event (tokio applies the same
+    /// rule).
+    pub(crate) fn read_stream(
+        &self,
+        len: usize,
+        op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let known_empty = self.drained.get() && !self.reactor.is_ready(self.token, Direction::Read);
+        let r = self.io_from(Direction::Read, known_empty, op);
+        let short = matches!(r, Ok(n) if n > 0 && n < len);
+        self.drained.set(short);
+        if short {
+            self.reactor.mark_drained(self.token, Direction::Read);
+        }
+        r
+    }
+
+    /// `io`, optionally starting from a wait (when `op` is known to block).
+    fn io_from<R>(
+        &self,
+        dir: Direction,
+        known_would_block: bool,
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<R> {
         let source = self.get();
         // Fast path: the timeout is only looked up when we are about to wait.
-        let first_would_block = match op(source) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-            other => return other,
-        };
+        let first_would_block = known_would_block
+            || match op(source) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                other => return other,
+            };
         let deadline = self
             .timeout(dir)?
             .and_then(|t| Instant::now().checked_add(t));
@@ -447,23 +485,24 @@ macro_rules! impl_fd_traits {
 pub(crate) use impl_fd_traits;
 
 /// `Read` and `Write` for a stream wrapper and a shared reference to it,
-/// over the `mio` stream's own impls for `&S`.
+/// over the `mio` stream's own impls for `&S`. Reads follow the short-read
+/// rule of `Registered::read_stream`.
 macro_rules! impl_read_write {
     ($ty:ty) => {
         impl std::io::Read for &$ty {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                self.reg.io(crate::reactor::Direction::Read, |mut s| {
-                    std::io::Read::read(&mut s, buf)
-                })
+                let len = buf.len();
+                self.reg
+                    .read_stream(len, |mut s| std::io::Read::read(&mut s, buf))
             }
 
             fn read_vectored(
                 &mut self,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::io::Result<usize> {
-                self.reg.io(crate::reactor::Direction::Read, |mut s| {
-                    std::io::Read::read_vectored(&mut s, bufs)
-                })
+                let len = bufs.iter().map(|b| b.len()).sum();
+                self.reg
+                    .read_stream(len, |mut s| std::io::Read::read_vectored(&mut s, bufs))
             }
         }
 

@@ -1,0 +1,235 @@
+//! Minimal HTTP/1.1 server with keep-alive as a hand-written `mio` state
+//! machine: the floor that greenhack's `examples/http.rs` is measured
+//! against in `scripts/bench-servers`.
+//!
+//! ```text
+//! cargo run --release --example peer_mio_http -- 127.0.0.1:8080
+//! ```
+//!
+//! One thread, one `mio::Poll`, a hand-rolled slab of connections indexed by
+//! token, every socket registered once for reading and writing
+//! (edge-triggered). Each connection is greenhack's `serve` turned inside
+//! out: an 8 KiB request buffer, every complete request in it parsed with
+//! `httparse` and answered in order (pipelining), the responses written in
+//! one go; while the kernel does not take all of them the connection waits
+//! for writability and reads nothing more. `Connection: close` (or HTTP/1.0
+//! without keep-alive) ends the connection after the response. The bytes on
+//! the wire are greenhack's.
+//!
+//! Like tokio on the same `mio` (`PollEvented::poll_read`), a read that
+//! fills less than the free part of the buffer is taken as proof that the
+//! socket is drained: with epoll's edge-triggered mode the next data brings a
+//! new event, so the connection waits at once instead of making the `read`
+//! that would only say `WouldBlock` (and a short write likewise proves the
+//! send buffer full). This is the floor: the fewest system calls per
+//! request, two.
+
+use std::io::{self, Read, Write};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+const BODY: &[u8] = b"Hello, world!";
+const LISTENER: Token = Token(usize::MAX);
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    filled: usize,
+    /// Responses not yet (fully) written, from `written` on.
+    out: Vec<u8>,
+    written: usize,
+    /// Close once `out` is written.
+    close: bool,
+}
+
+fn main() -> io::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut listener = TcpListener::bind(addr)?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    println!("mio http: listening on {}", listener.local_addr()?);
+
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for event in events.iter() {
+            if event.token() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((mut stream, _peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            let i = free.pop().unwrap_or_else(|| {
+                                conns.push(None);
+                                conns.len() - 1
+                            });
+                            poll.registry().register(
+                                &mut stream,
+                                Token(i),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )?;
+                            conns[i] = Some(Conn {
+                                stream,
+                                buf: vec![0u8; 8192],
+                                filled: 0,
+                                out: Vec::with_capacity(1024),
+                                written: 0,
+                                close: false,
+                            });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            eprintln!("mio http: accept: {e}");
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            let i = event.token().0;
+            let Some(conn) = conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            let keep = match drive(conn) {
+                Ok(keep) => keep,
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) {
+                        eprintln!("mio http: {e}");
+                    }
+                    false
+                }
+            };
+            if !keep {
+                // Dropping the stream closes it, which also removes it from
+                // the epoll set.
+                conns[i] = None;
+                free.push(i);
+            }
+        }
+    }
+}
+
+/// Serves what can be served without waiting. Returns whether the
+/// connection stays open.
+fn drive(c: &mut Conn) -> io::Result<bool> {
+    // Responses left over from last time go out before anything is read.
+    if !flush(c)? {
+        return Ok(true);
+    }
+    if c.close {
+        return Ok(false);
+    }
+    loop {
+        if c.filled == c.buf.len() {
+            return Ok(false); // a request larger than our buffer: give up on it
+        }
+        let space = c.buf.len() - c.filled;
+        let n = match c.stream.read(&mut c.buf[c.filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        c.filled += n;
+        // Answer every complete request in the buffer (pipelining).
+        let mut consumed = 0;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&c.buf[consumed..c.filled]) {
+                Ok(httparse::Status::Complete(len)) => {
+                    c.close = wants_close(&req);
+                    respond(&mut c.out, c.close);
+                    consumed += len;
+                    if c.close {
+                        break;
+                    }
+                }
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => {
+                    c.out.extend_from_slice(
+                        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    c.close = true;
+                    break;
+                }
+            }
+        }
+        c.buf.copy_within(consumed..c.filled, 0);
+        c.filled -= consumed;
+        if !flush(c)? {
+            return Ok(true);
+        }
+        if c.close {
+            return Ok(false);
+        }
+        if n < space {
+            return Ok(true); // a short read: the socket is drained
+        }
+    }
+}
+
+/// Writes `out`; returns whether all of it went (else wait for writability).
+fn flush(c: &mut Conn) -> io::Result<bool> {
+    while c.written < c.out.len() {
+        match c.stream.write(&c.out[c.written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                c.written += n;
+                if c.written < c.out.len() {
+                    return Ok(false); // the send buffer is full
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    c.out.clear();
+    c.written = 0;
+    Ok(true)
+}
+
+/// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
+/// unless told to keep it.
+fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
+    let header = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value.to_ascii_lowercase());
+    match (req.version, header.as_deref()) {
+        (_, Some(b"close")) => true,
+        (Some(0), Some(b"keep-alive")) => false,
+        (Some(0), _) => true,
+        _ => false,
+    }
+}
+
+fn respond(out: &mut Vec<u8>, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ");
+    out.extend_from_slice(BODY.len().to_string().as_bytes());
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(BODY);
+}
