@@ -8,7 +8,7 @@
 //! What may's own `examples/echo.rs` does, on one worker
 //! (`may::config().set_workers(1)`): the accept loop runs in a coroutine and
 //! `go!`s a coroutine per connection, each `read` then `write_all` in a loop.
-//! Same 16 KiB buffer (on the heap, as in may's example: may's default
+//! Same 2 KiB buffer (on the heap, as in may's example: may's default
 //! coroutine stack is 32 KiB) and `TCP_NODELAY` as greenhack's example.
 
 use std::io::{self, Read, Write};
@@ -43,7 +43,7 @@ fn main() -> io::Result<()> {
 /// Echoes until the peer closes; errors end only this connection.
 fn serve(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 2 * 1024];
     loop {
         match stream.read(&mut buf) {
             Ok(0) => return,

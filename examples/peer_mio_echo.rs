@@ -10,8 +10,8 @@
 //! by token, every socket registered once for reading and writing
 //! (edge-triggered). On an event a connection reads and writes each chunk
 //! straight back; what the kernel does not take is kept and the connection
-//! stops reading until it is writable again. One 16 KiB read buffer shared
-//! by all connections (greenhack's example has 16 KiB per connection on its
+//! stops reading until it is writable again. One 2 KiB read buffer shared
+//! by all connections (greenhack's example has 2 KiB per connection on its
 //! stack); `TCP_NODELAY` on every accepted socket.
 //!
 //! Like tokio on the same `mio` (`PollEvented::poll_read`), a read that
@@ -50,7 +50,7 @@ fn main() -> io::Result<()> {
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 2 * 1024];
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() == io::ErrorKind::Interrupted {

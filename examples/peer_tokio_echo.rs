@@ -7,7 +7,7 @@
 //!
 //! What an experienced tokio user writes for a minimal single-threaded echo
 //! server: `#[tokio::main(flavor = "current_thread")]`, a task per
-//! connection, `read` then `write_all` in a loop. Same 16 KiB buffer and
+//! connection, `read` then `write_all` in a loop. Same 2 KiB buffer and
 //! `TCP_NODELAY` as greenhack's example.
 
 use std::io;
@@ -38,7 +38,7 @@ async fn main() -> io::Result<()> {
 /// Echoes until the peer closes; errors end only this connection.
 async fn serve(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 2 * 1024];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) => return,
