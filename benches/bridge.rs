@@ -668,6 +668,23 @@ fn main() {
             Ok(()) => eprintln!("written to {}", path.display()),
             Err(e) => eprintln!("could not write {}: {e}", path.display()),
         }
+        // The same figures for scripts/bench-report (the schema every bench
+        // writes): ns per wait, lower is better.
+        let records: Vec<String> = results
+            .iter()
+            .map(|(name, [gh, sf, bip, asy])| {
+                format!(
+                    "  {{\"group\": \"exempt\", \"case\": \"{name}\", \"unit\": \"ns\", \
+                     \"lower_is_better\": true, \"greenhack\": {:.3}, \"peers\": \
+                     {{\"stackful\": {:.3}, \"block_in_place\": {:.3}, \"plain async\": {:.3}}}}}",
+                    gh.median, sf.median, bip.median, asy.median
+                )
+            })
+            .collect();
+        let json_path = path.with_extension("json");
+        if let Err(e) = std::fs::write(&json_path, format!("[\n{}\n]\n", records.join(",\n"))) {
+            eprintln!("could not write {}: {e}", json_path.display());
+        }
     }
 }
 

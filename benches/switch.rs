@@ -599,6 +599,24 @@ fn main() {
             Ok(()) => eprintln!("written to {}", path.display()),
             Err(e) => eprintln!("could not write {}: {e}", path.display()),
         }
+        // The same figures for scripts/bench-report: one record per case,
+        // in the schema every bench writes.
+        let records: Vec<String> = results
+            .iter()
+            .filter(|(name, _, _)| *name != "floor")
+            .map(|(name, gh, co)| {
+                format!(
+                    "  {{\"group\": \"switch\", \"case\": \"{name}\", \"unit\": \"ns\", \
+                     \"lower_is_better\": true, \"greenhack\": {:.3}, \
+                     \"peers\": {{\"corosensei\": {:.3}}}}}",
+                    gh.median, co.median
+                )
+            })
+            .collect();
+        let json_path = path.with_extension("json");
+        if let Err(e) = std::fs::write(&json_path, format!("[\n{}\n]\n", records.join(",\n"))) {
+            eprintln!("could not write {}: {e}", json_path.display());
+        }
     }
 }
 
