@@ -39,5 +39,14 @@ fn main() {
     if env::var_os("CARGO_FEATURE_FP_CONTROL").is_some() {
         build.define("GREENHACK_FP_CONTROL", None);
     }
+    // The AddressSanitizer fiber annotations (src/asan.rs) are compiled in
+    // only when the target is built with ASan (RUSTFLAGS=-Zsanitizer=address),
+    // where the __sanitizer_* functions exist; `cfg(sanitize)` itself is
+    // unstable, so it is passed on as a cfg of our own.
+    println!("cargo:rustc-check-cfg=cfg(greenhack_asan)");
+    let sanitize = env::var("CARGO_CFG_SANITIZE").unwrap_or_default();
+    if sanitize.split(',').any(|s| s == "address") {
+        println!("cargo:rustc-cfg=greenhack_asan");
+    }
     build.compile("greenhack_switch");
 }

@@ -440,12 +440,14 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         if crate::debug::switch_hook() != 0 {
             self.report_switch(crate::debug::SwitchKind::Resume);
         }
+        let asan = crate::asan::before_resume(header);
         // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
         // suspended (state != Finished), and the parent link is its own. The
         // greenlet reads `msg` exactly once before switching back; our frame
         // stays put while it runs.
         let reply =
             unsafe { arch::switch_in(msg.0.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
+        crate::asan::after_resume(asan);
         // SAFETY: the greenlet handed us a pointer to a FromGreenlet<Y> on
         // its stack, written once for us to read once.
         let reply = unsafe { FromGreenlet::take(reply as *const FromGreenlet<Y>) };
@@ -555,6 +557,7 @@ impl<I, Y> Suspender<I, Y> {
             abort_kept_running(header, "suspended again");
         }
         let msg = MaybeUninit::new(FromGreenlet::Yield(value));
+        let asan = crate::asan::before_suspend(header);
         // SAFETY: we run on the greenlet's stack and the parent link holds
         // the resumer's frame, saved by its switch_in. Our frame (and `msg`)
         // stays put until we are resumed.
@@ -565,6 +568,7 @@ impl<I, Y> Suspender<I, Y> {
                 header.parent_link.get(),
             )
         };
+        crate::asan::after_suspend(header, asan);
         // A debugger-style request (a backtrace for `debug::dump`) rather
         // than a resume: serve it and wait for the real resume.
         let back = if back & CONTROL_TAG != 0 {
@@ -629,9 +633,11 @@ fn serve_control(header: &StackHeader, mut value: usize) -> usize {
         // tagged; it stays valid until we switch back.
         let control = unsafe { &mut *((value & !CONTROL_TAG) as *mut Control) };
         control.backtrace = Some(std::backtrace::Backtrace::force_capture());
+        let asan = crate::asan::before_suspend(header);
         // SAFETY: as in `Suspender::suspend`: the requester resumed us with
         // switch_in, so the parent link holds its frame.
         value = unsafe { arch::switch_out(0, header.saved_sp.as_ptr(), header.parent_link.get()) };
+        crate::asan::after_suspend(header, asan);
     }
     value
 }
@@ -672,6 +678,7 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
     }
     let mut control = Control { backtrace: None };
     let sp = header.saved_sp.replace(0);
+    let asan = crate::asan::before_resume(header);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.
     unsafe {
@@ -681,6 +688,7 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
             sp,
         );
     }
+    crate::asan::after_resume(asan);
     control.backtrace
 }
 
@@ -697,6 +705,8 @@ where
     F: FnOnce(&Suspender<I, Y>, I) -> R,
 {
     let header = parent_link as *const StackHeader;
+    // SAFETY: the header is at the top of this stack.
+    crate::asan::first_entry(unsafe { &*header });
     // SAFETY: per the contract above; the closure is moved off its slot
     // exactly once.
     let (f, first) = unsafe {
@@ -735,6 +745,7 @@ where
     let reply = MaybeUninit::new(FromGreenlet::<Y>::Done(outcome.as_ptr().cast()));
     // SAFETY: the header is at the top of this stack.
     let header = unsafe { &*header };
+    crate::asan::before_exit(header);
     // SAFETY: as in `Suspender::suspend`; this greenlet is never resumed
     // again (its owner marks it finished on reading a final reply).
     unsafe {

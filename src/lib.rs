@@ -6,17 +6,62 @@
 //! `mmap`ed, guard-paged stack, switched by a few lines of hand-written
 //! assembly (`asm/x86_64.S`, `asm/aarch64.S`).
 //!
-//! This release provides the core:
+//! # The two cases
 //!
-//! * [`greenlet::Greenlet`] — the raw asymmetric coroutine (resume/suspend
-//!   with values in and out, panics propagated, unwinding on drop);
-//! * [`stack`] — guard-page stacks and the per-thread pool;
-//! * stack-overflow detection that names the greenlet (see
-//!   [`Builder::name`](greenlet::Builder::name));
-//! * [`net`] — TCP, UDP and Unix sockets with std's API whose waits run on
-//!   greenhack's loop.
+//! **Inside an event loop** (tokio, smol, any executor): [`as_async`] turns
+//! sync code into a `Future`; inside it, [`exempt`] waits for any future,
+//! polled with the waker of the task that polls the `AsAsync`:
 //!
-//! # A tour
+//! ```
+//! use std::time::Duration;
+//!
+//! fn legacy_step() -> u32 {
+//!     // Deep inside sync code: waits asynchronously on a tokio timer.
+//!     greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+//!     7
+//! }
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+//! let n = rt.block_on(greenhack::as_async(|| legacy_step() * 6));
+//! assert_eq!(n, 42);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! **With no event loop** (a REPL, a legacy CLI, `main`): [`start_loop`]
+//! makes the thread's own stack the sync side; [`spawn`]ed greenlets run
+//! whenever it waits. [`run`] is the scoped form:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//!
+//! let start = Instant::now();
+//! let total = greenhack::run(|| {
+//!     let a = greenhack::spawn(|| { greenhack::sleep(Duration::from_millis(30)); 1 });
+//!     let b = greenhack::spawn(|| { greenhack::sleep(Duration::from_millis(30)); 2 });
+//!     a.join().unwrap() + b.join().unwrap()
+//! });
+//! assert_eq!(total, 3);
+//! assert!(start.elapsed() < Duration::from_millis(55), "the sleeps overlapped");
+//! ```
+//!
+//! [`net`] has std's socket types with std's methods and errors: on a plain
+//! thread they behave like blocking std sockets, inside greenlets they
+//! suspend only their greenlet — one codebase serves both.
+//!
+//! # Modules
+//!
+//! * [`greenlet`] — the raw asymmetric coroutine ([`greenlet::Greenlet`]):
+//!   resume/suspend with values in and out, panics propagated, unwinding on
+//!   drop; everything else is built on it;
+//! * [`net`] — TCP, UDP and Unix sockets;
+//! * [`debug`] — dumps of every greenlet, suspended backtraces, a switch hook;
+//! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
+//! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
+//!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
+//!   [`yield_now`], and the [`Builder`] that names greenlets and sizes their
+//!   stacks.
+//!
+//! # The raw primitive
 //!
 //! ```
 //! use greenhack::greenlet::{Greenlet, GreenletResult};
@@ -93,6 +138,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+mod asan;
 pub mod debug;
 pub mod greenlet;
 pub mod net;
@@ -102,6 +148,7 @@ mod reactor;
 pub mod stack;
 mod task;
 mod time;
+mod valgrind;
 
 pub use greenlet::Builder;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};

@@ -128,7 +128,7 @@ fn current_pair() -> Option<&'static Pair> {
     // SAFETY: CURRENT points at a Pair on a live greenlet stack: it is
     // cleared or restored whenever that greenlet suspends or finishes.
     let pair = unsafe { &*p };
-    let here = &p as *const _ as usize;
+    let here = crate::asan::stack_address(&p as *const _ as usize);
     pair.stack.contains(&here).then_some(pair)
 }
 
