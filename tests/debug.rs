@@ -60,7 +60,23 @@ fn dump_lists_every_greenlet_with_state_wait_and_origin() {
                 .name("never-run")
                 .build::<(), (), (), _>(|_, ()| ())
                 .unwrap();
-            greenhack::sleep(Duration::from_millis(10)); // let both reach their waits
+            // Let both reach their waits (a fixed sleep is not enough on a
+            // loaded machine: sleep returns at once if the thread stalled).
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while debug::dump()
+                .greenlets
+                .iter()
+                .filter(|g| g.state == "suspended" && g.wait != Wait::Nothing)
+                .count()
+                < 2
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "greenlets never waited"
+                );
+                greenhack::yield_now();
+                greenhack::sleep(Duration::from_millis(1));
+            }
 
             let dump = debug::dump();
             let text = dump.to_string();

@@ -30,8 +30,13 @@ fn map_count_limit_is_a_clear_error_not_a_crash() {
     };
     let msg = err.to_string();
     assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory);
+    // Under qemu-user the kernel's limit counts qemu's own mappings, which
+    // the guest's /proc/self/maps does not show, so the cause cannot be
+    // told apart from plain exhaustion there; the error must still be clean.
+    let emulated = std::env::var_os("GREENHACK_TEST_RUNNER").is_some();
     assert!(
-        msg.contains("vm.max_map_count") && msg.contains("sysctl -w vm.max_map_count="),
+        emulated
+            || (msg.contains("vm.max_map_count") && msg.contains("sysctl -w vm.max_map_count=")),
         "{msg}"
     );
     // Healthy afterwards: every greenlet finishes, and a new one runs.
