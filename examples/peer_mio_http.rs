@@ -29,7 +29,9 @@ use std::io::{self, Read, Write};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-const BODY: &[u8] = b"Hello, world!";
+#[path = "support/http_protocol.rs"]
+mod http_protocol;
+
 const LISTENER: Token = Token(usize::MAX);
 
 struct Conn {
@@ -150,29 +152,8 @@ fn drive(c: &mut Conn) -> io::Result<bool> {
         };
         c.filled += n;
         // Answer every complete request in the buffer (pipelining).
-        let mut consumed = 0;
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&c.buf[consumed..c.filled]) {
-                Ok(httparse::Status::Complete(len)) => {
-                    c.close = wants_close(&req);
-                    respond(&mut c.out, c.close);
-                    consumed += len;
-                    if c.close {
-                        break;
-                    }
-                }
-                Ok(httparse::Status::Partial) => break,
-                Err(_) => {
-                    c.out.extend_from_slice(
-                        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    );
-                    c.close = true;
-                    break;
-                }
-            }
-        }
+        let (consumed, close) = http_protocol::answer(&c.buf[..c.filled], &mut c.out);
+        c.close = close;
         c.buf.copy_within(consumed..c.filled, 0);
         c.filled -= consumed;
         if !flush(c)? {
@@ -206,30 +187,4 @@ fn flush(c: &mut Conn) -> io::Result<bool> {
     c.out.clear();
     c.written = 0;
     Ok(true)
-}
-
-/// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
-/// unless told to keep it.
-fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
-    let header = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value.to_ascii_lowercase());
-    match (req.version, header.as_deref()) {
-        (_, Some(b"close")) => true,
-        (Some(0), Some(b"keep-alive")) => false,
-        (Some(0), _) => true,
-        _ => false,
-    }
-}
-
-fn respond(out: &mut Vec<u8>, close: bool) {
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ");
-    out.extend_from_slice(BODY.len().to_string().as_bytes());
-    if close {
-        out.extend_from_slice(b"\r\nconnection: close");
-    }
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(BODY);
 }

@@ -16,7 +16,8 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BODY: &[u8] = b"Hello, world!";
+#[path = "support/http_protocol.rs"]
+mod http_protocol;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> io::Result<()> {
@@ -55,30 +56,7 @@ async fn serve(mut stream: TcpStream) -> io::Result<()> {
     let mut out = Vec::with_capacity(1024);
     loop {
         // Answer every complete request in the buffer (pipelining).
-        let mut consumed = 0;
-        let mut close = false;
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf[consumed..filled]) {
-                Ok(httparse::Status::Complete(len)) => {
-                    close = wants_close(&req);
-                    respond(&mut out, close);
-                    consumed += len;
-                    if close {
-                        break;
-                    }
-                }
-                Ok(httparse::Status::Partial) => break,
-                Err(_) => {
-                    out.extend_from_slice(
-                        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    );
-                    close = true;
-                    break;
-                }
-            }
-        }
+        let (consumed, close) = http_protocol::answer(&buf[..filled], &mut out);
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
@@ -96,30 +74,4 @@ async fn serve(mut stream: TcpStream) -> io::Result<()> {
             n => filled += n,
         }
     }
-}
-
-/// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
-/// unless told to keep it.
-fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
-    let header = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value.to_ascii_lowercase());
-    match (req.version, header.as_deref()) {
-        (_, Some(b"close")) => true,
-        (Some(0), Some(b"keep-alive")) => false,
-        (Some(0), _) => true,
-        _ => false,
-    }
-}
-
-fn respond(out: &mut Vec<u8>, close: bool) {
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ");
-    out.extend_from_slice(BODY.len().to_string().as_bytes());
-    if close {
-        out.extend_from_slice(b"\r\nconnection: close");
-    }
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(BODY);
 }
