@@ -32,16 +32,26 @@
 //! whenever it waits. [`run`] is the scoped form:
 //!
 //! ```
-//! use std::time::{Duration, Instant};
+//! use std::cell::RefCell;
+//! use std::rc::Rc;
+//! use std::time::Duration;
 //!
-//! let start = Instant::now();
+//! let log = Rc::new(RefCell::new(Vec::new()));
+//! let (l1, l2) = (log.clone(), log.clone());
 //! let total = greenhack::run(|| {
-//!     let a = greenhack::spawn(|| { greenhack::sleep(Duration::from_millis(30)); 1 });
-//!     let b = greenhack::spawn(|| { greenhack::sleep(Duration::from_millis(30)); 2 });
-//!     a.join().unwrap() + b.join().unwrap()
+//!     let slow = greenhack::spawn(move || {
+//!         greenhack::sleep(Duration::from_millis(20)); // waits: the other one runs
+//!         l1.borrow_mut().push("slow");
+//!         1
+//!     });
+//!     let quick = greenhack::spawn(move || {
+//!         l2.borrow_mut().push("quick");
+//!         2
+//!     });
+//!     slow.join().unwrap() + quick.join().unwrap()
 //! });
 //! assert_eq!(total, 3);
-//! assert!(start.elapsed() < Duration::from_millis(55), "the sleeps overlapped");
+//! assert_eq!(*log.borrow(), ["quick", "slow"]);
 //! ```
 //!
 //! [`net`] has std's socket types with std's methods and errors: on a plain

@@ -303,7 +303,8 @@ fn greenhack_sockets_inside_as_async_on_tokio_fail_at_once_naming_exempt() {
         .enable_all()
         .build()
         .unwrap();
-    let t0 = Instant::now();
+    // Without a peer nothing would ever complete these calls: getting the
+    // errors back at all is the proof they did not wait.
     let (accept_err, read_err) = rt.block_on(greenhack::as_async(|| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let accept_err = listener.accept().map(|_| ()).unwrap_err();
@@ -315,7 +316,6 @@ fn greenhack_sockets_inside_as_async_on_tokio_fail_at_once_naming_exempt() {
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("exempt"), "{err}");
     }
-    assert!(t0.elapsed() < Duration::from_secs(2), "failed at once");
     // An operation that need not wait still works there.
     let ok = rt.block_on(greenhack::as_async(|| {
         let (mut a, mut b) = UnixStream::pair().unwrap();

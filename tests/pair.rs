@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use greenhack::{as_async, exempt, spawn};
 
@@ -277,19 +277,25 @@ fn start_loop_then_spawn_from_plain_code() {
     std::thread::spawn(|| {
         greenhack::start_loop();
         greenhack::start_loop(); // idempotent
-        let t0 = Instant::now();
+        // Concurrent, not one after the other: every greenlet starts its
+        // sleep before any finishes (checked by order, not by the clock).
+        let events = Rc::new(RefCell::new(Vec::new()));
         let hs: Vec<_> = (0..50)
             .map(|i| {
+                let events = events.clone();
                 spawn(move || {
+                    events.borrow_mut().push("start");
                     greenhack::sleep(Duration::from_millis(30));
+                    events.borrow_mut().push("end");
                     i
                 })
             })
             .collect();
         let sum: i32 = hs.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(sum, (0..50).sum());
-        // Concurrent, not sequential.
-        assert!(t0.elapsed() < Duration::from_millis(30 * 10));
+        let events = events.borrow();
+        assert_eq!(events.len(), 100);
+        assert!(events[..50].iter().all(|e| *e == "start"), "{events:?}");
     })
     .join()
     .unwrap();
