@@ -13,6 +13,10 @@
 //!   `loop { x = s.suspend(x + 1) }` and the resumer calls `resume` in a plain
 //!   loop: the bare cost of the two switches and of passing a value each way,
 //!   with every branch as predictable as it can be. ns per round trip.
+//! * **flat, switch hook set** — the flat case with a no-op
+//!   [`set_switch_hook`](greenhack::debug::set_switch_hook) installed: the
+//!   cost of a hook when set. Unset, the hook is one relaxed load and a
+//!   predicted branch per direction, already inside the **flat** row.
 //! * **nested** — the same round trip, but the greenlet suspends from depth 3
 //!   of `#[inline(never)]` functions (body loop → `a` → `b` → `c`, which
 //!   suspends) and the resumer calls `resume` inside an `#[inline(never)]`
@@ -108,6 +112,23 @@ fn greenhack_flat() -> Runner {
         }
         let t = start.elapsed();
         black_box(x);
+        t
+    })
+}
+
+/// The flat case with a (no-op) switch hook set for the duration of each
+/// sample: next to the plain flat row it shows what a set hook costs, and
+/// that an unset one costs nothing measurable (the flat row's ratio to
+/// corosensei).
+fn greenhack_flat_hooked() -> Runner {
+    fn no_op(e: greenhack::debug::SwitchEvent<'_>) {
+        black_box(e.id);
+    }
+    let mut flat = greenhack_flat();
+    Box::new(move |n| {
+        greenhack::debug::set_switch_hook(Some(no_op));
+        let t = flat(n);
+        greenhack::debug::set_switch_hook(None);
         t
     })
 }
@@ -502,6 +523,11 @@ fn main() {
             corosensei: corosensei_flat(),
         },
         Case {
+            name: "flat, switch hook set",
+            greenhack: greenhack_flat_hooked(),
+            corosensei: corosensei_flat(),
+        },
+        Case {
             name: "nested",
             greenhack: greenhack_nested(),
             corosensei: corosensei_nested(),
@@ -530,7 +556,8 @@ fn main() {
         .collect();
     if selected.len() == 1 {
         eprintln!(
-            "no case matches {filters:?}; cases: flat, nested, create pooled, create fresh, floor"
+            "no case matches {filters:?}; cases: flat, flat, switch hook set, nested, \
+             create pooled, create fresh, floor"
         );
     }
 
