@@ -23,8 +23,12 @@
 //! source's slot until the socket operation that consumes it returns
 //! `WouldBlock`, so an edge that arrives while nobody waits is never lost. As
 //! with mio, an operation must be retried until `WouldBlock` before waiting:
-//! [`Reactor::io`] is that loop. Readers and writers wait separately; several
-//! greenlets may wait on one direction of one socket (all are woken).
+//! [`Reactor::io`] is that loop. The one exception is a short stream read,
+//! which proves the receive buffer drained: the socket layer then drops the
+//! latch itself (`mark_drained`) and its next read waits first, saving a
+//! system call that could only say `WouldBlock`. Readers and writers wait
+//! separately; several greenlets may wait on one direction of one socket
+//! (all are woken).
 //!
 //! # Wakers
 //!
