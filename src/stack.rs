@@ -238,10 +238,7 @@ impl Stack {
     /// above one guard page.
     pub(crate) fn map(size: usize) -> io::Result<Stack> {
         let page = page_size();
-        let usable = size
-            .max(MIN_STACK_SIZE)
-            .checked_next_multiple_of(page)
-            .ok_or_else(|| size_error(size))?;
+        let usable = checked_usable_size(size).ok_or_else(|| size_error(size))?;
         let len = usable.checked_add(page).ok_or_else(|| size_error(size))?;
         // SAFETY: an anonymous private mapping at an address of the kernel's
         // choosing touches no existing memory.
@@ -485,7 +482,9 @@ pub(crate) fn for_each_header(mut f: impl FnMut(&StackHeader)) {
 /// Async-signal-safe: reads a constant-initialised thread local and walks
 /// headers in mapped memory; no allocation, no locks.
 pub(crate) fn guard_owner(addr: usize) -> Option<&'static StackHeader> {
-    let page = page_size_cached_for_signal();
+    // A relaxed atomic load: set before any stack (and so this handler's
+    // reason to run) existed.
+    let page = page_size();
     let mut p = MAPPED.try_with(|m| m.get()).ok()?;
     while !p.is_null() {
         // SAFETY: every header on the list belongs to a live mapping.
@@ -498,14 +497,6 @@ pub(crate) fn guard_owner(addr: usize) -> Option<&'static StackHeader> {
     None
 }
 
-/// The page size without `OnceLock` (which is fine after initialisation,
-/// but a signal handler should not depend on that reasoning).
-fn page_size_cached_for_signal() -> usize {
-    // SAFETY: sysconf(_SC_PAGESIZE) reads a value cached by libc; it is not
-    // on the POSIX list but does not allocate or lock in glibc or musl.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-}
-
 /// The usable size `map` gives a stack asked for `size` bytes (saturating:
 /// an overflowing size is rejected by `map`).
 #[inline]
@@ -514,9 +505,14 @@ pub(crate) fn usable_size(size: usize) -> usize {
     if size >= MIN_STACK_SIZE && size & (page - 1) == 0 {
         return size; // the common case: a whole number of pages
     }
+    checked_usable_size(size).unwrap_or(usize::MAX)
+}
+
+/// `size` raised to [`MIN_STACK_SIZE`] and rounded up to whole pages; `None`
+/// if that overflows.
+fn checked_usable_size(size: usize) -> Option<usize> {
     size.max(MIN_STACK_SIZE)
-        .checked_next_multiple_of(page)
-        .unwrap_or(usize::MAX)
+        .checked_next_multiple_of(page_size())
 }
 
 fn size_error(size: usize) -> io::Error {
