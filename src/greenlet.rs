@@ -199,6 +199,7 @@ thread_local! {
 }
 
 /// A process-unique greenlet id.
+#[inline]
 fn next_id() -> u64 {
     IDS.with(|ids| {
         let (mut next, mut end) = ids.get();
@@ -274,16 +275,13 @@ impl Builder {
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
     {
-        let usable = stack::usable_size(self.stack_size);
-        if size_of::<F>() > usable / 2 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "greenhack: a closure of {} bytes leaves too little of a {usable}-byte stack; \
-                     box its captures or raise Builder::stack_size",
-                    size_of::<F>(),
-                ),
-            ));
+        // Every stack has at least MIN_STACK_SIZE usable bytes, so for most
+        // closures this check folds away at compile time.
+        if size_of::<F>() > stack::MIN_STACK_SIZE / 2 {
+            let usable = stack::usable_size(self.stack_size);
+            if size_of::<F>() > usable / 2 {
+                return Err(closure_too_big(size_of::<F>(), usable));
+            }
         }
         let stack = Stack::get(self.stack_size)?;
         let name = self.name.map(String::into_boxed_str);
@@ -311,6 +309,17 @@ impl Builder {
             _marker: PhantomData,
         })
     }
+}
+
+#[cold]
+fn closure_too_big(closure: usize, usable: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "greenhack: a closure of {closure} bytes leaves too little of a {usable}-byte stack; \
+             box its captures or raise Builder::stack_size",
+        ),
+    )
 }
 
 /// An asymmetric stackful coroutine: a closure on its own stack, resumed with
@@ -485,10 +494,19 @@ impl<I, Y, R> Greenlet<I, Y, R> {
 }
 
 impl<I, Y, R> Drop for Greenlet<I, Y, R> {
+    #[inline]
     fn drop(&mut self) {
-        if self.state == State::Finished {
-            return;
+        if self.state != State::Finished {
+            self.drop_unfinished();
         }
+    }
+}
+
+impl<I, Y, R> Greenlet<I, Y, R> {
+    /// Drop of a greenlet that can still run: out of line, so that dropping
+    /// a finished one is a compare.
+    #[inline(never)]
+    fn drop_unfinished(&mut self) {
         // Fresh or suspended: unwind the stack so every destructor on it runs
         // (for a fresh greenlet, the closure's).
         // SAFETY: not finished, so the stack and its header are live.

@@ -31,12 +31,15 @@
 //!
 //! Finished greenlets give their stack to a per-thread pool (up to
 //! [`POOL_CAPACITY`] stacks), so creating a greenlet in the steady state costs
-//! no system call. A stack whose use reached below its top
+//! no system call. The pool is a list threaded through the free stacks' own
+//! headers, most recently used first: taking and giving back a stack is a
+//! few loads and stores on one thread local, with no allocation and no
+//! borrow flag. A stack whose use reached below its top
 //! [`POOL_KEEP_BYTES`] gives those deeper pages back with
 //! `madvise(MADV_DONTNEED)` before it is pooled: deep recursion once does not
 //! pin memory forever.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::ptr;
 
@@ -90,6 +93,12 @@ pub(crate) struct StackHeader {
     pub(crate) wait: Cell<crate::debug::Wait>,
     /// Where the greenlet was created (`#[track_caller]`).
     pub(crate) created_at: Cell<Option<&'static std::panic::Location<'static>>>,
+    /// The next free stack in this thread's pool while this one is pooled.
+    next_free: Cell<*const StackHeader>,
+    /// The word whose being written shows that the greenlet went deeper
+    /// than [`POOL_KEEP_BYTES`] (see `release_deep_pages`); 0 for a stack
+    /// no deeper than that.
+    deep_probe: usize,
     /// The thread's list of mapped stacks (for the overflow handler).
     next: Cell<*const StackHeader>,
     prev: Cell<*const StackHeader>,
@@ -117,7 +126,8 @@ thread_local! {
     /// giving back a stack costs one thread-local access.
     static STACKS: ThreadStacks = const {
         ThreadStacks {
-            pool: RefCell::new(Vec::new()),
+            free: Cell::new(ptr::null()),
+            pooled: Cell::new(0),
             limit: Cell::new(POOL_CAPACITY),
             mapped: Cell::new(0),
             mmaps: Cell::new(0),
@@ -126,14 +136,74 @@ thread_local! {
 }
 
 struct ThreadStacks {
-    /// Free stacks, most recently used last.
-    pool: RefCell<Vec<Stack>>,
-    /// How many stacks `pool` may hold.
+    /// The pool: free stacks linked through their headers' `next_free`,
+    /// most recently used first. Every stack on it is owned by the pool.
+    free: Cell<*const StackHeader>,
+    /// How many stacks are on `free`.
+    pooled: Cell<usize>,
+    /// How many stacks the pool may hold.
     limit: Cell<usize>,
     /// Stacks mapped by this thread and not yet unmapped.
     mapped: Cell<usize>,
     /// `mmap` calls for stacks so far.
     mmaps: Cell<u64>,
+}
+
+impl ThreadStacks {
+    /// Takes the first free stack whose mapping is `len` bytes long.
+    #[inline]
+    fn take(&self, len: usize) -> Option<Stack> {
+        let mut prev: Option<&StackHeader> = None;
+        let mut p = self.free.get();
+        while !p.is_null() {
+            // SAFETY: every header on the free list belongs to a live mapping
+            // the pool owns.
+            let h = unsafe { &*p };
+            if h.map_len == len {
+                let next = h.next_free.get();
+                match prev {
+                    None => self.free.set(next),
+                    Some(prev) => prev.next_free.set(next),
+                }
+                self.pooled.set(self.pooled.get() - 1);
+                // SAFETY: the pool owned this stack; unlinked, it is ours.
+                return Some(unsafe { Stack::from_header(h) });
+            }
+            prev = Some(h);
+            p = h.next_free.get();
+        }
+        None
+    }
+
+    /// Unlinks and returns every free stack after the first `keep`.
+    fn split_off(&self, keep: usize) -> Vec<Stack> {
+        let mut excess = Vec::new();
+        let mut link = &self.free;
+        for _ in 0..keep {
+            let p = link.get();
+            if p.is_null() {
+                return excess;
+            }
+            // SAFETY: a live header on the free list, as in `take`.
+            link = unsafe { &(*p).next_free };
+        }
+        let mut p = link.replace(ptr::null());
+        while !p.is_null() {
+            // SAFETY: as in `take`; each unlinked stack becomes ours.
+            let h = unsafe { &*p };
+            p = h.next_free.get();
+            excess.push(unsafe { Stack::from_header(h) });
+        }
+        self.pooled.set(self.pooled.get() - excess.len());
+        excess
+    }
+}
+
+impl Drop for ThreadStacks {
+    /// Thread exit: unmaps the pooled stacks.
+    fn drop(&mut self) {
+        drop(self.split_off(0));
+    }
 }
 
 /// This thread's stack counters, from [`stats`].
@@ -165,7 +235,7 @@ pub fn stats() -> StackStats {
     STACKS.with(|t| StackStats {
         mapped: t.mapped.get(),
         mmaps: t.mmaps.get(),
-        pooled: t.pool.borrow().len(),
+        pooled: t.pooled.get(),
     })
 }
 
@@ -180,13 +250,12 @@ pub fn stats() -> StackStats {
 /// assert_eq!(greenhack::stack::stats().pooled, 0);
 /// ```
 pub fn set_pool_capacity(stacks: usize) {
-    let excess: Vec<Stack> = STACKS.with(|t| {
+    let excess = STACKS.with(|t| {
         t.limit.set(stacks);
-        let mut p = t.pool.borrow_mut();
-        let excess = p.len().saturating_sub(stacks);
-        p.drain(..excess).collect()
+        // The least recently used go.
+        t.split_off(stacks)
     });
-    // Unmapped outside the borrow: `Drop for Stack` updates the counters.
+    // Unmapped outside `with`: `Drop for Stack` updates the counters.
     drop(excess);
 }
 
@@ -296,46 +365,66 @@ impl Stack {
     /// or maps a new one.
     #[inline]
     pub(crate) fn get(size: usize) -> io::Result<Stack> {
-        let len = usable_size(size) + page_size();
-        let pooled = STACKS.with(|t| {
-            let mut p = t.pool.borrow_mut();
-            // Most pools hold one size: the last stack matches.
-            if p.last().is_some_and(|s| s.len == len) {
-                return p.pop();
-            }
-            let i = p.iter().rposition(|s| s.len == len)?;
-            Some(p.swap_remove(i))
-        });
-        match pooled {
-            Some(s) => Ok(s),
-            None => Stack::map(size),
+        let len = usable_size(size).saturating_add(page_size());
+        match STACKS.try_with(|t| t.take(len)) {
+            Ok(Some(s)) => Ok(s),
+            _ => Stack::map(size),
+        }
+    }
+
+    /// Rebuilds the owning value of a stack from its header.
+    ///
+    /// # Safety
+    ///
+    /// `h` is the header of a live stack that nothing else owns (one just
+    /// unlinked from the pool).
+    unsafe fn from_header(h: &StackHeader) -> Stack {
+        Stack {
+            // SAFETY: `map_base` came from a successful mmap: not null.
+            base: unsafe { std::ptr::NonNull::new_unchecked(h.map_base as *mut u8) },
+            len: h.map_len,
         }
     }
 
     /// Returns the stack to this thread's pool, or unmaps it when the pool
     /// is full.
+    #[inline]
     pub(crate) fn recycle(self) {
         let header = self.header();
         header.id.set(0);
-        // The finished greenlet's frames left marks in the sanitizers'
-        // shadow memory: make the stack look freshly mapped.
+        header.name_ptr.set(ptr::null());
+        header.wait.set(crate::debug::Wait::Nothing);
+        if header.valgrind_id.get() != 0 || cfg!(greenhack_asan) {
+            self.reset_sanitizer_state();
+        }
+        // During thread exit the pool may be gone: then the stack is unmapped.
+        let pooled = STACKS.try_with(|t| {
+            if t.pooled.get() >= t.limit.get() {
+                return false;
+            }
+            // Only a stack that stays needs its deep pages released (and the
+            // probe would cost a fresh stack a page fault).
+            self.release_deep_pages();
+            header.next_free.set(t.free.get());
+            t.free.set(header);
+            t.pooled.set(t.pooled.get() + 1);
+            true
+        });
+        if pooled == Ok(true) {
+            // The pool owns it now, through the free list.
+            std::mem::forget(self);
+        }
+    }
+
+    /// The finished greenlet's frames left marks in the sanitizers' shadow
+    /// memory: make the stack look freshly mapped.
+    #[cold]
+    fn reset_sanitizer_state(&self) {
+        let header = self.header();
         crate::asan::unpoison_stack(header);
         if header.valgrind_id.get() != 0 {
             crate::valgrind::make_mem_defined(self.base() + page_size(), self.frames_top());
         }
-        header.name_ptr.set(ptr::null());
-        header.wait.set(crate::debug::Wait::Nothing);
-        // Unmapped (by Drop) when the pool is full or, during thread exit,
-        // already gone.
-        let _ = STACKS.try_with(|t| {
-            let mut p = t.pool.borrow_mut();
-            if p.len() < t.limit.get() {
-                // Only a stack that stays needs its deep pages released (and
-                // the probe would cost a fresh stack a page fault).
-                self.release_deep_pages();
-                p.push(self);
-            }
-        });
     }
 
     /// If the greenlet wrote below the kept top of the stack, gives those
@@ -346,19 +435,20 @@ impl Stack {
     /// registers are written densely). A frame that straddles it without
     /// writing that word escapes; its pages are reclaimed when the stack is
     /// unmapped.
+    #[inline]
     fn release_deep_pages(&self) {
-        let page = page_size();
-        let low = self.base() + page;
-        let keep_from = self.top().saturating_sub(POOL_KEEP_BYTES);
-        if keep_from <= low {
-            return;
+        let probe = self.header().deep_probe as *const usize;
+        // SAFETY: a non-null probe lies in the read-write part of our mapping
+        // (`link` checked); reading an untouched page maps the shared zero
+        // page.
+        if !probe.is_null() && unsafe { probe.read_volatile() } != 0 {
+            self.release_below(probe as usize + 8);
         }
-        let probe = (keep_from - 8) as *const usize;
-        // SAFETY: `probe` lies in the read-write part of our mapping; reading
-        // an untouched page maps the shared zero page.
-        if unsafe { probe.read_volatile() } == 0 {
-            return;
-        }
+    }
+
+    #[cold]
+    fn release_below(&self, keep_from: usize) {
+        let low = self.base() + page_size();
         // SAFETY: the range is page aligned, inside our mapping, and holds no
         // live frames: the greenlet that used it has finished.
         unsafe {
@@ -400,6 +490,16 @@ impl Stack {
         self.frames_top() as *mut StackHeader
     }
 
+    /// The address of the word just below the kept top, if the stack goes
+    /// deeper than that: see `release_deep_pages`.
+    fn deep_probe(&self) -> usize {
+        let low = self.base() + page_size();
+        match self.top().checked_sub(POOL_KEEP_BYTES) {
+            Some(keep_from) if keep_from > low => keep_from - 8,
+            _ => 0,
+        }
+    }
+
     /// Writes the header and links it into this thread's list.
     fn link(&self) {
         let head = MAPPED.with(|m| m.get());
@@ -413,6 +513,8 @@ impl Stack {
             id: Cell::new(0),
             wait: Cell::new(crate::debug::Wait::Nothing),
             created_at: Cell::new(None),
+            next_free: Cell::new(ptr::null()),
+            deep_probe: self.deep_probe(),
             next: Cell::new(head),
             prev: Cell::new(ptr::null()),
             map_base: self.base(),

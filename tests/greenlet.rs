@@ -267,6 +267,45 @@ fn stacks_of_other_sizes_are_not_mixed() {
 }
 
 #[test]
+fn pool_finds_a_size_behind_others_and_sheds_the_least_recently_used() {
+    fn build(size: usize) -> Greenlet<(), (), ()> {
+        Builder::new().stack_size(size).build(|_, ()| ()).unwrap()
+    }
+    std::thread::spawn(|| {
+        let (small, big) = (64 * 1024, 128 * 1024);
+        let (a, b, c) = (build(small), build(big), build(small));
+        let (ra, rb, rc) = (a.stack_range(), b.stack_range(), c.stack_range());
+        drop(a);
+        drop(b);
+        drop(c);
+        let start = greenhack::stack::stats();
+        assert_eq!((start.pooled, start.mapped), (3, 3));
+
+        // The big stack sits between two small ones in the pool.
+        let b = build(big);
+        assert_eq!(b.stack_range(), rb);
+        drop(b);
+        assert_eq!(greenhack::stack::stats().pooled, 3);
+
+        // Shrinking unmaps the stack unused for longest: `a`'s.
+        greenhack::stack::set_pool_capacity(2);
+        let shrunk = greenhack::stack::stats();
+        assert_eq!((shrunk.pooled, shrunk.mapped), (2, 2));
+        let c = build(small);
+        assert_eq!(c.stack_range(), rc, "the small stack left is c's");
+        assert_ne!(c.stack_range(), ra);
+        assert_eq!(greenhack::stack::stats().mmaps, start.mmaps, "no new mmap");
+        drop(c);
+
+        greenhack::stack::set_pool_capacity(0);
+        let empty = greenhack::stack::stats();
+        assert_eq!((empty.pooled, empty.mapped), (0, 0));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
 fn thread_exit_unmaps_pooled_stacks() {
     // In a child process: concurrent tests could map a new stack at the
     // freed address and make the check below lie.
