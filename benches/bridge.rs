@@ -88,12 +88,12 @@
 //!
 //! # Harness
 //!
-//! Our own, small (`harness = false`), as in `benches/switch.rs`. Each side is
-//! warmed up and calibrated to its own n, then S samples (31) are taken,
-//! the four sides interleaved sample by sample with the order rotated every
-//! sample, so that drift on a noisy machine hits all alike. Nothing is
-//! pinned. Each cell reports the median ns per wait, the minimum and the
-//! p25–p75 spread over samples.
+//! Our own, small (`harness = false`), shared with `benches/switch.rs` in
+//! `benches/common/mod.rs`. Each side is warmed up and calibrated to its own
+//! n, then S samples (31) are taken, the four sides interleaved sample by
+//! sample with the order rotated every sample, so that drift on a noisy
+//! machine hits all alike. Nothing is pinned. Each cell reports the median ns
+//! per wait, the minimum and the p25–p75 spread over samples.
 //!
 //! The table is printed and written to `target/bench-bridge.md`.
 //! `GREENHACK_BENCH_QUICK=1` takes 5 short samples. Run without `--bench`
@@ -107,20 +107,15 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// One side of a case: runs `n` waits and returns how long they took.
-type Runner = Box<dyn FnMut(u64) -> Duration>;
+mod common;
+use common::{Args, Case, Runner, cell, ratio};
 
 /// The sides, in column order.
 const SIDES: [&str; 4] = ["greenhack", "stackful", "block_in_place", "async"];
-
-struct Case {
-    name: &'static str,
-    sides: [Runner; 4],
-}
 
 /// Fewest waits per sample, so that one greenlet creation per sample stays
 /// negligible whatever the calibration says.
@@ -344,24 +339,23 @@ where
 
 /// Every side must have summed 0..n: the waits really happened.
 fn check(acc: u64, n: u64) {
-    let want = if n == 0 {
-        0
-    } else {
-        (n as u128 * (n as u128 - 1) / 2) as u64
-    };
-    assert_eq!(black_box(acc), want, "wrong sum of {n} waits");
+    assert_eq!(
+        black_box(acc),
+        common::sum_below(n),
+        "wrong sum of {n} waits"
+    );
 }
 
-fn sides<F, M>(mk: M) -> [Runner; 4]
+fn sides<F, M>(mk: M) -> [Option<Runner>; 4]
 where
     M: Fn(u64) -> F + Copy + Send + 'static,
     F: Future<Output = u64>,
 {
     [
-        greenhack(mk),
-        stackful(mk),
-        block_in_place(mk),
-        plain_async(mk),
+        Some(greenhack(mk)),
+        Some(stackful(mk)),
+        Some(block_in_place(mk)),
+        Some(plain_async(mk)),
     ]
 }
 
@@ -387,163 +381,25 @@ where
     })
 }
 
-fn enter_sides<F, M>(mk: M) -> [Runner; 4]
+fn enter_sides<F, M>(mk: M) -> [Option<Runner>; 4]
 where
     M: Fn(u64) -> F + Copy + Send + 'static,
     F: Future<Output = u64> + 'static,
 {
     [
-        greenhack_enter(mk),
-        stackful_enter(mk),
-        block_in_place_enter(mk),
-        plain_async_enter(mk),
+        Some(greenhack_enter(mk)),
+        Some(stackful_enter(mk)),
+        Some(block_in_place_enter(mk)),
+        Some(plain_async_enter(mk)),
     ]
 }
 
 // ---------------------------------------------------------------------------
-// harness
-
-struct Config {
-    samples: usize,
-    sample_time: Duration,
-    warmup: Duration,
-    label: &'static str,
-}
-
-/// Distribution of ns per wait over samples.
-#[derive(Clone, Copy)]
-struct Summary {
-    median: f64,
-    min: f64,
-    p25: f64,
-    p75: f64,
-}
-
-fn summarize(ns: &[f64]) -> Summary {
-    let mut v = ns.to_vec();
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Summary {
-        median: at(0.5),
-        min: v[0],
-        p25: at(0.25),
-        p75: at(0.75),
-    }
-}
-
-/// Warms `run` up for about `cfg.warmup` and returns the number of waits
-/// that makes one sample last about `cfg.sample_time` (at least
-/// [`MIN_WAITS`]).
-fn calibrate(run: &mut Runner, cfg: &Config) -> u64 {
-    let start = Instant::now();
-    let mut n = 1u64;
-    let mut per_op;
-    loop {
-        let t = run(n);
-        per_op = t.as_secs_f64() / n as f64;
-        if t >= cfg.sample_time / 4 || n >= 1 << 40 {
-            break;
-        }
-        n *= 2;
-    }
-    while start.elapsed() < cfg.warmup {
-        per_op = run(n).as_secs_f64() / n as f64;
-    }
-    ((cfg.sample_time.as_secs_f64() / per_op.max(1e-12)) as u64).max(MIN_WAITS)
-}
-
-/// Measures the sides of `case` (only side `only`, if given; the others'
-/// summaries are then NaN).
-fn measure(case: &mut Case, cfg: &Config, only: Option<usize>) -> [Summary; 4] {
-    let run: Vec<usize> = (0..SIDES.len())
-        .filter(|&k| only.is_none_or(|o| o == k))
-        .collect();
-    let mut n = [0u64; 4];
-    for &k in &run {
-        n[k] = calibrate(&mut case.sides[k], cfg);
-    }
-    let mut ns: [Vec<f64>; 4] = Default::default();
-    for s in 0..cfg.samples {
-        // Rotate which side goes first.
-        for j in 0..run.len() {
-            let k = run[(s + j) % run.len()];
-            let t = (case.sides[k])(n[k]);
-            ns[k].push(t.as_nanos() as f64 / n[k] as f64);
-        }
-    }
-    ns.map(|v| {
-        if v.is_empty() {
-            Summary {
-                median: f64::NAN,
-                min: f64::NAN,
-                p25: f64::NAN,
-                p75: f64::NAN,
-            }
-        } else {
-            summarize(&v)
-        }
-    })
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns < 10.0 {
-        format!("{ns:.2}")
-    } else if ns < 1000.0 {
-        format!("{ns:.1}")
-    } else {
-        format!("{ns:.0}")
-    }
-}
-
-fn cell(s: &Summary) -> String {
-    format!(
-        "**{}** (min {}; {}–{})",
-        fmt_ns(s.median),
-        fmt_ns(s.min),
-        fmt_ns(s.p25),
-        fmt_ns(s.p75)
-    )
-}
-
-fn ratio(r: f64) -> String {
-    if r < 0.1 {
-        format!("{r:.3}")
-    } else {
-        format!("{r:.2}")
-    }
-}
+// main
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench_mode = args.iter().any(|a| a == "--bench");
-    let filters: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let quick = std::env::var("GREENHACK_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    let cfg = if !bench_mode {
-        Config {
-            samples: 3,
-            sample_time: Duration::from_micros(200),
-            warmup: Duration::from_millis(1),
-            label: "smoke run (not `--bench`)",
-        }
-    } else if quick {
-        Config {
-            samples: 5,
-            sample_time: Duration::from_micros(500),
-            warmup: Duration::from_millis(10),
-            label: "quick run (GREENHACK_BENCH_QUICK)",
-        }
-    } else {
-        Config {
-            samples: 31,
-            sample_time: Duration::from_millis(3),
-            warmup: Duration::from_millis(200),
-            label: "full run",
-        }
-    };
+    let mut args = Args::from_env();
+    args.cfg.min_ops = MIN_WAITS;
     let only = match std::env::var("GREENHACK_BENCH_ONLY") {
         Ok(side) if !side.is_empty() => match SIDES.iter().position(|s| *s == side) {
             Some(k) => Some(k),
@@ -554,55 +410,27 @@ fn main() {
         },
         _ => None,
     };
-    let label = if filters.is_empty() {
-        cfg.label.to_string()
-    } else {
-        format!("{}, filter {filters:?}", cfg.label)
-    };
 
     let cases = vec![
-        Case {
-            name: "ready",
-            sides: sides(ready_fut),
-        },
-        Case {
-            name: "pending once",
-            sides: sides(pending_once),
-        },
-        Case {
-            name: "enter + ready",
-            sides: enter_sides(ready_fut),
-        },
-        Case {
-            name: "enter + pending once",
-            sides: enter_sides(pending_once),
-        },
+        Case::new("ready", SIDES, sides(ready_fut)),
+        Case::new("pending once", SIDES, sides(pending_once)),
+        Case::new("enter + ready", SIDES, enter_sides(ready_fut)),
+        Case::new("enter + pending once", SIDES, enter_sides(pending_once)),
     ];
-    let selected: Vec<Case> = cases
-        .into_iter()
-        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f)))
-        .collect();
-    if selected.is_empty() {
-        eprintln!(
-            "no case matches {filters:?}; cases: ready, pending once, enter + ready, \
-             enter + pending once"
-        );
+    let Some(mut selected) = args.select(cases, &[]) else {
         return;
+    };
+    if let Some(o) = only {
+        // A profiling run: drop the other sides' runners (and runtimes).
+        for case in &mut selected {
+            for (k, (_, r)) in case.sides.iter_mut().enumerate() {
+                if k != o {
+                    *r = None;
+                }
+            }
+        }
     }
-
-    let mut results = Vec::new();
-    for mut case in selected {
-        eprint!("{:<21} ", case.name);
-        let r = measure(&mut case, &cfg, only);
-        let line: Vec<String> = SIDES
-            .iter()
-            .zip(&r)
-            .filter(|(_, s)| !s.median.is_nan())
-            .map(|(side, s)| format!("{side} {} ns", fmt_ns(s.median)))
-            .collect();
-        eprintln!("{}", line.join(", "));
-        results.push((case.name, r));
-    }
+    let results = common::run_cases(selected, &args.cfg);
     if only.is_some() {
         // A profiling run: no table to compare.
         return;
@@ -611,13 +439,8 @@ fn main() {
     let mut md = String::new();
     md.push_str("## greenhack vs stackful vs block_in_place: sync code waiting on a future\n\n");
     md.push_str(&format!(
-        "{}, {}: {} samples of ~{:?} per side, sides interleaved; \
-         ns per wait: **median** (min; p25–p75). Ratios are of medians. \
-         Targets: greenhack/stackful ≤ 1.0, greenhack/block_in_place ≤ 0.1.\n\n",
-        std::env::consts::ARCH,
-        label,
-        cfg.samples,
-        cfg.sample_time
+        "{}. Targets: greenhack/stackful ≤ 1.0, greenhack/block_in_place ≤ 0.1.\n\n",
+        args.preamble("wait"),
     ));
     md.push_str(
         "| case | greenhack ns | stackful ns | block_in_place ns | async ns \
@@ -625,7 +448,10 @@ fn main() {
     );
     md.push_str("|---|---|---|---|---|---|---|---|\n");
     let mut misses = Vec::new();
-    for (name, [gh, sf, bip, asy]) in &results {
+    let mut records = Vec::new();
+    for r in &results {
+        let [gh, sf, bip, asy] = [0, 1, 2, 3].map(|k| r.summaries[k].expect("every side ran"));
+        let name = r.name;
         let (r_sf, r_bip, r_asy) = (
             gh.median / sf.median,
             gh.median / bip.median,
@@ -633,10 +459,10 @@ fn main() {
         );
         md.push_str(&format!(
             "| {name} | {} | {} | {} | {} | {} | {} | {}× |\n",
-            cell(gh),
-            cell(sf),
-            cell(bip),
-            cell(asy),
+            cell(Some(&gh)),
+            cell(Some(&sf)),
+            cell(Some(&bip)),
+            cell(Some(&asy)),
             ratio(r_sf),
             ratio(r_bip),
             ratio(r_asy),
@@ -650,6 +476,17 @@ fn main() {
                 ratio(r_bip)
             ));
         }
+        // The same figures for scripts/bench-report: ns per wait.
+        records.push(common::json_record(
+            "exempt",
+            name,
+            gh.median,
+            &[
+                ("stackful", sf.median),
+                ("block_in_place", bip.median),
+                ("plain async", asy.median),
+            ],
+        ));
     }
     md.push('\n');
     if misses.is_empty() {
@@ -662,40 +499,7 @@ fn main() {
     }
     println!("\n{md}");
 
-    if bench_mode {
-        let path = report_path();
-        match std::fs::write(&path, &md) {
-            Ok(()) => eprintln!("written to {}", path.display()),
-            Err(e) => eprintln!("could not write {}: {e}", path.display()),
-        }
-        // The same figures for scripts/bench-report (the schema every bench
-        // writes): ns per wait, lower is better.
-        let records: Vec<String> = results
-            .iter()
-            .map(|(name, [gh, sf, bip, asy])| {
-                format!(
-                    "  {{\"group\": \"exempt\", \"case\": \"{name}\", \"unit\": \"ns\", \
-                     \"lower_is_better\": true, \"greenhack\": {:.3}, \"peers\": \
-                     {{\"stackful\": {:.3}, \"block_in_place\": {:.3}, \"plain async\": {:.3}}}}}",
-                    gh.median, sf.median, bip.median, asy.median
-                )
-            })
-            .collect();
-        let json_path = path.with_extension("json");
-        if let Err(e) = std::fs::write(&json_path, format!("[\n{}\n]\n", records.join(",\n"))) {
-            eprintln!("could not write {}: {e}", json_path.display());
-        }
+    if args.bench_mode {
+        common::write_report("bridge", &md, &records);
     }
-}
-
-/// `target/bench-bridge.md`: the target directory is three levels above this
-/// binary (`target/release/deps/bridge-…`), wherever it was configured.
-fn report_path() -> std::path::PathBuf {
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        let deps = exe.parent()?;
-        (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(|t| t.to_path_buf()))?
-    });
-    from_exe
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("bench-bridge.md")
 }

@@ -1,5 +1,5 @@
-//! Switch benchmark: greenhack's greenlets against corosensei's coroutines,
-//! the same shapes measured in the same run.
+//! Switch benchmark: greenhack's greenlets against three peers' stackful
+//! coroutines, the same shapes measured in the same run.
 //!
 //! ```text
 //! cargo bench --bench switch            # every case
@@ -7,87 +7,230 @@
 //! GREENHACK_BENCH_QUICK=1 cargo bench --bench switch   # smoke run (CI)
 //! ```
 //!
+//! # The peers (the columns)
+//!
+//! What each switch is, on x86_64 (aarch64 differs in registers, not in
+//! kind):
+//!
+//! * **greenhack** — our own `asm/` routine behind `#[inline(always)]`
+//!   `asm!` stubs, entered and left by `jmp`: it never pushes or pops a
+//!   return-stack-buffer entry, and the stubs let the compiler spill only
+//!   what is live, as corosensei's do. Without the `fp-control` feature
+//!   (`cargo bench`'s default) it saves no floating-point control state.
+//! * **corosensei** (0.3) — inline asm at the call site: the compiler sees
+//!   a switch that clobbers the callee-saved registers and spills only what
+//!   is live. Resume is a `call`, suspend a `ret`. `Coroutine::resume(x)`
+//!   returns `Yield(y)` or `Return(r)`; `Yielder::suspend(y)` returns the
+//!   next `x`.
+//! * **generator** (0.8, the crate under may's coroutines) — its own asm
+//!   `swap_registers`, entered by `call`: it stores rbx, rsp, rbp and r12–r15
+//!   into the suspending side's register block (in memory, not on the stack)
+//!   and loads the other's, then leaves by `pop` + indirect `jmp`, so the
+//!   `call`'s return-stack-buffer entry is never consumed by a `ret`. No
+//!   floating-point control state. Around it, each switch walks a
+//!   thread-local stack of generator contexts and keeps a reference count,
+//!   and values travel through memory as `Option`s: `Generator::send(x)`
+//!   stores `Some(x)` in the generator's parameter slot and takes the
+//!   yielded `Option` back out (panicking on `None`); `Scope::yield_(y)`
+//!   stores `Some(y)` and returns the next `Option<x>`; the first sent value
+//!   is read with `Scope::get_yield`.
+//! * **context** (3.0, the Rust port of boost.context) — boost's
+//!   `jump_fcontext` asm (built by `cc`), entered by `call`: it pushes
+//!   MXCSR, the x87 control word, r12–r15, rbx and rbp on the current stack,
+//!   swaps `rsp` for the target's saved context pointer, pops the target's
+//!   and leaves by indirect `jmp`. It saves the floating-point control state
+//!   that greenhack saves only with `fp-control`. The API passes
+//!   `Transfer { context, data }`: `Context::resume(data)` consumes the
+//!   target context and returns the `Transfer` of whoever switches back (the
+//!   context to resume them with, and their `usize` datum, which carries our
+//!   `u64`). There is no ambient yielder: code that suspends needs the
+//!   resumer's `Context` in hand.
+//!
 //! # Cases
 //!
-//! * **flat** — one resume + suspend round trip. The greenlet's body is
-//!   `loop { x = s.suspend(x + 1) }` and the resumer calls `resume` in a plain
+//! * **flat** — one resume + suspend round trip. The coroutine's body is
+//!   `loop { x = suspend(x + 1) }` and the resumer calls `resume` in a plain
 //!   loop: the bare cost of the two switches and of passing a value each way,
-//!   with every branch as predictable as it can be. ns per round trip.
+//!   with every branch as predictable as it can be. generator: `loop { x =
+//!   s.yield_(x + 1).expect(..) }` against `x = g.send(x)`. context: the
+//!   entry function loops `t = t.context.resume(t.data + 1)` (the crate's own
+//!   example shape); the resumer keeps the context it gets back in an
+//!   `Option` for its next resume. ns per round trip.
 //! * **flat, switch hook set** — the flat case with a no-op
 //!   [`set_switch_hook`](greenhack::debug::set_switch_hook) installed: the
 //!   cost of a hook when set. Unset, the hook is one relaxed load and a
-//!   predicted branch per direction, already inside the **flat** row.
-//! * **nested** — the same round trip, but the greenlet suspends from depth 3
-//!   of `#[inline(never)]` functions (body loop → `a` → `b` → `c`, which
+//!   predicted branch per direction, already inside the **flat** row. The
+//!   peers have no such hook: they run their plain flat case again (a second
+//!   measurement of it, interleaved like every other).
+//! * **nested** — the same round trip, but the coroutine suspends from depth
+//!   3 of `#[inline(never)]` functions (body loop → `a` → `b` → `c`, which
 //!   suspends) and the resumer calls `resume` inside an `#[inline(never)]`
 //!   function called from the timing loop: the shape of an I/O wait deep in
-//!   synchronous code, which is what greenhack exists for. Here mispredicted
-//!   returns dominate: the CPU's return-stack buffer (RSB) holds the return
-//!   addresses of whichever stack made the last calls, so after each switch
-//!   the returns on the other stack (`c` → `b` → `a` → loop in the greenlet,
-//!   back up to the timing loop in the resumer) pop the wrong entries, for
-//!   any stackful coroutine. What differs is the switch itself. corosensei's
-//!   is a call/ret pair (`call` on resume, `ret` on suspend): in the flat
-//!   shape the `ret` pops the entry of the resume's `call` and is predicted,
-//!   but from depth 3 it pops the greenlet's own last call and mispredicts
-//!   too. greenhack's is jmp/jmp: it never touches the RSB, and its indirect
-//!   `jmp`s are predicted by the branch-target predictor at any depth. Every
-//!   out-of-line frame between `resume` and the switch adds one more return
-//!   on the resume path, and so one more misprediction here. ns per round
-//!   trip.
+//!   synchronous code, which is what greenhack exists for. Every side is
+//!   written the same way, `black_box` around each level's result so that no
+//!   call becomes a tail call; what is passed down is each library's handle
+//!   for suspending: greenhack's `&Suspender`, corosensei's `&Yielder`,
+//!   generator's `&mut Scope`, and for context the resumer's `Context`, kept
+//!   in an `Option` local of the entry function and passed down as `&mut`
+//!   (as context code must). Here mispredicted returns dominate: the CPU's
+//!   return-stack buffer (RSB) holds the return addresses of whichever stack
+//!   made the last calls, so after each switch the returns on the other
+//!   stack (`c` → `b` → `a` → loop in the coroutine, back up to the timing
+//!   loop in the resumer) pop the wrong entries, for any stackful coroutine.
+//!   What differs is the switch itself. corosensei's is a call/ret pair
+//!   (`call` on resume, `ret` on suspend): in the flat shape the `ret` pops
+//!   the entry of the resume's `call` and is predicted, but from depth 3 it
+//!   pops the coroutine's own last call and mispredicts too. generator's and
+//!   context's are call/jmp: no `ret` of their own, but each switch's `call`
+//!   leaves an RSB entry that no `ret` consumes, so the first return on the
+//!   other stack pops that one. greenhack's is jmp/jmp: it never touches the
+//!   RSB, and its indirect `jmp`s are predicted by the branch-target
+//!   predictor at any depth. Every out-of-line frame between `resume` and the
+//!   switch adds one more return on the resume path, and so one more
+//!   misprediction here. ns per round trip.
 //! * **create pooled** — create + resume to completion + drop, with the stack
 //!   reused: greenhack with its per-thread pool on (asserted: no `mmap` in the
-//!   timed loop), corosensei by taking the stack back with `into_stack` and
-//!   handing it to the next coroutine (the ideal pool: no bookkeeping at all).
-//!   ns per greenlet.
+//!   timed loop); corosensei by taking the stack back with `into_stack` and
+//!   handing it to the next coroutine (the ideal pool: no bookkeeping at
+//!   all); generator, which has no pool, by its own reuse API: one finished
+//!   generator re-initialised with `scoped_init` for each new body (the
+//!   closure is placed on the generator's stack, its registers set up anew;
+//!   no system call, no heap); context with one `ProtectedFixedSizeStack` and
+//!   a new `Context` made on it each time. An fcontext entry function must
+//!   never return: the create body's last act is to resume its creator with
+//!   the result, and its context is then abandoned, never resumed. That is
+//!   sound because nothing on that stack needs dropping (the frame holds a
+//!   `Transfer` and a `u64`: like a `longjmp` over plain frames), and the
+//!   next `Context::new` builds its frame from the top of the stack over the
+//!   old one. ns per coroutine.
 //! * **create fresh** — the same with a fresh stack every time: greenhack with
 //!   `set_pool_capacity(0)` (asserted: one `mmap` per greenlet), corosensei
-//!   with `DefaultStack::new` per coroutine, both with
+//!   with `DefaultStack::new`, generator with `Gn::new_scoped_opt`, context
+//!   with `ProtectedFixedSizeStack::new`, all with
 //!   [`DEFAULT_STACK_SIZE`](greenhack::stack::DEFAULT_STACK_SIZE) usable bytes
-//!   above one guard page. Dominated by `mmap`, `mprotect`, `munmap` and page
-//!   faults; the report also prints minor page faults per greenlet. ns per
-//!   greenlet.
+//!   above one guard page (asserted for generator and context, whose sizes
+//!   are in words and exclude the guard page, respectively). Dominated by
+//!   `mmap`, `mprotect`, `munmap` and page faults; the report also prints
+//!   minor page faults per coroutine. generator writes an 8-word footprint at
+//!   the bottom of each new stack (its overflow check when the generator
+//!   drops), which touches a second page. ns per coroutine.
 //! * **floor** — an empty `#[inline(never)]` function called in a loop: the
 //!   cheapest thing a call can cost on this machine, the unit of the "floor
-//!   ratio" column. It is measured twice (in both columns, interleaved like
-//!   every other case), so its ratio column shows how much two identical
-//!   measurements disagree in this run: the noise level. Always runs.
+//!   ratio" column. It is measured once per column (interleaved like every
+//!   other case), so its ratio columns show how much identical measurements
+//!   disagree in this run: the noise level. Always runs.
+//!
+//! Every runner checks what came back: the switch cases that the value
+//! passed around grew by exactly one (flat) or three (nested) per round trip,
+//! the create cases the sum of their coroutines' results, so a broken side
+//! fails instead of looking fast.
 //!
 //! Allocation stays outside the timed loops: the switch cases reuse one
-//! greenlet for the whole run, and neither library allocates on the heap to
-//! create one.
+//! coroutine for the whole run, and none of the libraries allocates on the
+//! heap to create one (generator places its bookkeeping and the body's
+//! closure on the coroutine's own stack).
+//!
+//! A "—" cell marks a peer with no faithful version of a case (its runner is
+//! `None`): the table shows nothing rather than something else measured
+//! under the case's name, and the case's JSON record omits that peer. Every
+//! peer has a faithful version of every case today; the nearest miss is
+//! generator's pooled create, which has no pool and uses its own
+//! re-initialisation instead (above).
+//!
+//! generator's first run in a process installs its own SIGSEGV/SIGBUS
+//! handler (for its guard pages) over greenhack's overflow handler, for the
+//! rest of the process: a greenhack stack overflow in this benchmark would
+//! not get greenhack's message.
 //!
 //! # Harness
 //!
-//! Our own, small (`harness = false`). For each case, each side is warmed up
-//! and calibrated to N iterations per sample (a sample lasts ~3 ms), then S
-//! samples (31) are taken, alternating greenhack and corosensei sample by
-//! sample (and which goes first), so that drift on a noisy machine hits both
-//! alike. Nothing is pinned. Each cell reports the median ns per op, the
+//! Our own, small (`harness = false`), shared with `benches/bridge.rs` in
+//! `benches/common/mod.rs`. For each case, each side is warmed up and
+//! calibrated to N iterations per sample (a sample lasts ~3 ms), then S
+//! samples (31) are taken: each round runs every side once, the side that
+//! goes first rotating round by round, so that drift on a noisy machine hits
+//! all alike. Nothing is pinned. Each cell reports the median ns per op, the
 //! minimum and the p25–p75 spread over samples; ratios are of medians.
 //!
-//! The table is printed and written to `target/bench-switch.md`.
+//! The table is printed and written to `target/bench-switch.md`, the medians
+//! to `target/bench-switch.json` for `scripts/bench-report`.
 //! `GREENHACK_BENCH_QUICK=1` takes 5 short samples. Run without `--bench`
 //! (`cargo test --benches`), the binary does a minimal smoke run and writes
 //! nothing. Unknown `--flags` are ignored; a positional word keeps only the
 //! cases whose name contains it.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use context::stack::ProtectedFixedSizeStack;
+use context::{Context, ContextFn, Transfer};
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
+use generator::{Generator, Gn, Scope};
 use greenhack::greenlet::{Greenlet, GreenletResult, Suspender};
 use greenhack::stack::{self, DEFAULT_STACK_SIZE, POOL_CAPACITY};
 
-/// One side of a case: runs `n` operations and returns how long they took,
-/// setup and checks excluded.
-type Runner = Box<dyn FnMut(u64) -> Duration>;
+mod common;
+use common::{Args, Case, Measured, Runner, cell, ratio};
 
-struct Case {
-    name: &'static str,
-    greenhack: Runner,
-    corosensei: Runner,
+/// The sides, in column order: greenhack first, then its peers.
+const SIDES: [&str; 4] = ["greenhack", "corosensei", "generator", "context"];
+
+/// A case with a runner for every side.
+fn case(name: &'static str, runners: [Runner; 4]) -> Case {
+    Case::new(name, SIDES, runners.map(Some))
+}
+
+/// A switch case's runner: `n` round trips `x = trip(&mut co, x)` in a
+/// plain loop, from the value `x` the coroutine last passed back. Each round
+/// trip must add `step` to it (checked after each sample). `trip` is a
+/// closure or fn item, a static call: inlined, or (`#[inline(never)]`) a
+/// direct call from the loop.
+fn trips<C: 'static>(
+    side: &'static str,
+    step: u64,
+    mut co: C,
+    mut x: u64,
+    trip: impl Fn(&mut C, u64) -> u64 + 'static,
+) -> Runner {
+    Box::new(move |n| {
+        let x0 = x;
+        let start = Instant::now();
+        for _ in 0..n {
+            x = trip(&mut co, black_box(x));
+        }
+        let t = start.elapsed();
+        assert_eq!(
+            black_box(x),
+            x0.wrapping_add(n.wrapping_mul(step)),
+            "{side}: wrong value after {n} round trips"
+        );
+        t
+    })
+}
+
+/// A create case's runner: `n` coroutine lives `one(&mut state, i)`, each
+/// returning its argument `i` plus one (the sum is checked after each
+/// sample).
+fn creates<C: 'static>(
+    side: &'static str,
+    mut state: C,
+    one: impl Fn(&mut C, u64) -> u64 + 'static,
+) -> Runner {
+    Box::new(move |n| {
+        let mut acc = 0u64;
+        let start = Instant::now();
+        for i in 0..n {
+            acc = acc.wrapping_add(one(&mut state, i));
+        }
+        let t = start.elapsed();
+        assert_eq!(
+            black_box(acc),
+            common::sum_below(n).wrapping_add(n),
+            "{side}: wrong sum of {n} results"
+        );
+        t
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -100,19 +243,10 @@ fn gh_flat_body(s: &Suspender<u64, u64>, mut x: u64) {
 }
 
 fn greenhack_flat() -> Runner {
-    let mut g = Greenlet::<u64, u64, ()>::new(gh_flat_body);
-    let mut x = 0u64;
-    Box::new(move |n| {
-        let start = Instant::now();
-        for _ in 0..n {
-            x = match g.resume(black_box(x)) {
-                GreenletResult::Yielded(y) => y,
-                GreenletResult::Complete(()) => unreachable!(),
-            };
-        }
-        let t = start.elapsed();
-        black_box(x);
-        t
+    let g = Greenlet::<u64, u64, ()>::new(gh_flat_body);
+    trips("greenhack", 1, g, 0, |g, x| match g.resume(x) {
+        GreenletResult::Yielded(y) => y,
+        GreenletResult::Complete(()) => unreachable!(),
     })
 }
 
@@ -140,27 +274,47 @@ fn co_flat_body(y: &Yielder<u64, u64>, mut x: u64) {
 }
 
 fn corosensei_flat() -> Runner {
-    let mut co = Coroutine::with_stack(new_coro_stack(), co_flat_body);
-    let mut x = 0u64;
-    Box::new(move |n| {
-        let start = Instant::now();
-        for _ in 0..n {
-            x = match co.resume(black_box(x)) {
-                CoroutineResult::Yield(y) => y,
-                CoroutineResult::Return(()) => unreachable!(),
-            };
-        }
-        let t = start.elapsed();
-        black_box(x);
-        t
+    let co = Coroutine::with_stack(new_coro_stack(), co_flat_body);
+    trips("corosensei", 1, co, 0, |co, x| match co.resume(x) {
+        CoroutineResult::Yield(y) => y,
+        CoroutineResult::Return(()) => unreachable!(),
     })
+}
+
+fn gen_flat_body(mut s: GenScope<'_>) -> u64 {
+    let mut x = s.get_yield().expect("generator: the first send");
+    loop {
+        x = s
+            .yield_(black_box(x.wrapping_add(1)))
+            .expect("generator: a send");
+    }
+}
+
+fn generator_flat() -> Runner {
+    let g = new_generator(gen_flat_body);
+    trips("generator", 1, g, 0, |g, x| g.send(x))
+}
+
+extern "C" fn ctx_flat_entry(mut t: Transfer) -> ! {
+    loop {
+        let x = t.data as u64;
+        // SAFETY: `t.context` is the resumer, suspended in its `resume`.
+        t = unsafe { t.context.resume(black_box(x.wrapping_add(1)) as usize) };
+    }
+}
+
+fn context_flat() -> Runner {
+    let co = CtxCoroutine::new(ctx_flat_entry);
+    trips("context", 1, co, 0, |co, x| co.resume(x))
 }
 
 // ---------------------------------------------------------------------------
 // nested: suspend from depth 3, resume from inside a function.
 //
 // `black_box` around each callee's result keeps the calls from becoming tail
-// calls (jumps), so every level really has a frame and a return.
+// calls (jumps), so every level really has a frame and a return. Each runner
+// resumes once before timing, so that its coroutine waits in `c`; from then
+// on every round trip adds 3 to the value passed around.
 
 #[inline(never)]
 fn gh_a(s: &Suspender<u64, u64>, x: u64) -> u64 {
@@ -193,16 +347,8 @@ fn gh_nested_body(s: &Suspender<u64, u64>, mut x: u64) {
 
 fn greenhack_nested() -> Runner {
     let mut g = Greenlet::<u64, u64, ()>::new(gh_nested_body);
-    let mut x = 0u64;
-    Box::new(move |n| {
-        let start = Instant::now();
-        for _ in 0..n {
-            x = gh_wait(&mut g, black_box(x));
-        }
-        let t = start.elapsed();
-        black_box(x);
-        t
-    })
+    let x = gh_wait(&mut g, 0);
+    trips("greenhack", 3, g, x, gh_wait)
 }
 
 #[inline(never)]
@@ -236,16 +382,79 @@ fn co_nested_body(y: &Yielder<u64, u64>, mut x: u64) {
 
 fn corosensei_nested() -> Runner {
     let mut co = Coroutine::with_stack(new_coro_stack(), co_nested_body);
-    let mut x = 0u64;
-    Box::new(move |n| {
-        let start = Instant::now();
-        for _ in 0..n {
-            x = co_wait(&mut co, black_box(x));
-        }
-        let t = start.elapsed();
-        black_box(x);
-        t
-    })
+    let x = co_wait(&mut co, 0);
+    trips("corosensei", 3, co, x, co_wait)
+}
+
+#[inline(never)]
+fn gen_a(s: &mut GenScope<'_>, x: u64) -> u64 {
+    black_box(gen_b(s, x.wrapping_add(1)))
+}
+
+#[inline(never)]
+fn gen_b(s: &mut GenScope<'_>, x: u64) -> u64 {
+    black_box(gen_c(s, x.wrapping_add(1)))
+}
+
+#[inline(never)]
+fn gen_c(s: &mut GenScope<'_>, x: u64) -> u64 {
+    s.yield_(black_box(x))
+        .expect("generator: a send")
+        .wrapping_add(1)
+}
+
+#[inline(never)]
+fn gen_wait(g: &mut Generator<'static, u64, u64>, x: u64) -> u64 {
+    g.send(x)
+}
+
+fn gen_nested_body(mut s: GenScope<'_>) -> u64 {
+    let mut x = s.get_yield().expect("generator: the first send");
+    loop {
+        x = gen_a(&mut s, x);
+    }
+}
+
+fn generator_nested() -> Runner {
+    let mut g = new_generator(gen_nested_body);
+    let x = gen_wait(&mut g, 0);
+    trips("generator", 3, g, x, gen_wait)
+}
+
+#[inline(never)]
+fn ctx_a(parent: &mut Option<Context>, x: u64) -> u64 {
+    black_box(ctx_b(parent, x.wrapping_add(1)))
+}
+
+#[inline(never)]
+fn ctx_b(parent: &mut Option<Context>, x: u64) -> u64 {
+    black_box(ctx_c(parent, x.wrapping_add(1)))
+}
+
+#[inline(never)]
+fn ctx_c(parent: &mut Option<Context>, x: u64) -> u64 {
+    ctx_switch(parent, black_box(x)).wrapping_add(1)
+}
+
+#[inline(never)]
+fn ctx_wait(co: &mut CtxCoroutine, x: u64) -> u64 {
+    co.resume(x)
+}
+
+/// The nested body: the resumer's context, which every suspend needs, is a
+/// local of the entry function passed down by reference.
+extern "C" fn ctx_nested_entry(t: Transfer) -> ! {
+    let mut parent = Some(t.context);
+    let mut x = t.data as u64;
+    loop {
+        x = ctx_a(&mut parent, x);
+    }
+}
+
+fn context_nested() -> Runner {
+    let mut co = CtxCoroutine::new(ctx_nested_entry);
+    let x = ctx_wait(&mut co, 0);
+    trips("context", 3, co, x, ctx_wait)
 }
 
 // ---------------------------------------------------------------------------
@@ -262,16 +471,13 @@ fn greenhack_one(i: u64) -> u64 {
 }
 
 fn greenhack_create_pooled() -> Runner {
-    Box::new(|n| {
+    let mut run = creates("greenhack", (), |_, i| greenhack_one(i));
+    Box::new(move |n| {
         // The fresh case empties the pool; put one stack back first.
         stack::set_pool_capacity(POOL_CAPACITY);
         black_box(greenhack_one(0));
         let before = stack::stats();
-        let start = Instant::now();
-        for i in 0..n {
-            black_box(greenhack_one(i));
-        }
-        let t = start.elapsed();
+        let t = run(n);
         let mmaps = stack::stats().mmaps - before.mmaps;
         assert_eq!(mmaps, 0, "create pooled: the timed loop mapped stacks");
         t
@@ -279,14 +485,11 @@ fn greenhack_create_pooled() -> Runner {
 }
 
 fn greenhack_create_fresh() -> Runner {
-    Box::new(|n| {
+    let mut run = creates("greenhack", (), |_, i| greenhack_one(i));
+    Box::new(move |n| {
         stack::set_pool_capacity(0);
         let before = stack::stats();
-        let start = Instant::now();
-        for i in 0..n {
-            black_box(greenhack_one(i));
-        }
-        let t = start.elapsed();
+        let t = run(n);
         let after = stack::stats();
         stack::set_pool_capacity(POOL_CAPACITY);
         assert_eq!(
@@ -311,36 +514,163 @@ fn corosensei_one(stack: DefaultStack, i: u64) -> (u64, DefaultStack) {
 }
 
 fn corosensei_create_pooled() -> Runner {
-    let mut spare = Some(new_coro_stack());
-    Box::new(move |n| {
-        let mut stack = spare.take().expect("the reused stack");
-        let start = Instant::now();
-        for i in 0..n {
-            let (r, s) = corosensei_one(stack, i);
-            black_box(r);
-            stack = s;
-        }
-        let t = start.elapsed();
-        spare = Some(stack);
-        t
+    // The reused stack: taken back from each coroutine with `into_stack`.
+    let spare = Some(new_coro_stack());
+    creates("corosensei", spare, |spare, i| {
+        let stack = spare.take().expect("the reused stack");
+        let (r, stack) = corosensei_one(stack, i);
+        *spare = Some(stack);
+        r
     })
 }
 
 fn corosensei_create_fresh() -> Runner {
-    Box::new(|n| {
-        let start = Instant::now();
-        for i in 0..n {
-            let (r, s) = corosensei_one(new_coro_stack(), i);
-            black_box(r);
-            drop(s);
-        }
-        start.elapsed()
+    creates("corosensei", (), |_, i| {
+        let (r, stack) = corosensei_one(new_coro_stack(), i);
+        drop(stack);
+        r
     })
 }
 
 /// A corosensei stack with the same usable size as greenhack's default.
 fn new_coro_stack() -> DefaultStack {
     DefaultStack::new(DEFAULT_STACK_SIZE).expect("corosensei: mapping a stack")
+}
+
+fn gen_create_body(mut s: GenScope<'_>) -> u64 {
+    s.get_yield()
+        .expect("generator: the first send")
+        .wrapping_add(1)
+}
+
+fn generator_create_pooled() -> Runner {
+    // One generator, run to completion; `scoped_init` then makes each new
+    // one in its place, on its stack.
+    let mut g = new_generator(gen_create_body);
+    assert_eq!(g.send(0), 1);
+    assert!(g.is_done());
+    creates("generator", g, |g, i| {
+        g.scoped_init(gen_create_body);
+        g.send(black_box(i))
+    })
+}
+
+fn generator_create_fresh() -> Runner {
+    drop(new_generator(gen_create_body)); // checks the stack size
+    creates("generator", (), |_, i| {
+        let mut g = Gn::<u64>::new_scoped_opt(GEN_STACK_WORDS, gen_create_body);
+        let r = g.send(black_box(i));
+        drop(g);
+        r
+    })
+}
+
+/// The create body: returns the resume value plus one to its creator, and
+/// is never resumed again. An fcontext entry function must not return, so
+/// this resume is its end: the frame is abandoned on its stack, which is
+/// sound because nothing in it needs dropping (a `Transfer`, a `u64`).
+extern "C" fn ctx_create_entry(t: Transfer) -> ! {
+    let r = (t.data as u64).wrapping_add(1);
+    // SAFETY: `t.context` is the creator, suspended in its `resume`.
+    unsafe { t.context.resume(r as usize) };
+    unreachable!("context: a finished coroutine was resumed");
+}
+
+/// One context coroutine's life on `stack`; returns its result.
+#[inline(always)]
+fn context_one(stack: &ProtectedFixedSizeStack, i: u64) -> u64 {
+    // SAFETY: `stack` outlives the context, which is never resumed again
+    // once it has handed back its result.
+    let ctx = unsafe { Context::new(stack, ctx_create_entry) };
+    // SAFETY: a fresh context, started with its argument.
+    let t = unsafe { ctx.resume(black_box(i) as usize) };
+    // `t.context` (the finished coroutine) is a pointer into `stack`:
+    // nothing to free.
+    t.data as u64
+}
+
+fn context_create_pooled() -> Runner {
+    creates("context", new_ctx_stack(), |stack, i| context_one(stack, i))
+}
+
+fn context_create_fresh() -> Runner {
+    creates("context", (), |_, i| {
+        let stack = new_ctx_stack();
+        let r = context_one(&stack, i);
+        drop(stack);
+        r
+    })
+}
+
+// ---------------------------------------------------------------------------
+// the peers' plumbing
+
+/// The scope a generator body gets: sends `u64`, yields `u64`.
+type GenScope<'s> = Scope<'s, 'static, u64, u64>;
+
+/// generator's stack sizes are in `usize` words, not bytes.
+const GEN_STACK_WORDS: usize = DEFAULT_STACK_SIZE / std::mem::size_of::<usize>();
+
+/// A generator with the same usable stack size as greenhack's default.
+fn new_generator(body: fn(GenScope<'_>) -> u64) -> Generator<'static, u64, u64> {
+    let g = Gn::<u64>::new_scoped_opt(GEN_STACK_WORDS, body);
+    assert_eq!(
+        g.stack_usage().0,
+        GEN_STACK_WORDS,
+        "generator: unexpected stack size"
+    );
+    g
+}
+
+/// A context stack with the same usable size as greenhack's default (the
+/// size asked for excludes the guard page below it).
+fn new_ctx_stack() -> ProtectedFixedSizeStack {
+    let stack = ProtectedFixedSizeStack::new(DEFAULT_STACK_SIZE).expect("context: mapping a stack");
+    assert_eq!(
+        stack.len(),
+        DEFAULT_STACK_SIZE,
+        "context: unexpected stack size"
+    );
+    stack
+}
+
+/// Passes `x` to the suspended context in `to` and switches to it; returns
+/// what it passes back, and leaves in `to` the context that did.
+#[inline(always)]
+fn ctx_switch(to: &mut Option<Context>, x: u64) -> u64 {
+    let ctx = to.take().expect("context: no context to switch to");
+    // SAFETY: every context handed around here is suspended in a `resume`
+    // (or fresh) on a stack that outlives it.
+    let t = unsafe { ctx.resume(x as usize) };
+    *to = Some(t.context);
+    t.data as u64
+}
+
+/// A context-crate coroutine: its stack and, between resumes, its context
+/// (the role corosensei's `Coroutine` plays).
+struct CtxCoroutine {
+    ctx: Option<Context>,
+    /// Owns the memory `ctx` points into; never touched otherwise. Whatever
+    /// was left on it when this drops holds nothing to drop.
+    _stack: ProtectedFixedSizeStack,
+}
+
+impl CtxCoroutine {
+    fn new(entry: ContextFn) -> CtxCoroutine {
+        let stack = new_ctx_stack();
+        // SAFETY: the stack moves into the same value as the context (the
+        // mapping does not move with it), so it outlives the context.
+        let ctx = unsafe { Context::new(&stack, entry) };
+        CtxCoroutine {
+            ctx: Some(ctx),
+            _stack: stack,
+        }
+    }
+
+    #[inline(always)]
+    fn resume(&mut self, x: u64) -> u64 {
+        ctx_switch(&mut self.ctx, x)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -362,299 +692,154 @@ fn floor() -> Runner {
 }
 
 // ---------------------------------------------------------------------------
-// harness
-
-struct Config {
-    samples: usize,
-    sample_time: Duration,
-    warmup: Duration,
-    label: &'static str,
-}
-
-/// Distribution of ns/op over samples.
-#[derive(Clone, Copy)]
-struct Summary {
-    median: f64,
-    min: f64,
-    p25: f64,
-    p75: f64,
-    /// Minor page faults per op, median over samples.
-    faults: f64,
-}
-
-fn summarize(ns: &[f64], faults: &[f64]) -> Summary {
-    let sorted = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v
-    };
-    let (v, f) = (sorted(ns), sorted(faults));
-    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Summary {
-        median: at(&v, 0.5),
-        min: v[0],
-        p25: at(&v, 0.25),
-        p75: at(&v, 0.75),
-        faults: at(&f, 0.5),
-    }
-}
-
-/// Minor page faults of this process so far.
-fn minor_faults() -> libc::c_long {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a rusage into the pointed-to memory.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
-    assert_eq!(rc, 0, "getrusage failed");
-    // SAFETY: zero-initialised, then filled in by getrusage.
-    unsafe { ru.assume_init() }.ru_minflt
-}
-
-/// Warms `run` up for about `cfg.warmup` and returns the iteration count that
-/// makes one sample last about `cfg.sample_time`.
-fn calibrate(run: &mut Runner, cfg: &Config) -> u64 {
-    let start = Instant::now();
-    let mut n = 1u64;
-    let mut per_op;
-    loop {
-        let t = run(n);
-        per_op = t.as_secs_f64() / n as f64;
-        if t >= cfg.sample_time / 4 || n >= 1 << 40 {
-            break;
-        }
-        n *= 2;
-    }
-    while start.elapsed() < cfg.warmup {
-        per_op = run(n).as_secs_f64() / n as f64;
-    }
-    ((cfg.sample_time.as_secs_f64() / per_op.max(1e-12)) as u64).max(1)
-}
-
-/// Takes one sample of `n` ops: (ns per op, minor faults per op).
-fn sample(run: &mut Runner, n: u64) -> (f64, f64) {
-    let f0 = minor_faults();
-    let t = run(n);
-    let f1 = minor_faults();
-    (t.as_nanos() as f64 / n as f64, (f1 - f0) as f64 / n as f64)
-}
-
-fn measure(case: &mut Case, cfg: &Config) -> (Summary, Summary) {
-    let n_gh = calibrate(&mut case.greenhack, cfg);
-    let n_co = calibrate(&mut case.corosensei, cfg);
-    let (mut gh, mut gh_f) = (Vec::new(), Vec::new());
-    let (mut co, mut co_f) = (Vec::new(), Vec::new());
-    for s in 0..cfg.samples {
-        // Alternate which side goes first, too.
-        for side in [s % 2, 1 - s % 2] {
-            if side == 0 {
-                let (ns, f) = sample(&mut case.greenhack, n_gh);
-                gh.push(ns);
-                gh_f.push(f);
-            } else {
-                let (ns, f) = sample(&mut case.corosensei, n_co);
-                co.push(ns);
-                co_f.push(f);
-            }
-        }
-    }
-    (summarize(&gh, &gh_f), summarize(&co, &co_f))
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns < 10.0 {
-        format!("{ns:.2}")
-    } else if ns < 1000.0 {
-        format!("{ns:.1}")
-    } else {
-        format!("{ns:.0}")
-    }
-}
-
-fn cell(s: &Summary) -> String {
-    format!(
-        "**{}** (min {}; {}–{})",
-        fmt_ns(s.median),
-        fmt_ns(s.min),
-        fmt_ns(s.p25),
-        fmt_ns(s.p75)
-    )
-}
+// main
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench_mode = args.iter().any(|a| a == "--bench");
-    let filters: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let quick = std::env::var("GREENHACK_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    let cfg = if !bench_mode {
-        Config {
-            samples: 3,
-            sample_time: Duration::from_micros(200),
-            warmup: Duration::from_millis(1),
-            label: "smoke run (not `--bench`)",
-        }
-    } else if quick {
-        Config {
-            samples: 5,
-            sample_time: Duration::from_micros(500),
-            warmup: Duration::from_millis(10),
-            label: "quick run (GREENHACK_BENCH_QUICK)",
-        }
-    } else {
-        Config {
-            samples: 31,
-            sample_time: Duration::from_millis(3),
-            warmup: Duration::from_millis(200),
-            label: "full run",
-        }
-    };
-    let label = if filters.is_empty() {
-        cfg.label.to_string()
-    } else {
-        format!("{}, filter {filters:?}", cfg.label)
-    };
-
+    let args = Args::from_env();
     let cases = vec![
-        Case {
-            name: "flat",
-            greenhack: greenhack_flat(),
-            corosensei: corosensei_flat(),
-        },
-        Case {
-            name: "flat, switch hook set",
-            greenhack: greenhack_flat_hooked(),
-            corosensei: corosensei_flat(),
-        },
-        Case {
-            name: "nested",
-            greenhack: greenhack_nested(),
-            corosensei: corosensei_nested(),
-        },
-        Case {
-            name: "create pooled",
-            greenhack: greenhack_create_pooled(),
-            corosensei: corosensei_create_pooled(),
-        },
-        Case {
-            name: "create fresh",
-            greenhack: greenhack_create_fresh(),
-            corosensei: corosensei_create_fresh(),
-        },
-        Case {
-            name: "floor",
-            greenhack: floor(),
-            corosensei: floor(),
-        },
+        case(
+            "flat",
+            [
+                greenhack_flat(),
+                corosensei_flat(),
+                generator_flat(),
+                context_flat(),
+            ],
+        ),
+        case(
+            "flat, switch hook set",
+            [
+                greenhack_flat_hooked(),
+                corosensei_flat(),
+                generator_flat(),
+                context_flat(),
+            ],
+        ),
+        case(
+            "nested",
+            [
+                greenhack_nested(),
+                corosensei_nested(),
+                generator_nested(),
+                context_nested(),
+            ],
+        ),
+        case(
+            "create pooled",
+            [
+                greenhack_create_pooled(),
+                corosensei_create_pooled(),
+                generator_create_pooled(),
+                context_create_pooled(),
+            ],
+        ),
+        case(
+            "create fresh",
+            [
+                greenhack_create_fresh(),
+                corosensei_create_fresh(),
+                generator_create_fresh(),
+                context_create_fresh(),
+            ],
+        ),
+        case("floor", [floor(), floor(), floor(), floor()]),
     ];
-    let selected: Vec<Case> = cases
-        .into_iter()
-        .filter(|c| {
-            c.name == "floor" || filters.is_empty() || filters.iter().any(|f| c.name.contains(f))
-        })
-        .collect();
-    if selected.len() == 1 {
-        eprintln!(
-            "no case matches {filters:?}; cases: flat, flat, switch hook set, nested, \
-             create pooled, create fresh, floor"
-        );
-    }
+    let Some(selected) = args.select(cases, &["floor"]) else {
+        return;
+    };
+    let results = common::run_cases(selected, &args.cfg);
+    let md = report(&args, &results);
+    println!("\n{md}");
 
-    let mut results = Vec::new();
-    for mut case in selected {
-        eprint!("{:<14} ", case.name);
-        let (gh, co) = measure(&mut case, &cfg);
-        eprintln!(
-            "greenhack {} ns, corosensei {} ns",
-            fmt_ns(gh.median),
-            fmt_ns(co.median)
-        );
-        results.push((case.name, gh, co));
+    if args.bench_mode {
+        // The same figures for scripts/bench-report: one record per case,
+        // peers without a runner for it left out.
+        let records: Vec<String> = results
+            .iter()
+            .filter(|r| r.name != "floor")
+            .map(|r| {
+                let gh = r.summaries[0].expect("greenhack runs every case");
+                let peers: Vec<(&str, f64)> = r.sides[1..]
+                    .iter()
+                    .zip(&r.summaries[1..])
+                    .filter_map(|(side, s)| Some((*side, s.as_ref()?.median)))
+                    .collect();
+                common::json_record("switch", r.name, gh.median, &peers)
+            })
+            .collect();
+        common::write_report("switch", &md, &records);
     }
-    let floor_ns = results
+}
+
+/// The markdown table.
+fn report(args: &Args, results: &[Measured]) -> String {
+    let floor = results
         .iter()
-        .find(|r| r.0 == "floor")
-        .map(|r| (r.1.median + r.2.median) / 2.0)
+        .find(|r| r.name == "floor")
         .expect("floor always runs");
+    let floor_medians: Vec<f64> = floor.summaries.iter().flatten().map(|s| s.median).collect();
+    let floor_ns = floor_medians.iter().sum::<f64>() / floor_medians.len() as f64;
 
+    let peers = &SIDES[1..];
     let mut md = String::new();
-    md.push_str("## greenhack vs corosensei: switch benchmark\n\n");
     md.push_str(&format!(
-        "{}, {}: {} samples of ~{:?} per side, sides interleaved; \
-         ns per op: **median** (min; p25–p75). Ratios are of medians; \
-         floor ratio = greenhack ÷ floor / corosensei ÷ floor.\n\n",
-        std::env::consts::ARCH,
-        label,
-        cfg.samples,
-        cfg.sample_time
+        "## greenhack vs {}: switch benchmark\n\n",
+        peers.join(", ")
     ));
-    md.push_str("| case | greenhack ns | corosensei ns | greenhack/corosensei | floor ratio |\n");
-    md.push_str("|---|---|---|---|---|\n");
-    for (name, gh, co) in &results {
-        md.push_str(&format!(
-            "| {name} | {} | {} | {:.2} | {:.1}× / {:.1}× |\n",
-            cell(gh),
-            cell(co),
-            gh.median / co.median,
-            gh.median / floor_ns,
-            co.median / floor_ns,
-        ));
+    md.push_str(&format!(
+        "{}; greenhack/peer columns are greenhack ÷ peer; floor ratio = each side ÷ floor, \
+         in column order. — : the peer has no faithful version of the case \
+         (see benches/switch.rs).\n\n",
+        args.preamble("op"),
+    ));
+    let mut head = vec!["case".to_string()];
+    head.extend(SIDES.iter().map(|s| format!("{s} ns")));
+    head.extend(peers.iter().map(|p| format!("greenhack/{p}")));
+    head.push("floor ratio".to_string());
+    md.push_str(&format!("| {} |\n", head.join(" | ")));
+    md.push_str(&format!("|{}\n", "---|".repeat(head.len())));
+    for r in results {
+        let s = &r.summaries;
+        let mut row = vec![r.name.to_string()];
+        row.extend(s.iter().map(|s| cell(s.as_ref())));
+        row.extend(s[1..].iter().map(|p| match (&s[0], p) {
+            (Some(gh), Some(p)) => ratio(gh.median / p.median),
+            _ => "—".to_string(),
+        }));
+        let floors: Vec<String> = s
+            .iter()
+            .map(|s| match s {
+                Some(s) if s.median >= 100.0 * floor_ns => format!("{:.0}×", s.median / floor_ns),
+                Some(s) => format!("{:.1}×", s.median / floor_ns),
+                None => "—".to_string(),
+            })
+            .collect();
+        row.push(floors.join(" / "));
+        md.push_str(&format!("| {} |\n", row.join(" | ")));
     }
-    let faulting: Vec<_> = results
+    let faulting: Vec<&Measured> = results
         .iter()
-        .filter(|(_, gh, co)| gh.faults >= 0.01 || co.faults >= 0.01)
+        .filter(|r| r.summaries.iter().flatten().any(|s| s.faults >= 0.01))
         .collect();
     if !faulting.is_empty() {
         md.push('\n');
-        for (name, gh, co) in faulting {
+        for r in faulting {
+            let per_side: Vec<String> = r
+                .sides
+                .iter()
+                .zip(&r.summaries)
+                .filter_map(|(side, s)| Some(format!("{side} {:.2}", s.as_ref()?.faults)))
+                .collect();
             md.push_str(&format!(
-                "- {name}: minor page faults per op: greenhack {:.2}, corosensei {:.2}\n",
-                gh.faults, co.faults
+                "- {}: minor page faults per op: {}\n",
+                r.name,
+                per_side.join(", ")
             ));
         }
     }
     md.push_str(
-        "\nThe floor row measures the same empty call in both columns: its ratio is the noise \
-         between two identical measurements in this run.\n",
+        "\nThe floor row measures the same empty call in every column: its ratios are the \
+         noise between identical measurements in this run.\n",
     );
-    println!("\n{md}");
-
-    if bench_mode {
-        let path = report_path();
-        match std::fs::write(&path, &md) {
-            Ok(()) => eprintln!("written to {}", path.display()),
-            Err(e) => eprintln!("could not write {}: {e}", path.display()),
-        }
-        // The same figures for scripts/bench-report: one record per case,
-        // in the schema every bench writes.
-        let records: Vec<String> = results
-            .iter()
-            .filter(|(name, _, _)| *name != "floor")
-            .map(|(name, gh, co)| {
-                format!(
-                    "  {{\"group\": \"switch\", \"case\": \"{name}\", \"unit\": \"ns\", \
-                     \"lower_is_better\": true, \"greenhack\": {:.3}, \
-                     \"peers\": {{\"corosensei\": {:.3}}}}}",
-                    gh.median, co.median
-                )
-            })
-            .collect();
-        let json_path = path.with_extension("json");
-        if let Err(e) = std::fs::write(&json_path, format!("[\n{}\n]\n", records.join(",\n"))) {
-            eprintln!("could not write {}: {e}", json_path.display());
-        }
-    }
-}
-
-/// `target/bench-switch.md`: the target directory is three levels above this
-/// binary (`target/release/deps/switch-…`), wherever it was configured.
-fn report_path() -> std::path::PathBuf {
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        let deps = exe.parent()?;
-        (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(|t| t.to_path_buf()))?
-    });
-    from_exe
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("bench-switch.md")
+    md
 }
