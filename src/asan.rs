@@ -102,7 +102,7 @@ pub(crate) struct Leaving {
 #[cfg(greenhack_asan)]
 fn bounds(header: &StackHeader) -> (usize, usize) {
     let bottom = header.map_base + crate::stack::page_size();
-    (bottom, header.map_base + header.map_len - bottom)
+    (bottom, header.map_base + header.map_len() - bottom)
 }
 
 /// Before switching into the greenlet of `header` (a resume, or a control

@@ -141,7 +141,7 @@ pub fn dump() -> Dump {
             state,
             wait: h.wait.get(),
             created_at: h.created_at.get(),
-            stack_size: h.map_len - stack::page_size(),
+            stack_size: h.map_len() - stack::page_size(),
             backtrace,
         });
     }

@@ -178,7 +178,7 @@ fn report_overflow(header: &stack::StackHeader) {
         buf.push_u64(header.id.get());
     }
     buf.push(b" overflowed its stack of ");
-    buf.push_u64((header.map_len - stack::page_size()) as u64);
+    buf.push_u64((header.map_len() - stack::page_size()) as u64);
     buf.push(b" bytes; give it more with greenlet::Builder::stack_size. Aborting.\n");
     // SAFETY: write(2) on stderr with a valid buffer.
     unsafe { libc::write(2, buf.bytes.as_ptr().cast(), buf.len) };

@@ -82,6 +82,10 @@ pub(crate) struct StackHeader {
     pub(crate) saved_sp: Cell<usize>,
     /// Set when the owner asked the greenlet to unwind (it is being dropped).
     pub(crate) unwinding: Cell<bool>,
+    /// The stack goes deeper than [`POOL_KEEP_BYTES`], so pooling it probes
+    /// whether those pages were used (see `release_deep_pages`). Next to
+    /// `unwinding`, in its padding.
+    has_deep_pages: bool,
     /// The greenlet's name, for messages: a pointer and length into a string
     /// the `Greenlet` owns; null when unnamed or when no greenlet runs here.
     pub(crate) name_ptr: Cell<*const u8>,
@@ -95,27 +99,45 @@ pub(crate) struct StackHeader {
     pub(crate) created_at: Cell<Option<&'static std::panic::Location<'static>>>,
     /// The next free stack in this thread's pool while this one is pooled.
     next_free: Cell<*const StackHeader>,
-    /// The word whose being written shows that the greenlet went deeper
-    /// than [`POOL_KEEP_BYTES`] (see `release_deep_pages`); 0 for a stack
-    /// no deeper than that.
-    deep_probe: usize,
     /// The thread's list of mapped stacks (for the overflow handler).
     next: Cell<*const StackHeader>,
     prev: Cell<*const StackHeader>,
-    /// Lowest address of the mapping (the guard page) and its total length.
+    /// Lowest address of the mapping (the guard page). The mapping ends
+    /// where the header does: see [`StackHeader::map_len`].
     pub(crate) map_base: usize,
-    pub(crate) map_len: usize,
     /// Valgrind's id for this stack; 0 when not running under Valgrind.
     pub(crate) valgrind_id: Cell<usize>,
     /// The AddressSanitizer fiber state; zero-sized without ASan.
     pub(crate) asan: crate::asan::Fiber,
 }
 
+// Two cache lines exactly, at the top of the stack: the words every switch
+// touches (parent link, saved sp) share the first with the rest of the hot
+// bookkeeping, and the greenlet's frames start on a line boundary.
 const _: () = {
     assert!(core::mem::offset_of!(StackHeader, parent_link) == 0);
     assert!(core::mem::offset_of!(StackHeader, frame_ret) == 8);
-    assert!(core::mem::size_of::<StackHeader>() % 16 == 0);
+    assert!(core::mem::size_of::<StackHeader>() == 128 || cfg!(greenhack_asan));
 };
+
+impl StackHeader {
+    /// The end of the stack mapping: the header sits at its very top.
+    fn top(&self) -> usize {
+        self as *const StackHeader as usize + core::mem::size_of::<StackHeader>()
+    }
+
+    /// The length of the whole mapping, guard page included.
+    #[inline]
+    pub(crate) fn map_len(&self) -> usize {
+        self.top() - self.map_base
+    }
+
+    /// The first word below the kept top of the stack: see
+    /// `release_deep_pages`.
+    fn deep_probe(&self) -> *const usize {
+        (self.top() - POOL_KEEP_BYTES - 8) as *const usize
+    }
+}
 
 thread_local! {
     /// Head of this thread's list of mapped stacks. Constant-initialised and
@@ -159,7 +181,7 @@ impl ThreadStacks {
             // SAFETY: every header on the free list belongs to a live mapping
             // the pool owns.
             let h = unsafe { &*p };
-            if h.map_len == len {
+            if h.map_len() == len {
                 let next = h.next_free.get();
                 match prev {
                     None => self.free.set(next),
@@ -382,7 +404,7 @@ impl Stack {
         Stack {
             // SAFETY: `map_base` came from a successful mmap: not null.
             base: unsafe { std::ptr::NonNull::new_unchecked(h.map_base as *mut u8) },
-            len: h.map_len,
+            len: h.map_len(),
         }
     }
 
@@ -437,11 +459,15 @@ impl Stack {
     /// unmapped.
     #[inline]
     fn release_deep_pages(&self) {
-        let probe = self.header().deep_probe as *const usize;
-        // SAFETY: a non-null probe lies in the read-write part of our mapping
-        // (`link` checked); reading an untouched page maps the shared zero
-        // page.
-        if !probe.is_null() && unsafe { probe.read_volatile() } != 0 {
+        let header = self.header();
+        if !header.has_deep_pages {
+            return;
+        }
+        let probe = header.deep_probe();
+        // SAFETY: with deep pages, the probe lies in the read-write part of
+        // our mapping (`link` checked); reading an untouched page maps the
+        // shared zero page.
+        if unsafe { probe.read_volatile() } != 0 {
             self.release_below(probe as usize + 8);
         }
     }
@@ -490,16 +516,6 @@ impl Stack {
         self.frames_top() as *mut StackHeader
     }
 
-    /// The address of the word just below the kept top, if the stack goes
-    /// deeper than that: see `release_deep_pages`.
-    fn deep_probe(&self) -> usize {
-        let low = self.base() + page_size();
-        match self.top().checked_sub(POOL_KEEP_BYTES) {
-            Some(keep_from) if keep_from > low => keep_from - 8,
-            _ => 0,
-        }
-    }
-
     /// Writes the header and links it into this thread's list.
     fn link(&self) {
         let head = MAPPED.with(|m| m.get());
@@ -508,17 +524,16 @@ impl Stack {
             frame_ret: crate::arch::trampoline_return(),
             saved_sp: Cell::new(0),
             unwinding: Cell::new(false),
+            has_deep_pages: self.range().len() > POOL_KEEP_BYTES,
             name_ptr: Cell::new(ptr::null()),
             name_len: Cell::new(0),
             id: Cell::new(0),
             wait: Cell::new(crate::debug::Wait::Nothing),
             created_at: Cell::new(None),
             next_free: Cell::new(ptr::null()),
-            deep_probe: self.deep_probe(),
             next: Cell::new(head),
             prev: Cell::new(ptr::null()),
             map_base: self.base(),
-            map_len: self.len,
             valgrind_id: Cell::new(0),
             asan: crate::asan::Fiber::default(),
         };
