@@ -26,7 +26,9 @@
  *             x0 on the other side (x0 is also the first argument register,
  *             which is what the trampoline needs)
  *   out  x19, x29: the other side's, restored from its frame
- *        x16: clobbered (the address we branch to; also used to read sp)
+ *        x3: this side's saved stack pointer (what it stored in [x1]), so
+ *            the resumer gets the greenlet's in a register on suspend
+ *        x16: clobbered (the address we branch to)
  *
  *   The asm! stubs declare x20-x28, x30 (lr) and v8-v15 clobbered, the rest
  *   of the callee-saved set of AAPCS64 (x19-x29, x30, sp, d8-d15). x19 and
@@ -134,9 +136,12 @@
         str     x16, [sp, #0x18]
 #endif
         /* Publish where this side stopped. sp cannot be the source of a
-         * `str` (register 31 there is xzr), hence the copy. */
-        mov     x16, sp
-        str     x16, [x1]
+         * `str` (register 31 there is xzr), hence the copy, into x3 (free
+         * again: the resume address is stored). x3 reaches the other side
+         * unchanged, so a resumer learns where the greenlet stopped without
+         * reading it back from memory. */
+        mov     x3, sp
+        str     x3, [x1]
         /* Load the other side's frame through x2 before moving sp onto it,
          * so sp never points above data still to be read: a signal arriving
          * in between cannot overwrite the frame. */
@@ -171,7 +176,7 @@
  *   sp   16-byte aligned, just below the closure (init_stack guarantees it)
  *   x19  the Rust entry function, loaded from the fresh frame
  *   x29  the address of the closure, loaded from the fresh frame
- *   x1   the address of the parent link (the resumer's `str x16, [x1]`
+ *   x1   the address of the parent link (the resumer's `str x3, [x1]`
  *        just filled it)
  *   x0   the value handed over by the first resume
  *

@@ -28,6 +28,8 @@
  *        rdi  the value handed over; never touched, so it arrives unchanged in
  *             rdi on the other side
  *   out  rbx, rbp: the other side's, restored from its frame
+ *        rax: this side's saved stack pointer (what it stored in [rsi]), so
+ *             the resumer gets the greenlet's in a register on suspend
  *        rcx: clobbered (holds the resume address we jump to)
  *
  *   Everything else the ABI calls callee-saved (r12-r15) is declared clobbered
@@ -122,8 +124,12 @@
         push    rax
         push    rbp
         /* Publish where this side stopped: into the greenlet's parent link on
-         * resume, into the greenlet's saved-sp slot on suspend. */
+         * resume, into the greenlet's saved-sp slot on suspend. Hand the
+         * same value to the other side in rax (free again: its resume
+         * address is pushed), so a resumer learns where the greenlet stopped
+         * without reading it back from memory. */
         mov     [rsi], rsp
+        mov     rax, rsp
         /* Cross over to the other stack. */
         mov     rsp, rdx
         /* Pop the other side's frame: mirror image of the pushes above. */

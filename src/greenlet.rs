@@ -302,6 +302,7 @@ impl Builder {
         header.saved_sp.set(sp);
         Ok(Greenlet {
             header: stack.header_ptr(),
+            sp,
             stack: Some(stack),
             state: State::Fresh,
             name,
@@ -309,6 +310,15 @@ impl Builder {
             _marker: PhantomData,
         })
     }
+}
+
+/// The saved stack pointer in the header, after a backtrace request made
+/// the greenlet suspend again elsewhere (see `capture_backtrace`).
+#[cold]
+#[inline(never)]
+fn resync_sp(header: &StackHeader) -> usize {
+    header.sp_moved.set(false);
+    header.saved_sp.get()
 }
 
 #[cold]
@@ -332,6 +342,13 @@ pub struct Greenlet<I, Y, R> {
     stack: Option<Stack>,
     /// The header of `stack`, cached: valid while `stack` is `Some`.
     header: *const StackHeader,
+    /// The greenlet's saved stack pointer while it is suspended, as its last
+    /// switch handed it back in a register: a resume reads it from here, one
+    /// load from `self`, rather than through the header (two dependent
+    /// loads, the longest chain of a round trip). The header's `saved_sp`
+    /// stays the authority: a backtrace request (`debug::dump`) makes the
+    /// greenlet suspend again elsewhere and sets the header's `sp_moved`.
+    sp: usize,
     state: State,
     /// Owned here, pointed to by the stack header for messages.
     name: Option<Box<str>>,
@@ -440,22 +457,40 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         // SAFETY: `header` points into `self.stack`, which is Some while the
         // greenlet is not finished (callers check).
         let header = unsafe { &*self.header };
-        // Clear the saved sp before leaving: if anything went wrong between
-        // here and the greenlet's next suspend, a stale sp must not be
-        // resumable.
-        let sp = header.saved_sp.replace(0);
-        debug_assert_ne!(sp, 0, "greenhack: greenlet resumed while running");
+        // Our copy of the saved sp is current unless a backtrace request ran
+        // the greenlet, which flags the header: a flag, tested by a predicted
+        // branch, so the header is not on the switch's critical path (an
+        // equality test of the two values would be: the compiler may then
+        // use either). Clear the header's copy before leaving: if anything
+        // went wrong between here and the greenlet's next suspend, a stale
+        // sp must not be resumable.
+        let sp = if header.sp_moved.get() {
+            resync_sp(header)
+        } else {
+            self.sp
+        };
+        debug_assert_eq!(
+            header.saved_sp.get(),
+            sp,
+            "greenhack: greenlet resumed while running"
+        );
+        header.saved_sp.set(0);
         let msg = Aligned(MaybeUninit::new(msg));
         if crate::debug::switch_hook() != 0 {
             self.report_switch(crate::debug::SwitchKind::Resume);
         }
         let asan = crate::asan::before_resume(header);
         // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
-        // suspended (state != Finished), and the parent link is its own. The
+        // suspended (state != Finished): the one `build` or its last switch
+        // out gave us, or, if a backtrace request moved it since, the
+        // header's (every switch out of a greenlet writes the header; the
+        // debug assertion above checks the two agree). The parent link is
+        // its own. The
         // greenlet reads `msg` exactly once before switching back; our frame
         // stays put while it runs.
-        let reply =
+        let (reply, greenlet_sp) =
             unsafe { arch::switch_in(msg.0.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
+        self.sp = greenlet_sp;
         crate::asan::after_resume(asan);
         // SAFETY: the greenlet handed us a pointer to a FromGreenlet<Y> on
         // its stack, written once for us to read once.
@@ -579,7 +614,7 @@ impl<I, Y> Suspender<I, Y> {
         // SAFETY: we run on the greenlet's stack and the parent link holds
         // the resumer's frame, saved by its switch_in. Our frame (and `msg`)
         // stays put until we are resumed.
-        let back = unsafe {
+        let (back, _) = unsafe {
             arch::switch_out(
                 msg.as_ptr() as usize,
                 header.saved_sp.as_ptr(),
@@ -654,7 +689,8 @@ fn serve_control(header: &StackHeader, mut value: usize) -> usize {
         let asan = crate::asan::before_suspend(header);
         // SAFETY: as in `Suspender::suspend`: the requester resumed us with
         // switch_in, so the parent link holds its frame.
-        value = unsafe { arch::switch_out(0, header.saved_sp.as_ptr(), header.parent_link.get()) };
+        (value, _) =
+            unsafe { arch::switch_out(0, header.saved_sp.as_ptr(), header.parent_link.get()) };
         crate::asan::after_suspend(header, asan);
     }
     value
@@ -699,14 +735,19 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
     let asan = crate::asan::before_resume(header);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.
-    unsafe {
+    let (_, new_sp) = unsafe {
         arch::switch_in(
             (&mut control as *mut Control as usize) | CONTROL_TAG,
             header.parent_link.as_ptr(),
             sp,
-        );
-    }
+        )
+    };
     crate::asan::after_resume(asan);
+    // It suspended again from inside `serve_control`, deeper than where its
+    // owner last saw it stop: tell the owner's next resume.
+    if new_sp != sp {
+        header.sp_moved.set(true);
+    }
     control.backtrace
 }
 

@@ -41,6 +41,52 @@ fn backtrace_of_a_suspended_greenlet_shows_its_frames_only() {
     );
 }
 
+/// Capturing a backtrace runs the suspended greenlet's `suspend` until it
+/// suspends again, from a deeper frame than where its owner saw it stop:
+/// resumes and drops afterwards must still find its current frame.
+#[test]
+fn greenlets_resume_and_unwind_correctly_after_being_captured() {
+    use std::rc::Rc;
+
+    struct Counted(Rc<std::cell::Cell<u32>>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    let body = |s: &Suspender<u64, u64>, mut x: u64| {
+        for _ in 0..4 {
+            x = s.suspend(x * 2);
+        }
+        x
+    };
+    let mut g = Greenlet::<u64, u64, u64>::new(body);
+    assert_eq!(g.resume(1).into_yielded(), Some(2));
+    debug::backtrace(&mut g).expect("suspended");
+    assert_eq!(g.resume(3).into_yielded(), Some(6));
+    // Captured through the thread's list, twice in a row, then resumed.
+    assert!(debug::dump().to_string().contains("suspended"));
+    assert!(debug::dump().to_string().contains("suspended"));
+    assert_eq!(g.resume(5).into_yielded(), Some(10));
+    assert_eq!(g.resume(7).into_yielded(), Some(14));
+    assert_eq!(g.resume(9).into_complete(), Some(9));
+
+    // Dropped right after a capture: the unwind starts from the right frame
+    // and runs the destructors on the greenlet's stack.
+    let drops = Rc::new(std::cell::Cell::new(0));
+    let witness = Counted(drops.clone());
+    let mut g = Greenlet::<(), (), ()>::new(move |s, ()| {
+        let _held = witness;
+        parked_deep_inside(s);
+        unreachable!("dropped while suspended");
+    });
+    g.resume(());
+    debug::backtrace(&mut g).expect("suspended");
+    drop(g);
+    assert_eq!(drops.get(), 1);
+}
+
 #[test]
 fn dump_lists_every_greenlet_with_state_wait_and_origin() {
     std::thread::spawn(|| {

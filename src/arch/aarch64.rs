@@ -21,7 +21,8 @@ use super::EntryFn;
 
 unsafe extern "C" {
     // Custom convention, see asm/aarch64.S: x3 = resume address,
-    // x1 = where to save our sp, x2 = sp to switch to, x0 = value.
+    // x1 = where to save our sp, x2 = sp to switch to, x0 = value; the
+    // other side receives x0 and, in x3, our saved sp.
     // Entered by `b`; never called.
     fn greenhack_switch_in();
     fn greenhack_switch_out();
@@ -118,18 +119,20 @@ pub(crate) fn trampoline_return() -> usize {
 
 /// Resumes the greenlet whose saved stack pointer is `sp`, handing it
 /// `value`. Our own stack pointer is stored in `*parent_link` for the
-/// greenlet to switch back to. Returns the value the greenlet hands back.
+/// greenlet to switch back to. Returns the value the greenlet hands back and
+/// the greenlet's saved stack pointer (the value it also stored in its
+/// save slot).
 ///
 /// # Safety
 ///
 /// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
 /// this thread and `parent_link` the parent-link slot of that same greenlet.
 #[inline(always)]
-pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> usize {
-    let out: usize;
+pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> (usize, usize) {
+    let (out, their_sp): (usize, usize);
     // SAFETY: the caller guarantees `sp` is a valid suspended context; the
     // routine saves x19/x29/pc and the operands declare every other register
-    // clobbered (x3 and x16, which the routine uses, by `clobber_abi`), so
+    // clobbered (x16, which the routine uses, by `clobber_abi`), so
     // all state the compiler relies on survives. Without `nostack`, the
     // compiler keeps sp 16-byte aligned and nothing live below it, as the
     // routine's store of its frame below sp requires.
@@ -146,6 +149,7 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             "nop",
             switch = sym greenhack_switch_in,
             inlateout("x0") value => out,
+            lateout("x3") their_sp,
             in("x1") parent_link,
             in("x2") sp,
             lateout("x20") _, lateout("x21") _, lateout("x22") _,
@@ -157,20 +161,21 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             clobber_abi("C"),
         );
     }
-    out
+    (out, their_sp)
 }
 
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
-/// handing it `value`. Returns the value of the next resume.
+/// handing it `value`. Returns the value of the next resume and the
+/// resumer's saved stack pointer.
 ///
 /// # Safety
 ///
 /// Must run on a greenlet's stack, with `sp` the current value of its parent
 /// link.
 #[inline(always)]
-pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> usize {
-    let out: usize;
+pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (usize, usize) {
+    let (out, their_sp): (usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
@@ -180,6 +185,7 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> us
             "2:",
             switch = sym greenhack_switch_out,
             inlateout("x0") value => out,
+            lateout("x3") their_sp,
             in("x1") save,
             in("x2") sp,
             lateout("x20") _, lateout("x21") _, lateout("x22") _,
@@ -191,5 +197,5 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> us
             clobber_abi("C"),
         );
     }
-    out
+    (out, their_sp)
 }

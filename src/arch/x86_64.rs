@@ -19,7 +19,8 @@ use super::EntryFn;
 
 unsafe extern "C" {
     // Custom convention, see asm/x86_64.S: rax = resume address,
-    // rsi = where to save our sp, rdx = sp to switch to, rdi = value.
+    // rsi = where to save our sp, rdx = sp to switch to, rdi = value; the
+    // other side receives rdi and, in rax, our saved sp.
     // Entered by jmp; never called.
     fn greenhack_switch_in();
     fn greenhack_switch_out();
@@ -124,15 +125,17 @@ pub(crate) fn trampoline_return() -> usize {
 
 /// Resumes the greenlet whose saved stack pointer is `sp`, handing it
 /// `value`. Our own stack pointer is stored in `*parent_link` for the
-/// greenlet to switch back to. Returns the value the greenlet hands back.
+/// greenlet to switch back to. Returns the value the greenlet hands back and
+/// the greenlet's saved stack pointer (the value it also stored in its
+/// save slot).
 ///
 /// # Safety
 ///
 /// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
 /// this thread and `parent_link` the parent-link slot of that same greenlet.
 #[inline(always)]
-pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> usize {
-    let out: usize;
+pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> (usize, usize) {
+    let (out, their_sp): (usize, usize);
     // SAFETY: the caller guarantees `sp` is a valid suspended context; the
     // routine saves rbx/rbp/rip and the operands declare every other register
     // clobbered, so all state the compiler relies on survives.
@@ -149,26 +152,28 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             "nop",
             switch = sym greenhack_switch_in,
             inlateout("rdi") value => out,
+            lateout("rax") their_sp,
             in("rsi") parent_link,
             in("rdx") sp,
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
             clobber_abi("sysv64"),
         );
     }
-    out
+    (out, their_sp)
 }
 
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
-/// handing it `value`. Returns the value of the next resume.
+/// handing it `value`. Returns the value of the next resume and the
+/// resumer's saved stack pointer.
 ///
 /// # Safety
 ///
 /// Must run on a greenlet's stack, with `sp` the current value of its parent
 /// link.
 #[inline(always)]
-pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> usize {
-    let out: usize;
+pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (usize, usize) {
+    let (out, their_sp): (usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
@@ -178,11 +183,12 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> us
             "2:",
             switch = sym greenhack_switch_out,
             inlateout("rdi") value => out,
+            lateout("rax") their_sp,
             in("rsi") save,
             in("rdx") sp,
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
             clobber_abi("sysv64"),
         );
     }
-    out
+    (out, their_sp)
 }
