@@ -236,9 +236,11 @@ impl ThreadStacks {
         }
         let mut p = link.replace(ptr::null());
         while !p.is_null() {
-            // SAFETY: as in `take`; each unlinked stack becomes ours.
+            // SAFETY: a live header on the free list, as in `take`.
             let h = unsafe { &*p };
             p = h.next_free.get();
+            // SAFETY: the list was cut above, so the pool no longer owns
+            // this stack: it becomes ours, once.
             excess.push(unsafe { Stack::from_header(h) });
         }
         self.pooled.set(self.pooled.get() - excess.len());
