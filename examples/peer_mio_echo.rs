@@ -8,7 +8,7 @@
 //!
 //! One thread, one `mio::Poll`, a hand-rolled slab of connections indexed
 //! by token, every socket registered once for reading and writing
-//! (edge-triggered). On an event a connection reads and writes each chunk
+//! (edge-triggered): the loop in `support/mio_server.rs`. On an event a connection reads and writes each chunk
 //! straight back; what the kernel does not take is kept and the connection
 //! stops reading until it is writable again. One 2 KiB read buffer shared
 //! by all connections (greenhack's example has 2 KiB per connection on its
@@ -23,10 +23,10 @@
 
 use std::io::{self, Read, Write};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::net::TcpStream;
 
-const LISTENER: Token = Token(usize::MAX);
+#[path = "support/mio_server.rs"]
+mod mio_server;
 
 struct Conn {
     stream: TcpStream,
@@ -35,71 +35,17 @@ struct Conn {
 }
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
-    let addr = addr
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(1024);
-    let mut listener = TcpListener::bind(addr)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    println!("mio echo: listening on {}", listener.local_addr()?);
-
-    let mut conns: Vec<Option<Conn>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
+    let addr = mio_server::addr_arg("127.0.0.1:7000")?;
     let mut buf = vec![0u8; 2 * 1024];
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        for event in events.iter() {
-            if event.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut stream, _peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let i = free.pop().unwrap_or_else(|| {
-                                conns.push(None);
-                                conns.len() - 1
-                            });
-                            poll.registry().register(
-                                &mut stream,
-                                Token(i),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )?;
-                            conns[i] = Some(Conn {
-                                stream,
-                                pending: Vec::new(),
-                            });
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            eprintln!("mio echo: accept: {e}");
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            let i = event.token().0;
-            let Some(conn) = conns.get_mut(i).and_then(Option::as_mut) else {
-                continue;
-            };
-            if !drive(conn, &mut buf) {
-                // Dropping the stream closes it, which also removes it from
-                // the epoll set.
-                conns[i] = None;
-                free.push(i);
-            }
-        }
-    }
+    mio_server::serve(
+        "mio echo",
+        addr,
+        |stream| Conn {
+            stream,
+            pending: Vec::new(),
+        },
+        |conn| drive(conn, &mut buf),
+    )
 }
 
 /// Echoes what can be echoed without waiting. Returns whether the

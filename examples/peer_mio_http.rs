@@ -8,7 +8,7 @@
 //!
 //! One thread, one `mio::Poll`, a hand-rolled slab of connections indexed by
 //! token, every socket registered once for reading and writing
-//! (edge-triggered). Each connection is greenhack's `serve` turned inside
+//! (edge-triggered): the loop in `support/mio_server.rs`. Each connection is greenhack's `serve` turned inside
 //! out: an 8 KiB request buffer, every complete request in it parsed with
 //! `httparse` and answered in order (pipelining), the responses written in
 //! one go; while the kernel does not take all of them the connection waits
@@ -26,13 +26,12 @@
 
 use std::io::{self, Read, Write};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::net::TcpStream;
 
 #[path = "support/http_protocol.rs"]
 mod http_protocol;
-
-const LISTENER: Token = Token(usize::MAX);
+#[path = "support/mio_server.rs"]
+mod mio_server;
 
 struct Conn {
     stream: TcpStream,
@@ -46,86 +45,31 @@ struct Conn {
 }
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let addr = addr
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(1024);
-    let mut listener = TcpListener::bind(addr)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    println!("mio http: listening on {}", listener.local_addr()?);
-
-    let mut conns: Vec<Option<Conn>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        for event in events.iter() {
-            if event.token() == LISTENER {
-                loop {
-                    match listener.accept() {
-                        Ok((mut stream, _peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let i = free.pop().unwrap_or_else(|| {
-                                conns.push(None);
-                                conns.len() - 1
-                            });
-                            poll.registry().register(
-                                &mut stream,
-                                Token(i),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )?;
-                            conns[i] = Some(Conn {
-                                stream,
-                                buf: vec![0u8; 8192],
-                                filled: 0,
-                                out: Vec::with_capacity(1024),
-                                written: 0,
-                                close: false,
-                            });
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            eprintln!("mio http: accept: {e}");
-                            break;
-                        }
-                    }
+    let addr = mio_server::addr_arg("127.0.0.1:8080")?;
+    mio_server::serve(
+        "mio http",
+        addr,
+        |stream| Conn {
+            stream,
+            buf: vec![0u8; 8192],
+            filled: 0,
+            out: Vec::with_capacity(1024),
+            written: 0,
+            close: false,
+        },
+        |conn| match drive(conn) {
+            Ok(keep) => keep,
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) {
+                    eprintln!("mio http: {e}");
                 }
-                continue;
+                false
             }
-            let i = event.token().0;
-            let Some(conn) = conns.get_mut(i).and_then(Option::as_mut) else {
-                continue;
-            };
-            let keep = match drive(conn) {
-                Ok(keep) => keep,
-                Err(e) => {
-                    if !matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                    ) {
-                        eprintln!("mio http: {e}");
-                    }
-                    false
-                }
-            };
-            if !keep {
-                // Dropping the stream closes it, which also removes it from
-                // the epoll set.
-                conns[i] = None;
-                free.push(i);
-            }
-        }
-    }
+        },
+    )
 }
 
 /// Serves what can be served without waiting. Returns whether the
