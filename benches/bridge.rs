@@ -107,7 +107,7 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -179,17 +179,17 @@ where
 {
     let rt = current_thread();
     Box::new(move |n| {
-        let start = Instant::now();
-        let acc = rt.block_on(greenhack::as_async(move || {
-            let mut acc = 0u64;
-            for i in 0..n {
-                acc = acc.wrapping_add(greenhack::exempt(mk(i)));
-            }
-            acc
-        }));
-        let t = start.elapsed();
-        check(acc, n);
-        t
+        timed_sum(
+            &rt,
+            n,
+            greenhack::as_async(move || {
+                let mut acc = 0u64;
+                for i in 0..n {
+                    acc = acc.wrapping_add(greenhack::exempt(mk(i)));
+                }
+                acc
+            }),
+        )
     })
 }
 
@@ -200,17 +200,17 @@ where
 {
     let rt = current_thread();
     Box::new(move |n| {
-        let start = Instant::now();
-        let acc = rt.block_on(stackful::stackful(move || {
-            let mut acc = 0u64;
-            for i in 0..n {
-                acc = acc.wrapping_add(stackful::wait(mk(i)));
-            }
-            acc
-        }));
-        let t = start.elapsed();
-        check(acc, n);
-        t
+        timed_sum(
+            &rt,
+            n,
+            stackful::stackful(move || {
+                let mut acc = 0u64;
+                for i in 0..n {
+                    acc = acc.wrapping_add(stackful::wait(mk(i)));
+                }
+                acc
+            }),
+        )
     })
 }
 
@@ -221,23 +221,15 @@ where
 {
     let rt = multi_thread();
     Box::new(move |n| {
-        let (t, acc) = rt.block_on(async move {
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let acc = tokio::task::block_in_place(|| {
-                    let mut acc = 0u64;
-                    for i in 0..n {
-                        acc = acc.wrapping_add(Handle::current().block_on(mk(i)));
-                    }
-                    acc
-                });
-                (start.elapsed(), acc)
+        timed_sum_in_task(&rt, n, async move {
+            tokio::task::block_in_place(|| {
+                let mut acc = 0u64;
+                for i in 0..n {
+                    acc = acc.wrapping_add(Handle::current().block_on(mk(i)));
+                }
+                acc
             })
-            .await
-            .expect("the block_in_place task panicked")
-        });
-        check(acc, n);
-        t
+        })
     })
 }
 
@@ -248,17 +240,13 @@ where
 {
     let rt = current_thread();
     Box::new(move |n| {
-        let start = Instant::now();
-        let acc = rt.block_on(async move {
+        timed_sum(&rt, n, async move {
             let mut acc = 0u64;
             for i in 0..n {
                 acc = acc.wrapping_add(mk(i).await);
             }
             acc
-        });
-        let t = start.elapsed();
-        check(acc, n);
-        t
+        })
     })
 }
 
@@ -272,8 +260,7 @@ where
 {
     let rt = current_thread();
     Box::new(move |n| {
-        let start = Instant::now();
-        let acc = rt.block_on(async move {
+        timed_sum(&rt, n, async move {
             let mut acc = 0u64;
             for i in 0..n {
                 let v = greenhack::as_async(move || greenhack::exempt(mk(i))).await;
@@ -281,10 +268,7 @@ where
                 tokio::task::yield_now().await;
             }
             acc
-        });
-        let t = start.elapsed();
-        check(acc, n);
-        t
+        })
     })
 }
 
@@ -295,8 +279,7 @@ where
 {
     let rt = current_thread();
     Box::new(move |n| {
-        let start = Instant::now();
-        let acc = rt.block_on(async move {
+        timed_sum(&rt, n, async move {
             let mut acc = 0u64;
             for i in 0..n {
                 let v = stackful::stackful(move || stackful::wait(mk(i))).await;
@@ -304,10 +287,7 @@ where
                 tokio::task::yield_now().await;
             }
             acc
-        });
-        let t = start.elapsed();
-        check(acc, n);
-        t
+        })
     })
 }
 
@@ -318,23 +298,46 @@ where
 {
     let rt = multi_thread();
     Box::new(move |n| {
-        let (t, acc) = rt.block_on(async move {
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let mut acc = 0u64;
-                for i in 0..n {
-                    let v = tokio::task::block_in_place(|| Handle::current().block_on(mk(i)));
-                    acc = acc.wrapping_add(v);
-                    tokio::task::yield_now().await;
-                }
-                (start.elapsed(), acc)
-            })
-            .await
-            .expect("the block_in_place task panicked")
-        });
-        check(acc, n);
-        t
+        timed_sum_in_task(&rt, n, async move {
+            let mut acc = 0u64;
+            for i in 0..n {
+                let v = tokio::task::block_in_place(|| Handle::current().block_on(mk(i)));
+                acc = acc.wrapping_add(v);
+                tokio::task::yield_now().await;
+            }
+            acc
+        })
     })
+}
+
+/// Runs `sum`, n waits adding up their outputs, to completion on `rt`;
+/// returns how long it took, its result checked.
+fn timed_sum(rt: &Runtime, n: u64, sum: impl Future<Output = u64>) -> Duration {
+    let start = Instant::now();
+    let acc = rt.block_on(sum);
+    let t = start.elapsed();
+    check(acc, n);
+    t
+}
+
+/// `timed_sum` inside a task spawned on `rt`'s workers (where
+/// `block_in_place` may run), timed from within the task.
+fn timed_sum_in_task(
+    rt: &Runtime,
+    n: u64,
+    sum: impl Future<Output = u64> + Send + 'static,
+) -> Duration {
+    let (t, acc) = rt.block_on(async move {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let acc = sum.await;
+            (start.elapsed(), acc)
+        })
+        .await
+        .expect("the block_in_place task panicked")
+    });
+    check(acc, n);
+    t
 }
 
 /// Every side must have summed 0..n: the waits really happened.
@@ -366,18 +369,14 @@ where
 {
     let rt = current_thread();
     Box::new(move |n| {
-        let start = Instant::now();
-        let acc = rt.block_on(async move {
+        timed_sum(&rt, n, async move {
             let mut acc = 0u64;
             for i in 0..n {
                 acc = acc.wrapping_add(mk(i).await);
                 tokio::task::yield_now().await;
             }
             acc
-        });
-        let t = start.elapsed();
-        check(acc, n);
-        t
+        })
     })
 }
 
