@@ -449,6 +449,18 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         self.stack.as_ref().map(|_| unsafe { &*self.header })
     }
 
+    /// The part of the stack the next resume touches first, while the
+    /// greenlet is not finished: from its saved stack pointer (where the
+    /// switch restores registers, then each frame it returns through) to the
+    /// end of the header. For prefetching only: after a backtrace request the
+    /// range may be stale.
+    #[inline]
+    pub(crate) fn resume_footprint(&self) -> Option<std::ops::Range<usize>> {
+        self.stack
+            .as_ref()
+            .map(|_| self.sp..self.header as usize + size_of::<StackHeader>())
+    }
+
     /// One switch in and back out: hands `msg` over, returns the reply.
     /// A `Done` reply must go to `take_outcome` before anything else.
     #[inline(always)]

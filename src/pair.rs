@@ -228,6 +228,12 @@ impl<T> AsAsync<T> {
     pub fn name(&self) -> Option<&str> {
         self.greenlet.as_ref().and_then(|g| g.name())
     }
+
+    /// The greenlet's stack that the next poll touches first (see
+    /// `Greenlet::resume_footprint`); `None` once complete.
+    pub(crate) fn resume_footprint(&self) -> Option<std::ops::Range<usize>> {
+        self.greenlet.as_ref()?.resume_footprint()
+    }
 }
 
 impl<T> Future for AsAsync<T> {

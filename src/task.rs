@@ -8,7 +8,7 @@
 //! the cancellation. Dropping the handle detaches the greenlet.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::greenlet::Builder;
 use crate::pair::AsAsync;
-use crate::reactor::Reactor;
+use crate::reactor::{Footprint, Reactor, TaskFuture};
 
 /// Spawns `f` on a new greenlet of this thread's loop.
 ///
@@ -73,13 +73,14 @@ impl Builder {
         let state = Rc::new(JoinState {
             result: RefCell::new(None),
             joiner: RefCell::new(None),
-            task: RefCell::new(None),
+            task: OnceCell::new(),
             cancelled: Cell::new(false),
         });
-        Reactor::current().spawn(Box::pin(Task {
+        let waker = Reactor::current().spawn(Box::pin(Task {
             future: Some(future),
             state: state.clone(),
         }));
+        let _ = state.task.set(waker);
         Ok(JoinHandle { state })
     }
 }
@@ -90,8 +91,9 @@ struct JoinState<T> {
     result: RefCell<Option<Result<T, JoinError>>>,
     /// Who waits in `join` or polls the handle.
     joiner: RefCell<Option<Waker>>,
-    /// The task's own waker, to make it notice a cancellation.
-    task: RefCell<Option<Waker>>,
+    /// The task's own waker, to make it notice a cancellation. Set once at
+    /// spawn: the reactor polls a task with the same waker every time.
+    task: OnceCell<Waker>,
     cancelled: Cell<bool>,
 }
 
@@ -130,19 +132,24 @@ impl<T> Future for Task<T> {
         let future = self.future.as_mut().expect("checked above");
         let polled = panic::catch_unwind(AssertUnwindSafe(|| Pin::new(future).poll(cx)));
         let result = match polled {
-            Ok(Poll::Pending) => {
-                let mut task = self.state.task.borrow_mut();
-                if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *task = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
+            Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(v)) => Ok(v),
             Err(payload) => Err(JoinError::panicked(payload)),
         };
         self.future = None;
         self.state.finish(result);
         Poll::Ready(())
+    }
+}
+
+impl<T> TaskFuture for Task<T> {
+    fn footprint(&self) -> Footprint {
+        let stack = self.future.as_ref().and_then(AsAsync::resume_footprint);
+        Footprint {
+            // `poll` reads `cancelled` first.
+            object: Rc::as_ptr(&self.state) as usize,
+            stack: stack.unwrap_or_default(),
+        }
     }
 }
 
@@ -179,7 +186,7 @@ impl<T> JoinHandle<T> {
             return;
         }
         self.state.cancelled.set(true);
-        if let Some(w) = self.state.task.borrow().as_ref() {
+        if let Some(w) = self.state.task.get() {
             w.wake_by_ref();
         }
     }

@@ -1,7 +1,7 @@
 //! The Rust face of `asm/`: the saved-context layout, the switch stubs and
 //! the initial frame of a fresh greenlet.
 //!
-//! Each architecture module provides the same four items:
+//! Each architecture module provides the same five items:
 //!
 //! * `init_stack(top, entry, obj) -> sp`: lay out a fresh greenlet's stack so
 //!   that the first `switch_in` to `sp` starts `entry` in the trampoline;
@@ -10,7 +10,9 @@
 //! * `switch_out(value, save, sp) -> value`: suspend, storing our stack
 //!   pointer in `*save`, and continue the side whose saved pointer is `sp`;
 //! * `trampoline_return()`: the code address that roots a greenlet's
-//!   frame-pointer chain (see the drawings in `asm/`).
+//!   frame-pointer chain (see the drawings in `asm/`);
+//! * `prefetch(addr)`: ask for the cache line holding `addr`, without
+//!   waiting for it (the reactor warms the next task's stack with it).
 //!
 //! The value handed over is one machine word; `greenlet` passes a pointer to
 //! a message on the sender's stack, which stays valid while the sender is

@@ -192,3 +192,17 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (u
     }
     (out, their_sp)
 }
+
+/// Starts loading the cache line holding `addr` into every cache level and
+/// returns at once. A hint only: it never faults, whatever `addr` is
+/// (unmapped, freed, null), and has no effect the program can observe except
+/// timing.
+#[inline(always)]
+pub(crate) fn prefetch(addr: usize) {
+    // SAFETY: `prefetcht0` reads nothing architecturally and cannot fault, whatever
+    // the address; it touches no register but its operand, no flags and no
+    // stack.
+    unsafe {
+        asm!("prefetcht0 [{addr}]", addr = in(reg) addr, options(nostack, readonly, preserves_flags));
+    }
+}
