@@ -143,7 +143,11 @@ const PREFETCH_STACK_LINES: usize = 32;
 /// The size of a cache line on every supported CPU (x86_64, aarch64).
 const CACHE_LINE: usize = 64;
 
-/// A spawned task.
+const _: () = assert!(size_of::<Option<TaskSlot>>() == CACHE_LINE);
+
+/// A spawned task. One cache line, aligned to one: `prefetch_next` fetches
+/// a slot with a single prefetch.
+#[repr(align(64))]
 struct TaskSlot {
     /// `None` while the task is being polled (taken out so the task may
     /// spawn or wake without a double borrow) or after it finished.

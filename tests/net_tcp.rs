@@ -386,7 +386,21 @@ fn vectored_io_peek_and_options() {
     // Timeouts live in the socket: a clone and the std stream see them.
     let clone = a.try_clone().unwrap();
     assert_eq!(clone.read_timeout().unwrap(), Some(Duration::from_secs(3)));
-    drop(clone);
+    // `a` knew its timeouts before it was cloned: a change through the clone
+    // must reach it all the same.
+    clone
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(a.read_timeout().unwrap(), Some(Duration::from_secs(5)));
+    let clone_of_clone = clone.try_clone().unwrap();
+    clone_of_clone.set_write_timeout(None).unwrap();
+    assert_eq!(a.write_timeout().unwrap(), None);
+    a.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert_eq!(
+        clone_of_clone.read_timeout().unwrap(),
+        Some(Duration::from_secs(3))
+    );
+    drop((clone, clone_of_clone));
     a.flush().unwrap();
     let std_a = a.into_std().unwrap();
     assert_eq!(std_a.read_timeout().unwrap(), Some(Duration::from_secs(3)));

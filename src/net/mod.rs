@@ -123,7 +123,7 @@
 //! timeout and let the reactor's `io` loop wait for readiness (and retry)
 //! until the operation stops returning `WouldBlock` or the deadline passes.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -157,14 +157,20 @@ pub(crate) struct Registered<S: Source + AsRawFd> {
     /// Set after a short stream read (see `read_stream`): the kernel buffer
     /// was drained, so the next read waits for readiness before trying.
     drained: Cell<bool>,
-    /// The socket's timeouts as last read from or written to it, shared by
-    /// every clone of the descriptor (they are one socket): the socket is
-    /// asked once, not on every wait.
-    timeouts: Rc<Timeouts>,
+    /// The socket's timeouts as last read from or written to it: the
+    /// socket is asked once, not on every wait. Kept here, inline, while the
+    /// descriptor has never been cloned, so the check every read and write
+    /// makes is a load from the socket value itself rather than from another
+    /// heap object (with thousands of connections, a cache miss per
+    /// request). See `timeouts()`.
+    own_timeouts: Timeouts,
+    /// Set by the first `try_clone`: from then on every clone of the
+    /// descriptor (they are one socket) shares these.
+    shared_timeouts: OnceCell<Rc<Timeouts>>,
 }
 
 /// Cached `SO_RCVTIMEO` / `SO_SNDTIMEO`: `None` until known.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Timeouts {
     read: Cell<Option<Option<Duration>>>,
     write: Cell<Option<Option<Duration>>>,
@@ -190,8 +196,19 @@ impl<S: Source + AsRawFd> Registered<S> {
             token,
             reactor,
             drained: Cell::new(false),
-            timeouts: Rc::default(),
+            own_timeouts: Timeouts::default(),
+            shared_timeouts: OnceCell::new(),
         })
+    }
+
+    /// The cached timeouts: this descriptor's own until it is first cloned,
+    /// then the ones all its clones share.
+    #[inline]
+    fn timeouts(&self) -> &Timeouts {
+        match self.shared_timeouts.get() {
+            Some(shared) => shared,
+            None => &self.own_timeouts,
+        }
     }
 
     /// A duplicate of the descriptor, registered on its own, sharing this
@@ -200,8 +217,11 @@ impl<S: Source + AsRawFd> Registered<S> {
     where
         S: From<OwnedFd> + AsFd,
     {
-        let mut clone = Registered::new(S::from(self.dup()?))?;
-        clone.timeouts = self.timeouts.clone();
+        let clone = Registered::new(S::from(self.dup()?))?;
+        let shared = self
+            .shared_timeouts
+            .get_or_init(|| Rc::new(self.own_timeouts.clone()));
+        let _ = clone.shared_timeouts.set(shared.clone());
         Ok(clone)
     }
 
@@ -296,7 +316,7 @@ impl<S: Source + AsRawFd> Registered<S> {
         set_timeout_opt(self.get().as_raw_fd(), timeout_opt(dir), dur)?;
         // Read back: the kernel rounds to its clock, and the getter must
         // report what std would.
-        self.timeouts.slot(dir).set(None);
+        self.timeouts().slot(dir).set(None);
         self.timeout(dir).map(|_| ())
     }
 
@@ -304,7 +324,7 @@ impl<S: Source + AsRawFd> Registered<S> {
     /// cached: a `getsockopt` per wait cost ~10% of an echo server's
     /// throughput).
     pub(crate) fn timeout(&self, dir: Direction) -> io::Result<Option<Duration>> {
-        let slot = self.timeouts.slot(dir);
+        let slot = self.timeouts().slot(dir);
         if let Some(t) = slot.get() {
             return Ok(t);
         }
