@@ -866,3 +866,36 @@ impl fmt::Display for Label<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// What a suspended greenlet reports for the reactor to prefetch covers
+    /// the frames its resume returns through, up to the top of its stack.
+    #[test]
+    fn resume_footprint_covers_the_suspended_frames() {
+        let local_at = Rc::new(Cell::new(0usize));
+        let at = local_at.clone();
+        let mut g = Greenlet::<(), (), ()>::new(move |s, ()| {
+            let local = std::hint::black_box(7u64);
+            at.set(ptr::from_ref(&local) as usize);
+            s.suspend(());
+            std::hint::black_box(&local);
+        });
+        let top = g.stack_range().expect("not finished").end;
+        g.resume(());
+        let footprint = g.resume_footprint().expect("suspended");
+        assert!(
+            footprint.contains(&local_at.get()),
+            "{footprint:x?} misses a local of a suspended frame at {:#x}",
+            local_at.get()
+        );
+        assert_eq!(footprint.end, top, "the footprint ends with the header");
+        assert!(footprint.len() < 4096, "a shallow suspend: {footprint:x?}");
+        g.resume(());
+        assert_eq!(g.resume_footprint(), None, "finished: nothing to prefetch");
+    }
+}
