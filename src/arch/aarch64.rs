@@ -210,6 +210,10 @@ pub(crate) fn prefetch(addr: usize) {
     // the address; it touches no register but its operand, no flags and no
     // stack.
     unsafe {
-        asm!("prfm pldl1keep, [{addr}]", addr = in(reg) addr, options(nostack, readonly, preserves_flags));
+        asm!(
+            "prfm pldl1keep, [{addr}]",
+            addr = in(reg) addr,
+            options(nostack, readonly, preserves_flags),
+        );
     }
 }

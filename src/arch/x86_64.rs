@@ -199,10 +199,14 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (u
 /// timing.
 #[inline(always)]
 pub(crate) fn prefetch(addr: usize) {
-    // SAFETY: `prefetcht0` reads nothing architecturally and cannot fault, whatever
-    // the address; it touches no register but its operand, no flags and no
-    // stack.
+    // SAFETY: `prefetcht0` reads nothing architecturally and cannot fault,
+    // whatever the address; it touches no register but its operand, no flags
+    // and no stack.
     unsafe {
-        asm!("prefetcht0 [{addr}]", addr = in(reg) addr, options(nostack, readonly, preserves_flags));
+        asm!(
+            "prefetcht0 [{addr}]",
+            addr = in(reg) addr,
+            options(nostack, readonly, preserves_flags),
+        );
     }
 }
