@@ -126,7 +126,7 @@ const _: () = {
 impl StackHeader {
     /// The end of the stack mapping: the header sits at its very top.
     #[inline]
-    fn top(&self) -> usize {
+    pub(crate) fn top(&self) -> usize {
         self as *const StackHeader as usize + core::mem::size_of::<StackHeader>()
     }
 
@@ -187,10 +187,8 @@ impl ThreadStacks {
             // the pool owns.
             let h = unsafe { &*head };
             if h.map_len() == len {
-                self.free.set(h.next_free.get());
-                self.pooled.set(self.pooled.get() - 1);
-                // SAFETY: the pool owned this stack; unlinked, it is ours.
-                return Some(unsafe { Stack::from_header(h) });
+                // SAFETY: `free` holds `h`.
+                return Some(unsafe { self.unlink(&self.free, h) });
             }
         }
         self.take_other_size(len)
@@ -200,26 +198,35 @@ impl ThreadStacks {
     #[cold]
     #[inline(never)]
     fn take_other_size(&self, len: usize) -> Option<Stack> {
-        let mut prev: Option<&StackHeader> = None;
-        let mut p = self.free.get();
-        while !p.is_null() {
+        let mut link = &self.free;
+        loop {
+            let p = link.get();
+            if p.is_null() {
+                return None;
+            }
             // SAFETY: every header on the free list belongs to a live mapping
             // the pool owns.
             let h = unsafe { &*p };
             if h.map_len() == len {
-                let next = h.next_free.get();
-                match prev {
-                    None => self.free.set(next),
-                    Some(prev) => prev.next_free.set(next),
-                }
-                self.pooled.set(self.pooled.get() - 1);
-                // SAFETY: the pool owned this stack; unlinked, it is ours.
-                return Some(unsafe { Stack::from_header(h) });
+                // SAFETY: `link` holds `h`.
+                return Some(unsafe { self.unlink(link, h) });
             }
-            prev = Some(h);
-            p = h.next_free.get();
+            link = &h.next_free;
         }
-        None
+    }
+
+    /// Takes `h` off the free list and hands its stack over.
+    ///
+    /// # Safety
+    ///
+    /// `link` is `free` or the `next_free` of a stack on the list, and holds
+    /// `h`.
+    #[inline(always)]
+    unsafe fn unlink(&self, link: &Cell<*const StackHeader>, h: &StackHeader) -> Stack {
+        link.set(h.next_free.get());
+        self.pooled.set(self.pooled.get() - 1);
+        // SAFETY: the pool owned this stack; unlinked, it is ours.
+        unsafe { Stack::from_header(h) }
     }
 
     /// Unlinks and returns every free stack after the first `keep`.
