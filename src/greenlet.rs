@@ -456,9 +456,7 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     /// range may be stale.
     #[inline]
     pub(crate) fn resume_footprint(&self) -> Option<std::ops::Range<usize>> {
-        self.stack
-            .as_ref()
-            .map(|_| self.sp..self.header as usize + size_of::<StackHeader>())
+        self.header_ref().map(|h| self.sp..h.top())
     }
 
     /// One switch in and back out: hands `msg` over, returns the reply.
@@ -497,9 +495,8 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         // out gave us, or, if a backtrace request moved it since, the
         // header's (every switch out of a greenlet writes the header; the
         // debug assertion above checks the two agree). The parent link is
-        // its own. The
-        // greenlet reads `msg` exactly once before switching back; our frame
-        // stays put while it runs.
+        // its own. The greenlet reads `msg` exactly once before switching
+        // back; our frame stays put while it runs.
         let (reply, greenlet_sp) =
             unsafe { arch::switch_in(msg.0.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
         self.sp = greenlet_sp;
