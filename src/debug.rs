@@ -29,49 +29,13 @@
 //! cut from what is shown.
 
 use std::fmt::{self, Write as _};
-use std::os::fd::RawFd;
 use std::panic::Location;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
-use crate::greenlet::{self, Greenlet, HeaderState};
-use crate::stack::{self, StackHeader};
-
-/// What a suspended greenlet waits for, as recorded by greenhack's waits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Wait {
-    /// Nothing recorded: running, not started, or suspended by a raw
-    /// [`Suspender::suspend`](crate::greenlet::Suspender::suspend).
-    #[default]
-    Nothing,
-    /// Socket `fd` to become readable.
-    Readable(RawFd),
-    /// Socket `fd` to become writable.
-    Writable(RawFd),
-    /// A timer (`sleep`) until this instant.
-    Sleep(Instant),
-    /// A future passed to `exempt`, by type name.
-    Future(&'static str),
-}
-
-impl fmt::Display for Wait {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Wait::Nothing => f.write_str("-"),
-            Wait::Readable(fd) => write!(f, "fd {fd} to become readable"),
-            Wait::Writable(fd) => write!(f, "fd {fd} to become writable"),
-            Wait::Sleep(t) => {
-                let now = Instant::now();
-                if t > now {
-                    write!(f, "sleeping, {:?} left", t - now)
-                } else {
-                    f.write_str("sleeping, due")
-                }
-            }
-            Wait::Future(name) => write!(f, "future {name}"),
-        }
-    }
-}
+use crate::greenlet::{self, Greenlet};
+use crate::stack::{self, HeaderState, StackHeader};
+pub use crate::switch_hook::{SwitchEvent, SwitchKind, set_switch_hook};
+pub use crate::wait::Wait;
 
 /// One greenlet in a [`dump`].
 #[derive(Debug)]
@@ -128,7 +92,7 @@ pub fn dump() -> Dump {
         // SAFETY: collected just now from this thread's list; nothing between
         // then and here unmaps a stack (capturing runs no greenlet code).
         let h = unsafe { &*h };
-        let state = match greenlet::header_state(h) {
+        let state = match stack::header_state(h) {
             HeaderState::Free => continue,
             HeaderState::Fresh => "not started",
             HeaderState::Running => "running",
@@ -137,7 +101,7 @@ pub fn dump() -> Dump {
         let backtrace = greenlet::capture_backtrace(h).map(|bt| trim(&bt.to_string()));
         greenlets.push(GreenletInfo {
             id: h.id.get(),
-            name: greenlet::header_name(h).map(str::to_owned),
+            name: stack::header_name(h).map(str::to_owned),
             state,
             wait: h.wait.get(),
             created_at: h.created_at.get(),
@@ -289,80 +253,4 @@ pub(crate) fn dump_if_requested() {
     if DUMP_REQUESTED.load(Ordering::Relaxed) && DUMP_REQUESTED.swap(false, Ordering::Acquire) {
         eprint!("{}", dump());
     }
-}
-
-// ----- switch hook ------------------------------------------------------------
-
-/// Which way a switch went, for [`set_switch_hook`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SwitchKind {
-    /// A greenlet is about to be resumed (called on the resumer's stack).
-    Resume,
-    /// A greenlet suspended; control is back with its resumer.
-    Suspend,
-    /// A greenlet finished (returned, panicked or unwound).
-    Finish,
-}
-
-/// A switch, as reported to the hook.
-#[derive(Clone, Copy, Debug)]
-pub struct SwitchEvent<'a> {
-    /// Which way.
-    pub kind: SwitchKind,
-    /// The greenlet switched to or from.
-    pub id: u64,
-    /// Its name, if it has one.
-    pub name: Option<&'a str>,
-}
-
-/// The hook as a `fn` address; 0 when unset. A global, so the check on the
-/// switch path is one relaxed load with no thread-local access.
-static SWITCH_HOOK: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets (or with `None` clears) the function called on every greenlet
-/// switch of every thread: before each resume and after each suspend or
-/// finish, on the resumer's side. The hook must not switch greenlets itself.
-///
-/// Unset, the cost is a relaxed load and a well-predicted branch per
-/// direction (see README, "Switch variants"). The `cpu_accounting` example
-/// uses it to account CPU time per greenlet.
-///
-/// ```
-/// use greenhack::debug::{set_switch_hook, SwitchEvent, SwitchKind};
-/// use std::sync::atomic::{AtomicU32, Ordering};
-///
-/// static RESUMES: AtomicU32 = AtomicU32::new(0);
-/// fn count(e: SwitchEvent<'_>) {
-///     if e.kind == SwitchKind::Resume {
-///         RESUMES.fetch_add(1, Ordering::Relaxed);
-///     }
-/// }
-/// set_switch_hook(Some(count));
-/// let mut g = greenhack::greenlet::Greenlet::<(), (), ()>::new(|s, ()| s.suspend(()));
-/// g.resume(());
-/// g.resume(());
-/// set_switch_hook(None);
-/// assert!(RESUMES.load(Ordering::Relaxed) >= 2);
-/// ```
-pub fn set_switch_hook(hook: Option<fn(SwitchEvent<'_>)>) {
-    SWITCH_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::Release);
-}
-
-/// The current hook, 0 if unset.
-#[inline(always)]
-pub(crate) fn switch_hook() -> usize {
-    SWITCH_HOOK.load(Ordering::Relaxed)
-}
-
-/// Calls the hook, if one is (still) set.
-pub(crate) fn call_switch_hook(kind: SwitchKind, id: u64, name: Option<&str>) {
-    let hook = SWITCH_HOOK.load(Ordering::Acquire);
-    if hook == 0 {
-        return;
-    }
-    // SAFETY: non-zero values of SWITCH_HOOK are only ever stored from a
-    // `fn(SwitchEvent)` by `set_switch_hook`.
-    let hook: fn(SwitchEvent<'_>) =
-        unsafe { std::mem::transmute::<usize, fn(SwitchEvent<'_>)>(hook) };
-    hook(SwitchEvent { kind, id, name });
 }

@@ -65,7 +65,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch;
-use crate::stack::{self, Stack, StackHeader};
+use crate::stack::{self, HeaderState, Stack, StackHeader, header_name, header_state};
 
 /// What [`Greenlet::resume`] returns: the greenlet suspended with a value, or
 /// finished with its closure's result.
@@ -486,8 +486,8 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         );
         header.saved_sp.set(0);
         let msg = Aligned(MaybeUninit::new(msg));
-        if crate::debug::switch_hook() != 0 {
-            self.report_switch(crate::debug::SwitchKind::Resume);
+        if crate::switch_hook::switch_hook() != 0 {
+            self.report_switch(crate::switch_hook::SwitchKind::Resume);
         }
         let asan = crate::asan::before_resume(header);
         // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
@@ -504,10 +504,10 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         // SAFETY: the greenlet handed us a pointer to a FromGreenlet<Y> on
         // its stack, written once for us to read once.
         let reply = unsafe { FromGreenlet::take(reply as *const FromGreenlet<Y>) };
-        if crate::debug::switch_hook() != 0 {
+        if crate::switch_hook::switch_hook() != 0 {
             self.report_switch(match reply {
-                FromGreenlet::Yield(_) => crate::debug::SwitchKind::Suspend,
-                FromGreenlet::Done(_) => crate::debug::SwitchKind::Finish,
+                FromGreenlet::Yield(_) => crate::switch_hook::SwitchKind::Suspend,
+                FromGreenlet::Done(_) => crate::switch_hook::SwitchKind::Finish,
             });
         }
         reply
@@ -517,8 +517,8 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     /// whether a hook is set.
     #[cold]
     #[inline(never)]
-    fn report_switch(&self, kind: crate::debug::SwitchKind) {
-        crate::debug::call_switch_hook(kind, self.id, self.name());
+    fn report_switch(&self, kind: crate::switch_hook::SwitchKind) {
+        crate::switch_hook::call_switch_hook(kind, self.id, self.name());
     }
 
     /// Reads the outcome of a finished greenlet off its stack, then gives
@@ -705,33 +705,6 @@ fn serve_control(header: &StackHeader, mut value: usize) -> usize {
     value
 }
 
-/// Where a greenlet stands, read from its stack header alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum HeaderState {
-    /// No greenlet owns the stack (it is pooled).
-    Free,
-    /// Created, never resumed.
-    Fresh,
-    /// Running, or resuming another greenlet (an ancestor of the caller).
-    Running,
-    /// Waiting in `suspend`.
-    Suspended,
-}
-
-/// Derives the state from the header: a greenlet that runs has a zero saved
-/// sp (`switch` clears it); a fresh one's saved frame resumes at the
-/// trampoline.
-pub(crate) fn header_state(header: &StackHeader) -> HeaderState {
-    if header.id.get() == 0 {
-        return HeaderState::Free;
-    }
-    match header.saved_sp.get() {
-        0 => HeaderState::Running,
-        sp if arch::is_fresh_frame(sp) => HeaderState::Fresh,
-        _ => HeaderState::Suspended,
-    }
-}
-
 /// Captures the backtrace of the suspended greenlet owning `header` by
 /// switching into it (its code does not run: `suspend` serves the request
 /// and switches straight back). `None` unless it is suspended.
@@ -838,18 +811,6 @@ fn abort_kept_running(header: &StackHeader, what: &str) -> ! {
         Label(name, header.id.get())
     );
     std::process::abort()
-}
-
-pub(crate) fn header_name(header: &StackHeader) -> Option<&str> {
-    let p = header.name_ptr.get();
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: name_ptr/len point into the `Box<str>` of the Greenlet that
-    // owns this stack, which outlives every switch into it.
-    Some(unsafe {
-        std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, header.name_len.get()))
-    })
 }
 
 /// Formats "greenlet 'name' (id N)" or "greenlet N".

@@ -156,9 +156,11 @@ mod overflow;
 mod pair;
 mod reactor;
 pub mod stack;
+mod switch_hook;
 mod task;
 mod time;
 mod valgrind;
+mod wait;
 
 pub use greenlet::Builder;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};

@@ -34,7 +34,7 @@ use std::pin::{Pin, pin};
 use std::ptr;
 use std::task::{Context, Poll};
 
-use crate::debug::Wait;
+use crate::wait::Wait;
 use crate::greenlet::{Builder, Greenlet, GreenletResult, Suspender};
 use crate::reactor::{self, Reactor};
 

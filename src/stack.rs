@@ -97,7 +97,7 @@ pub(crate) struct StackHeader {
     pub(crate) id: Cell<u64>,
     /// What the greenlet waits for while suspended by the pair layer (for
     /// `debug::dump`).
-    pub(crate) wait: Cell<crate::debug::Wait>,
+    pub(crate) wait: Cell<crate::wait::Wait>,
     /// Where the greenlet was created (`#[track_caller]`).
     pub(crate) created_at: Cell<Option<&'static std::panic::Location<'static>>>,
     /// The next free stack in this thread's pool while this one is pooled.
@@ -452,7 +452,7 @@ impl Stack {
         let header = self.header();
         header.id.set(0);
         header.name_ptr.set(ptr::null());
-        header.wait.set(crate::debug::Wait::Nothing);
+        header.wait.set(crate::wait::Wait::Nothing);
         if header.valgrind_id.get() != 0 || cfg!(greenhack_asan) {
             self.reset_sanitizer_state();
         }
@@ -566,7 +566,7 @@ impl Stack {
             name_ptr: Cell::new(ptr::null()),
             name_len: Cell::new(0),
             id: Cell::new(0),
-            wait: Cell::new(crate::debug::Wait::Nothing),
+            wait: Cell::new(crate::wait::Wait::Nothing),
             created_at: Cell::new(None),
             next_free: Cell::new(ptr::null()),
             next: Cell::new(head),
@@ -728,6 +728,49 @@ fn map_error(err: io::Error, len: usize) -> io::Error {
         ),
     }
 }
+
+// ----- reading a header ----------------------------------------------------
+
+/// Where a greenlet stands, read from its stack header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderState {
+    /// No greenlet owns the stack (it is pooled).
+    Free,
+    /// Created, never resumed.
+    Fresh,
+    /// Running, or resuming another greenlet (an ancestor of the caller).
+    Running,
+    /// Waiting in `suspend`.
+    Suspended,
+}
+
+/// Derives the state from the header: a greenlet that runs has a zero saved
+/// sp (`switch` clears it); a fresh one's saved frame resumes at the
+/// trampoline.
+pub(crate) fn header_state(header: &StackHeader) -> HeaderState {
+    if header.id.get() == 0 {
+        return HeaderState::Free;
+    }
+    match header.saved_sp.get() {
+        0 => HeaderState::Running,
+        sp if crate::arch::is_fresh_frame(sp) => HeaderState::Fresh,
+        _ => HeaderState::Suspended,
+    }
+}
+
+/// The name of the greenlet owning `header`, if it has one.
+pub(crate) fn header_name(header: &StackHeader) -> Option<&str> {
+    let p = header.name_ptr.get();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: name_ptr/len point into the `Box<str>` of the Greenlet that
+    // owns this stack, which outlives every switch into it.
+    Some(unsafe {
+        std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, header.name_len.get()))
+    })
+}
+
 
 #[cfg(test)]
 mod tests {

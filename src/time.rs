@@ -41,7 +41,7 @@ pub fn sleep_until(deadline: Instant) {
         "greenhack::sleep",
         Sleep::new(deadline),
         "tokio::time::sleep(d)",
-        crate::debug::Wait::Sleep(deadline),
+        crate::wait::Wait::Sleep(deadline),
     )
 }
 
