@@ -229,7 +229,7 @@ static DUMP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 ///
 /// `sigaction` refused the signal (e.g. `SIGKILL`, or an invalid number).
 pub fn dump_on_signal(signal: i32) -> std::io::Result<()> {
-    crate::reactor::Reactor::current().make_dump_target();
+    crate::reactor::Reactor::current().make_signal_target(dump_if_requested);
     // SAFETY: installing a handler that only does async-signal-safe work.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
@@ -245,11 +245,12 @@ pub fn dump_on_signal(signal: i32) -> std::io::Result<()> {
 
 extern "C" fn request_dump(_signal: libc::c_int) {
     DUMP_REQUESTED.store(true, Ordering::Release);
-    crate::reactor::wake_dump_target();
+    crate::reactor::wake_signal_target();
 }
 
-/// Called by the loop between turns: prints a dump if one was requested.
-pub(crate) fn dump_if_requested() {
+/// Run by the signal target's loop between turns: prints a dump if one was
+/// requested.
+fn dump_if_requested() {
     if DUMP_REQUESTED.load(Ordering::Relaxed) && DUMP_REQUESTED.swap(false, Ordering::Acquire) {
         eprint!("{}", dump());
     }

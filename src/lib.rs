@@ -159,6 +159,8 @@ pub mod stack;
 mod switch_hook;
 mod task;
 mod time;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod valgrind;
 mod wait;
 

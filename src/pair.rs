@@ -34,18 +34,30 @@ use std::pin::{Pin, pin};
 use std::ptr;
 use std::task::{Context, Poll};
 
-use crate::wait::Wait;
 use crate::greenlet::{Builder, Greenlet, GreenletResult, Suspender};
 use crate::reactor::{self, Reactor};
+use crate::wait::Wait;
 
-/// What each resume hands the greenlet: the poller's context, and whether
-/// greenhack's loop is the poller.
+/// What each resume hands the greenlet: the poller's context, and who the
+/// poller is.
 #[derive(Clone, Copy)]
 struct Resume {
     /// Valid only during the poll that passed it, which is exactly while the
     /// greenlet runs.
     cx: *mut Context<'static>,
-    driven_by_loop: bool,
+    driver: Driver,
+}
+
+/// Who polls a pair, and so whether greenhack's loop runs for its waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driver {
+    /// Greenhack's own loop (`block_on`, a spawned task).
+    Loop,
+    /// A foreign executor that hosts greenhack's loop (see
+    /// `reactor::hosted`): greenhack's sockets and timers work too.
+    Hosted,
+    /// A foreign executor that cannot host it: only its own futures work.
+    Foreign,
 }
 
 /// One pair's state; lives on its greenlet's stack.
@@ -59,16 +71,6 @@ struct Pair {
 thread_local! {
     /// The pair whose greenlet runs now, or null.
     static CURRENT: Cell<*const Pair> = const { Cell::new(ptr::null()) };
-    /// Set while greenhack's loop polls a task or the future it blocks on;
-    /// an `AsAsync` reads it to learn whether its poller is our loop.
-    static LOOP_POLLING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks a poll made by greenhack's loop.
-pub(crate) fn loop_poll<R>(f: impl FnOnce() -> R) -> R {
-    let prev = LOOP_POLLING.replace(true);
-    let _restore = Restore(&LOOP_POLLING, prev);
-    f()
 }
 
 /// Restores a thread-local cell on scope exit, also on unwind.
@@ -84,32 +86,38 @@ impl<T: Copy + 'static> Drop for Restore<T> {
 impl Pair {
     /// Polls `fut` with the poller's context; suspends while it is pending.
     /// `what` is recorded for `debug::dump` while suspended.
-    fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
+    fn wait<F: Future>(&self, fut: F, what: Wait, needs: Needs) -> F::Output {
         let mut fut = pin!(fut);
         loop {
             // SAFETY: the context was passed by the poll that resumed us,
             // which is still running (we are inside it).
-            let Resume { cx, driven_by_loop } = self.resume.get();
+            let Resume { cx, driver } = self.resume.get();
             let cx = unsafe { &mut *cx };
             // The future is polled by this pair: an AsAsync inside it is
-            // driven by greenhack's loop exactly when this pair is. Inside
-            // the greenlet the flag is false (`AsAsync::poll` cleared it),
-            // so only a loop-driven pair has anything to set.
-            let polled = if driven_by_loop {
-                LOOP_POLLING.with(|l| l.set(true));
-                let _restore = Restore(&LOOP_POLLING, false);
-                fut.as_mut().poll(cx)
+            // driven by greenhack's loop exactly when this pair is.
+            let polled = if driver == Driver::Loop {
+                reactor::loop_poll(|| fut.as_mut().poll(cx))
             } else {
                 fut.as_mut().poll(cx)
             };
             if let Poll::Ready(v) = polled {
                 return v;
             }
+            if std::thread::panicking() {
+                // A wait inside a `Drop` during an unwind (a panic, or this
+                // greenlet being cancelled): switching away would let every
+                // other greenlet of the thread see `panicking()`, and a
+                // cancellation could not end a greenlet that is mid-unwind.
+                return reactor::block_on_alone(fut);
+            }
             // SAFETY: `suspender` belongs to our own greenlet, on whose stack
             // we run (checked by `current_pair`).
             let suspender = unsafe { &*self.suspender };
             let header = suspender.header();
             header.wait.set(what);
+            if needs == Needs::Loop && driver == Driver::Hosted {
+                reactor::hosted::note_loop_wait();
+            }
             let next = suspender.suspend(());
             header.wait.set(Wait::Nothing);
             self.resume.set(next);
@@ -240,25 +248,42 @@ impl<T> Future for AsAsync<T> {
     type Output = T;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let driven_by_loop = LOOP_POLLING.replace(false);
-        let _restore_loop = Restore(&LOOP_POLLING, driven_by_loop);
+        let (by_loop, _restore_loop) = reactor::take_loop_poll();
         let _restore_pair = Restore(&CURRENT, CURRENT.with(|c| c.get()));
+        let driver = if by_loop {
+            Driver::Loop
+        } else if reactor::hosted::can_host() {
+            Driver::Hosted
+        } else {
+            Driver::Foreign
+        };
         let greenlet = self
             .greenlet
             .as_mut()
             .expect("greenhack: AsAsync polled after it completed");
         let resume = Resume {
             cx: (cx as *mut Context<'_>).cast::<Context<'static>>(),
-            driven_by_loop,
+            driver,
         };
-        match greenlet.resume(resume) {
+        // Hosted: the turn before the resume latches what woke this task.
+        if driver == Driver::Hosted {
+            reactor::hosted::drive(cx, false);
+        }
+        let polled = match greenlet.resume(resume) {
             GreenletResult::Yielded(()) => Poll::Pending,
             GreenletResult::Complete(v) => {
                 // Give the stack back to the pool now, not when dropped.
                 self.greenlet = None;
                 Poll::Ready(v)
             }
+        };
+        // Hosted: run what the greenlet spawned or woke, and have the host
+        // poll this task again when greenhack's loop has news.
+        if driver == Driver::Hosted {
+            let register = reactor::hosted::take_loop_wait();
+            reactor::hosted::drive(cx, register);
         }
+        polled
     }
 }
 
@@ -279,6 +304,83 @@ impl<T> fmt::Debug for AsAsync<T> {
     }
 }
 
+// ----- the one wait -------------------------------------------------------------
+
+/// Where the calling code runs: the one decision every wait makes.
+enum Place {
+    /// On the greenlet of a pair.
+    Pair(&'static Pair),
+    /// Outside any greenlet, where blocking the thread is fine: greenhack's
+    /// loop runs on the thread's own stack meanwhile.
+    Thread,
+    /// Outside any greenlet, on a thread that a foreign executor runs, which
+    /// blocking would stall.
+    ForeignThread,
+}
+
+/// What a wait needs besides a `Context` to poll with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Needs {
+    /// Nothing: any executor's future.
+    Poll,
+    /// Greenhack's loop must run (its sockets, timers, spawned greenlets).
+    Loop,
+}
+
+/// Why a wait could not be made where it was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Outside any greenlet on a foreign executor's thread.
+    ForeignThread,
+    /// Inside an `as_async` whose executor cannot host greenhack's loop.
+    NoLoop,
+}
+
+fn place() -> Place {
+    if let Some(pair) = current_pair() {
+        return Place::Pair(pair);
+    }
+    if on_foreign_executor() {
+        return Place::ForeignThread;
+    }
+    Place::Thread
+}
+
+/// Whether a wait that `needs` this could be made here.
+pub(crate) fn check(needs: Needs) -> Result<(), Refusal> {
+    match place() {
+        Place::Pair(pair)
+            if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign =>
+        {
+            Err(Refusal::NoLoop)
+        }
+        Place::Pair(_) | Place::Thread => Ok(()),
+        Place::ForeignThread => Err(Refusal::ForeignThread),
+    }
+}
+
+/// Waits for `fut` from sync code: polls it in place; while it is pending,
+/// suspends the current greenlet (on a pair), or runs greenhack's loop on
+/// the thread's stack (outside any greenlet), or — during an unwind —
+/// blocks the thread on this one future. Every public wait is a thin
+/// adapter over this one, turning a refusal into a panic, an
+/// [`ExemptError`] or an `io::Error`. `what` is recorded for
+/// `debug::dump` while suspended.
+#[inline]
+pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Output, (F, Refusal)> {
+    match place() {
+        Place::Pair(pair) => {
+            if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
+                return Err((fut, Refusal::NoLoop));
+            }
+            Ok(pair.wait(fut, what, needs))
+        }
+        Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
+        Place::Thread => Ok(reactor::block_on(fut)),
+        Place::ForeignThread => Err((fut, Refusal::ForeignThread)),
+    }
+}
+
 /// Waits for `fut` from sync code, and returns its output.
 ///
 /// * Inside a greenlet of [`as_async`] or [`spawn`](crate::spawn): polls
@@ -292,6 +394,19 @@ impl<T> fmt::Debug for AsAsync<T> {
 /// let v = greenhack::exempt(async { 40 + 2 });
 /// assert_eq!(v, 42);
 /// ```
+///
+/// # Waits inside `Drop` during an unwind
+///
+/// While the calling greenlet unwinds — a panic passing through it, or
+/// its cancellation ([`JoinHandle::cancel`](crate::JoinHandle::cancel),
+/// dropping an [`AsAsync`]) — a destructor that waits does not switch to
+/// other greenlets: it blocks the thread on that one wait (greenhack's loop
+/// turns for the future's I/O and timers, but runs no other greenlet until
+/// it completes), as a destructor in blocking std code would. Switching
+/// away would let every other greenlet of the thread observe
+/// `std::thread::panicking()` (and poison `std::sync::Mutex`es they lock),
+/// and a greenlet suspended mid-unwind could not be cancelled. Such a wait
+/// must therefore not depend on another greenlet of the same thread.
 ///
 /// # Panics
 ///
@@ -318,70 +433,74 @@ pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {
 /// thread (see [`exempt`]).
 #[inline]
 pub fn try_exempt<F: IntoFuture>(fut: F) -> Result<F::Output, ExemptError<F::IntoFuture>> {
-    let fut = fut.into_future();
-    if let Some(pair) = current_pair() {
-        return Ok(pair.wait(fut, Wait::Future(std::any::type_name::<F::IntoFuture>())));
-    }
-    if on_foreign_executor() {
-        return Err(ExemptError { future: fut });
-    }
-    Ok(reactor::block_on(fut))
+    let what = Wait::Future(std::any::type_name::<F::IntoFuture>());
+    wait(fut.into_future(), what, Needs::Poll).map_err(|(future, _)| ExemptError { future })
 }
 
-/// Waits for a future that needs greenhack's loop (socket readiness):
-/// errors with `Unsupported` where that loop does not run.
-pub(crate) fn exempt_io<F: Future>(fut: F) -> io::Result<F::Output> {
-    exempt_io_for(fut, Wait::Future(std::any::type_name::<F>()))
+/// Waits for a future of greenhack's loop (socket readiness) for the socket
+/// layer: a refusal becomes an `Unsupported` error naming the fix.
+pub(crate) fn wait_io<F: Future>(fut: F, what: Wait) -> io::Result<F::Output> {
+    wait(fut, what, Needs::Loop).map_err(|(_, refusal)| refusal_error(refusal))
 }
 
-/// `exempt_io`, recording `what` for `debug::dump` while suspended.
-pub(crate) fn exempt_io_for<F: Future>(fut: F, what: Wait) -> io::Result<F::Output> {
-    match current_pair() {
-        Some(pair) if pair.resume.get().driven_by_loop => Ok(pair.wait(fut, what)),
-        Some(_) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "greenhack sockets need greenhack's event loop, but this as_async is polled by \
-             another executor; use that executor's sockets through exempt (for example \
-             exempt(tokio::net::TcpStream::connect(addr))), or run the code on greenhack's \
-             loop (greenhack::spawn, greenhack::run)",
-        )),
-        None if on_foreign_executor() => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
+/// The `io::Error` of a refused socket wait.
+pub(crate) fn refusal_error(refusal: Refusal) -> io::Error {
+    let msg = match refusal {
+        Refusal::NoLoop => {
+            "greenhack sockets need greenhack's event loop, but this as_async is polled by an \
+             executor that cannot host it (greenhack hosts itself in tokio, with the `tokio` \
+             feature); use that executor's sockets through exempt, or run the code on \
+             greenhack's loop (greenhack::spawn, greenhack::run)"
+        }
+        Refusal::ForeignThread => {
             "greenhack sockets used outside any greenlet on a foreign executor's thread would \
              block it; wrap the sync code in greenhack::as_async (and use the executor's \
              sockets through exempt), or call greenhack::start_loop() if blocking this thread \
-             is intended",
-        )),
-        None => Ok(reactor::block_on(fut)),
-    }
+             is intended"
+        }
+    };
+    io::Error::new(io::ErrorKind::Unsupported, msg)
 }
 
-/// Waits for a future that needs greenhack's loop (timers, spawned
-/// greenlets); panics where that loop does not run, naming `alternative`.
-/// `wait` is recorded for `debug::dump` while suspended.
+/// Waits for a future of greenhack's loop (a timer, a spawned greenlet) for
+/// `time` and `task`: a refusal panics, naming `alternative`.
 #[track_caller]
-pub(crate) fn exempt_loop<F: Future>(
+pub(crate) fn wait_loop<F: Future>(
     what: &str,
     fut: F,
     alternative: &str,
-    wait: Wait,
+    wait_for: Wait,
 ) -> F::Output {
-    require_loop(what, alternative);
-    match current_pair() {
-        Some(pair) => pair.wait(fut, wait),
-        None => exempt(fut),
+    match wait(fut, wait_for, Needs::Loop) {
+        Ok(v) => v,
+        Err((_, refusal)) => refuse(what, alternative, refusal),
     }
 }
 
-/// Panics unless greenhack's loop can serve the current code.
+/// Panics unless greenhack's loop can serve the current code (for `spawn`,
+/// which queues a greenlet nothing else would run).
 #[track_caller]
 pub(crate) fn require_loop(what: &str, alternative: &str) {
-    match current_pair() {
-        Some(pair) if !pair.resume.get().driven_by_loop => panic!(
-            "greenhack: {what} needs greenhack's event loop, but this as_async is polled by \
-             another executor; use `exempt({alternative})` instead"
+    if let Err(Refusal::NoLoop) = check(Needs::Loop) {
+        refuse(what, alternative, Refusal::NoLoop)
+    }
+}
+
+#[track_caller]
+#[cold]
+fn refuse(what: &str, alternative: &str, refusal: Refusal) -> ! {
+    match refusal {
+        Refusal::NoLoop => panic!(
+            "greenhack: {what} needs greenhack's event loop, but this as_async is polled by an \
+             executor that cannot host it (greenhack hosts itself in tokio, with the `tokio` \
+             feature); use `exempt({alternative})` instead"
         ),
-        _ => {}
+        Refusal::ForeignThread => panic!(
+            "greenhack: {what} called outside any greenlet on a thread that runs an async \
+             executor: waiting here would block the executor. Wrap the sync code in \
+             greenhack::as_async(|| ...) and await that future, or call \
+             greenhack::start_loop() first if blocking this thread is intended"
+        ),
     }
 }
 
@@ -393,7 +512,8 @@ fn on_foreign_executor() -> bool {
     }
     #[cfg(feature = "tokio")]
     {
-        tokio::runtime::Handle::try_current().is_ok()
+        !reactor::hosted::HostRuntime::is_installed()
+            && tokio::runtime::Handle::try_current().is_ok()
     }
     #[cfg(not(feature = "tokio"))]
     {
@@ -476,7 +596,23 @@ pub fn start_loop() {
 /// // All three have finished here.
 /// assert_eq!(out, "spawned");
 /// ```
+///
+/// # Inside a greenlet
+///
+/// Called from a greenlet (a [`spawn`](crate::spawn)ed one, or inside
+/// [`as_async`]), `run` simply calls `f` there and returns its result: the
+/// thread's loop already runs, and waiting for *every* greenlet of the
+/// thread would wait for the caller itself. Greenlets that `f` spawns keep
+/// running on that loop; join them to wait for them.
+///
+/// ```
+/// let n = greenhack::run(|| greenhack::spawn(|| greenhack::run(|| 9)).join().unwrap());
+/// assert_eq!(n, 9);
+/// ```
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
+    if current_pair().is_some() {
+        return f();
+    }
     let reactor = Reactor::current();
     let was_explicit = reactor.has_explicit_loop();
     reactor.set_explicit_loop();

@@ -771,7 +771,6 @@ pub(crate) fn header_name(header: &StackHeader) -> Option<&str> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,8 @@ use std::task::{Context, Poll, Waker};
 
 use crate::greenlet::Builder;
 use crate::pair::AsAsync;
-use crate::reactor::{Footprint, Reactor, TaskFuture};
+use crate::reactor::{self, Footprint, Reactor, TaskFuture};
+use crate::wait::Wait;
 
 /// Spawns `f` on a new greenlet of this thread's loop.
 ///
@@ -142,6 +143,23 @@ impl<T> Future for Task<T> {
     }
 }
 
+/// A task dropped unfinished — by the thread-exit shutdown, or a runtime
+/// stopping its loop — is a cancellation: its greenlet is unwound (by the
+/// field's drop) and its joiner told.
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if self.future.is_none() {
+            return;
+        }
+        let unwound = panic::catch_unwind(AssertUnwindSafe(|| self.future = None));
+        let err = match unwound {
+            Ok(()) => JoinError::cancelled(),
+            Err(payload) => JoinError::panicked(payload),
+        };
+        self.state.finish(Err(err));
+    }
+}
+
 impl<T> TaskFuture for Task<T> {
     fn footprint(&self) -> Footprint {
         let stack = self.future.as_ref().and_then(AsAsync::resume_footprint);
@@ -166,8 +184,19 @@ impl<T> JoinHandle<T> {
     ///
     /// Waits like [`exempt`](crate::exempt): inside a greenlet it suspends,
     /// on a plain thread it runs the loop.
+    ///
+    /// # Panics
+    ///
+    /// Inside an `as_async` polled by an executor that cannot host
+    /// greenhack's loop (nothing would run the greenlet).
+    #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {
-        crate::exempt(self)
+        crate::pair::wait_loop(
+            "JoinHandle::join",
+            self,
+            "the executor's JoinHandle of spawn_local(greenhack::as_async(f))",
+            Wait::Future(std::any::type_name::<Self>()),
+        )
     }
 
     /// True once the greenlet has finished (returned, panicked or been
@@ -200,6 +229,21 @@ impl<T> Future for JoinHandle<T> {
             return Poll::Ready(r);
         }
         *self.state.joiner.borrow_mut() = Some(cx.waker().clone());
+        if !reactor::is_loop_poll() {
+            // Polled by another executor, not through greenhack's loop: that
+            // executor must run the loop, or the greenlet never would.
+            if !reactor::hosted::can_host() {
+                panic!(
+                    "greenhack: a JoinHandle polled by an executor that cannot host greenhack's \
+                     loop would never complete: wait for it with join() (or exempt) from sync \
+                     code, inside greenhack::run, or under tokio (the `tokio` feature)"
+                );
+            }
+            reactor::hosted::drive(cx, true);
+            if let Some(r) = self.state.result.borrow_mut().take() {
+                return Poll::Ready(r);
+            }
+        }
         Poll::Pending
     }
 }

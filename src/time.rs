@@ -37,7 +37,7 @@ pub fn sleep(duration: Duration) {
 
 /// Sleeps until `deadline`; returns at once if it has passed.
 pub fn sleep_until(deadline: Instant) {
-    crate::pair::exempt_loop(
+    crate::pair::wait_loop(
         "greenhack::sleep",
         Sleep::new(deadline),
         "tokio::time::sleep(d)",

@@ -135,6 +135,8 @@ use mio::Token;
 use mio::event::Source;
 
 use crate::reactor::{Direction, Reactor};
+use crate::time::Deadline;
+use crate::wait::Wait;
 
 mod tcp;
 mod udp;
@@ -277,25 +279,15 @@ impl<S: Source + AsRawFd> Registered<S> {
     ) -> io::Result<R> {
         let source = self.get();
         // Fast path: the timeout is only looked up when we are about to wait.
-        let first_would_block = known_would_block
-            || match op(source) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-                other => return other,
-            };
+        if !known_would_block {
+            if let Some(done) = try_op(|| op(source)) {
+                return done;
+            }
+        }
         let deadline = self
             .timeout(dir)?
             .and_then(|t| Instant::now().checked_add(t));
-        // `op` has just said WouldBlock: report that to the retry loop
-        // instead of repeating the system call.
-        let mut skip = first_would_block;
-        self.reactor.io(self.token, dir, deadline, || {
-            if std::mem::take(&mut skip) {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                op(source)
-            }
-        })
+        self.wait_and_retry(dir, deadline, || op(source))
     }
 
     /// Like [`io`](Self::io) with an explicit deadline instead of the
@@ -307,7 +299,43 @@ impl<S: Source + AsRawFd> Registered<S> {
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<R> {
         let source = self.get();
-        self.reactor.io(self.token, dir, deadline, || op(source))
+        match try_op(|| op(source)) {
+            Some(done) => done,
+            None => self.wait_and_retry(dir, deadline, || op(source)),
+        }
+    }
+
+    /// The retry loop of every blocking-style socket call, entered after
+    /// `op` said `WouldBlock`: forget the readiness that `WouldBlock`
+    /// disproved, wait for the next readiness event in `dir` (through the
+    /// pair: the greenlet suspends, or the thread runs greenhack's loop),
+    /// try again. Past `deadline` the result is `WouldBlock` with the
+    /// message std gives a timed-out socket (EAGAIN).
+    fn wait_and_retry<R>(
+        &self,
+        dir: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut() -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            let fd = self.reactor.clear_readiness(self.token, dir);
+            let ready = self.reactor.readiness(self.token, dir);
+            let what = match dir {
+                Direction::Read => Wait::Readable(fd),
+                Direction::Write => Wait::Writable(fd),
+            };
+            match deadline {
+                None => crate::pair::wait_io(ready, what)?,
+                Some(d) => {
+                    if crate::pair::wait_io(Deadline::new(ready, d), what)?.is_none() {
+                        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+                    }
+                }
+            }
+            if let Some(done) = try_op(&mut op) {
+                return done;
+            }
+        }
     }
 
     /// Sets the timeout of `dir` in the socket, validated as std does.
@@ -450,6 +478,18 @@ fn get_timeout_opt(fd: RawFd, opt: libc::c_int) -> io::Result<Option<Duration>> 
         tv.tv_sec as u64,
         (tv.tv_usec as u32) * 1000,
     )))
+}
+
+/// One attempt of a socket operation: `None` if it would block (wait for
+/// readiness, then try again); `EINTR` is retried at once, as std does.
+fn try_op<R>(mut op: impl FnMut() -> io::Result<R>) -> Option<io::Result<R>> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return Some(other),
+        }
+    }
 }
 
 /// Tries `f` on each address `addr` resolves to, as std does: the first

@@ -181,7 +181,10 @@ impl UnixStream {
                 // EAGAIN: the listener's backlog is full.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let until = Instant::now() + delay;
-                    crate::pair::exempt_io(crate::time::Sleep::new(until))?;
+                    crate::pair::wait_io(
+                        crate::time::Sleep::new(until),
+                        crate::wait::Wait::Sleep(until),
+                    )?;
                     delay = (delay * 2).min(Duration::from_millis(50));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -1,0 +1,438 @@
+//! Hosted mode: greenhack's loop driven from another executor's polls, on
+//! the same thread.
+//!
+//! An `epoll` fd is itself pollable: it reports readable while any of its
+//! registrations is ready. So the loop nests in a host reactor the way
+//! glommio, async-io and the glib integrations nest theirs:
+//!
+//! 1. the reactor's `epoll` fd is registered with the host (for tokio,
+//!    `tokio::io::unix::AsyncFd`); the host's readiness wakes a *fan-out*
+//!    waker, which wakes every host task that waits on greenhack's loop;
+//! 2. such a task, when polled, runs [`drive`]: non-blocking turns while the
+//!    host reports the fd readable, clearing the host's readiness only after
+//!    a turn that found nothing (or the edge-triggered host would not report
+//!    the next event), then the ready greenhack tasks;
+//! 3. the earliest greenhack timer is armed on a `timerfd` inside
+//!    greenhack's own `epoll`, so a due timer makes the fd readable too: no
+//!    timer of the host's is needed, whichever executor it is;
+//! 4. a greenhack task woken on this thread (by a tokio future it waits on,
+//!    say) pokes the fan-out, so the host polls again.
+//!
+//! A host task registers with the fan-out when its greenlet waits on
+//! greenhack's loop (a socket, a timer, a join: see `pair`), and a driver
+//! task (`greenhack::tokio::run`) stays registered for good. Greenlets that
+//! nobody waits for therefore run in hosted mode only while some wait of
+//! the thread keeps the loop going, or under such a driver.
+
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use super::Reactor;
+
+/// The token of the hosted timer's `timerfd` in greenhack's `epoll`.
+pub(super) const TIMER_TOKEN: mio::Token = mio::Token(usize::MAX);
+
+/// How many turns one drive runs before it yields to the host (a loop that
+/// always has events must not starve the host's other tasks).
+const MAX_TURNS_PER_DRIVE: usize = 8;
+
+thread_local! {
+    /// Set by a pair whose greenlet just suspended in a wait that needs
+    /// greenhack's loop; read and cleared by the `AsAsync` poll it returns
+    /// to, which then registers its task with the fan-out.
+    static LOOP_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records that the greenlet about to suspend waits on greenhack's loop.
+pub(crate) fn note_loop_wait() {
+    LOOP_WAIT.with(|w| w.set(true));
+}
+
+/// Reads and clears the mark of [`note_loop_wait`].
+pub(crate) fn take_loop_wait() -> bool {
+    LOOP_WAIT.with(|w| w.replace(false))
+}
+
+/// True when the executor polling on this thread can host greenhack's loop.
+#[inline]
+pub(crate) fn can_host() -> bool {
+    #[cfg(feature = "tokio")]
+    {
+        tokio::runtime::Handle::try_current().is_ok()
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        false
+    }
+}
+
+/// Runs greenhack's loop for a host task being polled with `cx` (see the
+/// module docs); with `register`, the task is polled again when the loop
+/// has news. Does nothing on a thread without a reactor.
+pub(crate) fn drive(cx: &mut Context<'_>, register: bool) {
+    if let Some(reactor) = Reactor::try_current() {
+        reactor.drive_hosted(cx, register);
+    }
+}
+
+/// The host's side of a reactor, once it has been driven hosted.
+#[derive(Default)]
+pub(crate) struct HostLink {
+    host: RefCell<Option<Host>>,
+    /// Wakes the host tasks waiting on greenhack's loop.
+    fan_out: Arc<FanOut>,
+    /// Set once hosted: local task wakes then poke the fan-out.
+    active: Cell<bool>,
+}
+
+/// The registrations with the host.
+struct Host {
+    /// The reactor's `epoll` fd as the host sees it.
+    #[cfg(feature = "tokio")]
+    epoll: tokio::io::unix::AsyncFd<BorrowedEpoll>,
+    /// Fires at the earliest greenhack deadline, inside greenhack's `epoll`.
+    timer: std::os::fd::OwnedFd,
+    /// The deadline the timer is armed for.
+    armed: Option<Instant>,
+}
+
+/// The reactor's `epoll` fd, borrowed: the reactor owns and closes it, and
+/// drops the host registration first.
+struct BorrowedEpoll(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for BorrowedEpoll {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// A waker that wakes a set of wakers: the host's readiness reaches every
+/// host task that waits on greenhack's loop.
+#[derive(Default)]
+struct FanOut {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl FanOut {
+    fn add(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for FanOut {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl HostLink {
+    /// Called when a task is queued on the reactor's own thread: the host
+    /// must poll someone who runs it.
+    #[inline]
+    pub(super) fn poke(&self) {
+        if self.active.get() {
+            self.fan_out.wake_by_ref();
+        }
+    }
+
+    /// Drops the registrations with the host (thread exit).
+    pub(super) fn shutdown(&self) {
+        self.active.set(false);
+        drop(self.host.borrow_mut().take());
+        std::mem::take(
+            &mut *self
+                .fan_out
+                .wakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
+}
+
+impl Reactor {
+    /// One hosted drive; see the module docs.
+    fn drive_hosted(&self, cx: &mut Context<'_>, register: bool) {
+        if !self.hosted.active.get() {
+            if !register && self.live_tasks() == 0 {
+                return; // nothing of greenhack's runs here
+            }
+            // tokio panics (rather than erring) when its I/O driver is off.
+            let started =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_hosting()));
+            match started {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    panic!("greenhack: cannot register the event loop with the host executor: {e}")
+                }
+                Err(_) => panic!(
+                    "{}",
+                    "greenhack: greenhack's event loop cannot be hosted on this tokio runtime: \
+                     its I/O driver is disabled. Build the runtime with enable_io() (or \
+                     enable_all()), or wait on the executor's own futures through exempt \
+                     (for greenhack::sleep: exempt(tokio::time::sleep(d)))"
+                ),
+            }
+        }
+        let fan_out = Waker::from(self.hosted.fan_out.clone());
+        let mut host_cx = Context::from_waker(&fan_out);
+        let mut turns = 0;
+        loop {
+            let woke = self.turn_if_host_ready(&mut host_cx);
+            self.run_ready();
+            turns += 1;
+            if !woke && !self.has_ready() {
+                break;
+            }
+            if turns == MAX_TURNS_PER_DRIVE {
+                cx.waker().wake_by_ref();
+                break;
+            }
+        }
+        self.arm_host_timer();
+        if register {
+            self.hosted.fan_out.add(cx.waker());
+        }
+    }
+
+    /// Runs non-blocking turns while the host reports the `epoll` fd ready;
+    /// returns whether one found anything.
+    fn turn_if_host_ready(&self, host_cx: &mut Context<'_>) -> bool {
+        let mut slot = self.hosted.host.borrow_mut();
+        let Some(host) = slot.as_mut() else {
+            return false;
+        };
+        #[cfg(feature = "tokio")]
+        loop {
+            let mut guard = match host.epoll.poll_read_ready(host_cx) {
+                Poll::Ready(Ok(guard)) => guard,
+                // The runtime it was registered with shut down: register
+                // again with the next host that polls.
+                Poll::Ready(Err(_)) => {
+                    *slot = None;
+                    self.hosted.active.set(false);
+                    return false;
+                }
+                Poll::Pending => return false,
+            };
+            // The turn runs with the host's guard held but no borrow of ours
+            // that a waker could need.
+            if self
+                .turn(Some(std::time::Duration::ZERO))
+                .expect("greenhack: epoll_wait failed")
+            {
+                if host.armed.is_some_and(|t| t <= Instant::now()) {
+                    host.armed = None;
+                    drain_timer(&host.timer);
+                }
+                return true;
+            }
+            // Nothing left: only now may the host forget the readiness.
+            guard.clear_ready();
+        }
+        #[cfg(not(feature = "tokio"))]
+        {
+            let _ = (host, host_cx, &mut slot);
+            false
+        }
+    }
+
+    /// Registers the reactor's `epoll` fd with the host and creates the
+    /// timer.
+    fn start_hosting(&self) -> std::io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain system call; the result is checked.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just created and own.
+        let timer = unsafe { OwnedFd::from_raw_fd(raw) };
+        self.registry.register(
+            &mut mio::unix::SourceFd(&timer.as_raw_fd()),
+            TIMER_TOKEN,
+            mio::Interest::READABLE,
+        )?;
+        #[cfg(feature = "tokio")]
+        // SAFETY: the fd is the reactor's epoll fd, which stays open and the
+        // same for the AsyncFd's whole life: the reactor declares `hosted`
+        // before `poll`, so the registration is dropped before the fd closes.
+        let epoll = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                BorrowedEpoll(self.poll.borrow().as_raw_fd()),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        *self.hosted.host.borrow_mut() = Some(Host {
+            #[cfg(feature = "tokio")]
+            epoll,
+            timer,
+            armed: None,
+        });
+        self.hosted.active.set(true);
+        Ok(())
+    }
+
+    /// Arms the timer for the earliest greenhack deadline, if it changed.
+    fn arm_host_timer(&self) {
+        let earliest = self.timers.borrow().earliest();
+        let mut host = self.hosted.host.borrow_mut();
+        let Some(host) = host.as_mut() else {
+            return;
+        };
+        if host.armed == earliest {
+            return;
+        }
+        host.armed = earliest;
+        let left = earliest.map(|t| t.saturating_duration_since(Instant::now()));
+        // A zero it_value disarms the timer: a due deadline fires in 1 ns.
+        let value = match left {
+            None => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            Some(d) if d.is_zero() => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1,
+            },
+            Some(d) => libc::timespec {
+                tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: d.subsec_nanos().into(),
+            },
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: value,
+        };
+        // SAFETY: `spec` is a valid itimerspec for the duration of the call;
+        // the fd is our timerfd. Arming cannot fail for a valid fd and spec.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::timerfd_settime(host.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Reads the expiration count so the timerfd stops reporting readable.
+fn drain_timer(timer: &std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let mut count = 0u64;
+    // SAFETY: reads 8 bytes into a u64 we own; EAGAIN (not expired) is fine.
+    unsafe {
+        libc::read(timer.as_raw_fd(), (&raw mut count).cast(), 8);
+    }
+}
+
+// ----- a tokio runtime underneath the standalone loop -----------------------------
+
+/// A tokio runtime that this thread's loop runs inside (`greenhack::tokio`):
+/// while one is installed, [`block_on`](super::block_on) waits inside
+/// `LocalSet::block_on` on it, with a driver that keeps greenhack's loop
+/// going, so tokio's context is entered for every greenlet.
+#[cfg(feature = "tokio")]
+pub(crate) struct HostRuntime {
+    rt: ::tokio::runtime::Runtime,
+    local: ::tokio::task::LocalSet,
+}
+
+#[cfg(feature = "tokio")]
+thread_local! {
+    static HOST_RUNTIME: RefCell<Option<std::rc::Rc<HostRuntime>>> = const { RefCell::new(None) };
+}
+
+/// Uninstalls the runtime [`HostRuntime::install`] installed, and the one
+/// it replaced comes back.
+#[cfg(feature = "tokio")]
+pub(crate) struct Installed(Option<std::rc::Rc<HostRuntime>>);
+
+#[cfg(feature = "tokio")]
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        let _ = HOST_RUNTIME.try_with(|h| *h.borrow_mut() = previous);
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl HostRuntime {
+    /// Makes `rt` the runtime under this thread's loop until the returned
+    /// guard drops.
+    pub(crate) fn install(rt: ::tokio::runtime::Runtime) -> Installed {
+        let host = std::rc::Rc::new(HostRuntime {
+            rt,
+            local: ::tokio::task::LocalSet::new(),
+        });
+        Installed(HOST_RUNTIME.with(|h| h.borrow_mut().replace(host)))
+    }
+
+    /// True when a runtime is installed under this thread's loop.
+    pub(crate) fn is_installed() -> bool {
+        HOST_RUNTIME
+            .try_with(|h| h.borrow().is_some())
+            .unwrap_or(false)
+    }
+
+    fn current() -> Option<std::rc::Rc<HostRuntime>> {
+        HOST_RUNTIME.try_with(|h| h.borrow().clone()).ok().flatten()
+    }
+}
+
+/// `block_on` inside the installed tokio runtime, if there is one; else
+/// gives the future back.
+#[cfg(feature = "tokio")]
+pub(super) fn block_on_host<F: std::future::Future>(future: F) -> Result<F::Output, F> {
+    let Some(host) = HostRuntime::current() else {
+        return Err(future);
+    };
+    let driven = Driven {
+        future: std::pin::pin!(future),
+    };
+    Ok(host.local.block_on(&host.rt, driven))
+}
+
+#[cfg(not(feature = "tokio"))]
+pub(super) fn block_on_host<F: std::future::Future>(future: F) -> Result<F::Output, F> {
+    Err(future)
+}
+
+/// The future `block_on_host` waits for: the caller's, marked as polled by
+/// greenhack's loop, and after each poll a drive of that loop that stays
+/// registered with the host.
+#[cfg(feature = "tokio")]
+struct Driven<'a, F> {
+    future: std::pin::Pin<&'a mut F>,
+}
+
+#[cfg(feature = "tokio")]
+impl<F: std::future::Future> std::future::Future for Driven<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let fut = self.future.as_mut();
+        if let Poll::Ready(v) = super::loop_poll(|| fut.poll(cx)) {
+            return Poll::Ready(v);
+        }
+        // Runs the greenlets; if more is queued than one drive runs, it
+        // wakes this task again.
+        drive(cx, true);
+        Poll::Pending
+    }
+}

@@ -1,0 +1,111 @@
+//! tokio underneath greenhack's loop, on one thread (feature `tokio`).
+//!
+//! tokio's I/O and timer drivers cannot be polled from outside, so "tokio's
+//! futures on greenhack's loop" means greenhack's loop runs *inside* a tokio
+//! current-thread runtime, hosted (see [`as_async`](crate::as_async) and the
+//! crate docs' "Three ways in"): one OS thread, both reactors, and tokio's
+//! context entered for every greenlet. So `exempt` of a tokio timer, a tokio
+//! socket, tokio-postgres, reqwest or a tokio channel works in every
+//! greenlet, beside greenhack's own sockets:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let out = greenhack::tokio::run(|| {
+//!     let a = greenhack::spawn(|| {
+//!         // A tokio timer, waited on from plain sync code.
+//!         greenhack::exempt(tokio::time::sleep(Duration::from_millis(10)));
+//!         1
+//!     });
+//!     // A greenhack timer in the same program, on the same thread.
+//!     greenhack::sleep(Duration::from_millis(5));
+//!     let (tx, rx) = tokio::sync::oneshot::channel();
+//!     greenhack::spawn(move || tx.send(2).unwrap());
+//!     a.join().unwrap() + greenhack::exempt(rx).unwrap()
+//! })?;
+//! assert_eq!(out, 3);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! [`run`] is the scoped form, [`start_loop`] the one for programs that keep
+//! the loop for the rest of the thread (a REPL, a legacy CLI), and
+//! [`run_with`] takes a runtime you built yourself (any tokio
+//! `current_thread` runtime; enable I/O and time on it for tokio's own
+//! sockets and timers).
+//!
+//! Without this, `exempt` of a tokio future on greenhack's standalone loop
+//! fails with tokio's "there is no reactor running" panic; greenhack adds a
+//! note naming this module to that message.
+
+use std::io;
+
+/// Runs `f` as the sync side of greenhack's loop with a tokio
+/// `current_thread` runtime (I/O and time enabled) underneath it, on the
+/// calling thread, until `f` returns and every greenlet it spawned has
+/// finished; then drops the runtime. Like [`crate::run`], with tokio's
+/// futures usable everywhere inside.
+///
+/// # Errors
+///
+/// The tokio runtime could not be built (its `epoll` or `eventfd`).
+///
+/// # Panics
+///
+/// If called inside a tokio runtime (tokio refuses to start a runtime from
+/// within one) or from inside a greenlet; where tokio already runs, use
+/// [`as_async`](crate::as_async): greenhack hosts itself there.
+pub fn run<T>(f: impl FnOnce() -> T) -> io::Result<T> {
+    let rt = ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(run_with(rt, f))
+}
+
+/// [`run`] with a runtime you built (a `current_thread` one; the
+/// multi-thread flavour would run greenhack's driver on this thread only).
+///
+/// ```
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let v = greenhack::tokio::run_with(rt, || {
+///     greenhack::exempt(async { tokio::task::yield_now().await; 5 })
+/// });
+/// assert_eq!(v, 5);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn run_with<T>(rt: ::tokio::runtime::Runtime, f: impl FnOnce() -> T) -> T {
+    let handle = rt.handle().clone();
+    let _host = crate::reactor::hosted::HostRuntime::install(rt);
+    // Between waits too, `f` runs in the runtime's context: tokio futures
+    // (a `Sleep`, a `TcpStream::connect`) look their runtime up on creation.
+    let _enter = handle.enter();
+    crate::run(f)
+}
+
+/// Makes the calling thread's own stack the sync side of greenhack's loop
+/// for the rest of the thread, with a tokio `current_thread` runtime (I/O
+/// and time enabled) underneath: [`crate::start_loop`] plus tokio. Idempotent.
+///
+/// ```
+/// greenhack::tokio::start_loop()?;
+/// let h = greenhack::spawn(|| greenhack::exempt(async { 2 }));
+/// greenhack::exempt(tokio::time::sleep(std::time::Duration::from_millis(1)));
+/// assert_eq!(h.join().unwrap(), 2);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// The tokio runtime could not be built.
+pub fn start_loop() -> io::Result<()> {
+    if !crate::reactor::hosted::HostRuntime::is_installed() {
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        std::mem::forget(crate::reactor::hosted::HostRuntime::install(rt));
+        // For the rest of the thread, as the runtime is.
+        std::mem::forget(handle.enter());
+    }
+    crate::start_loop();
+    Ok(())
+}
