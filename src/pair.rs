@@ -71,6 +71,15 @@ pub(crate) fn loop_poll<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+// sync: added for greenhack::sync's timed waits (a few lines; lead, please
+// port to the hosted mode: it answers "may this poll use the thread's
+// reactor's timers?").
+/// True while greenhack's loop is the poller of the current poll: a future
+/// polled now may use the thread's reactor (its timers).
+pub(crate) fn polled_by_loop() -> bool {
+    LOOP_POLLING.with(|l| l.get())
+}
+
 /// Restores a thread-local cell on scope exit, also on unwind.
 struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<T>>, T);
 
