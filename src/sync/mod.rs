@@ -49,6 +49,7 @@
 //! out, its greenlet was cancelled and unwound) leaves the queue, passing on
 //! anything it had been handed.
 
+pub mod mpsc;
 mod mutex;
 mod wait;
 mod waiters;

@@ -79,6 +79,12 @@ impl<T> WaitList<T> {
         self.len == 0
     }
 
+    /// Number of queued waiters.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Queues a waiter at the back; `waker` may be set by a later `poll`.
     pub(crate) fn push_back(&mut self, data: T, waker: Option<Waker>) -> Key {
         let index = if self.free != NIL {
@@ -209,6 +215,19 @@ impl<T> WaitList<T> {
         let mut wakers = Vec::with_capacity(self.len);
         while let Some(w) = self.notify_front() {
             wakers.extend(w);
+        }
+        wakers
+    }
+
+    /// Clones the wakers of every queued waiter without notifying them: they
+    /// are to poll again and find the primitive changed (closed).
+    pub(crate) fn wakers(&self) -> Vec<Waker> {
+        let mut wakers = Vec::with_capacity(self.len);
+        let mut i = self.head;
+        while i != NIL {
+            let slot = &self.slots[i as usize];
+            wakers.extend(slot.waker.clone());
+            i = slot.next;
         }
         wakers
     }
