@@ -49,9 +49,11 @@
 //! out, its greenlet was cancelled and unwound) leaves the queue, passing on
 //! anything it had been handed.
 
+mod condvar;
 pub mod mpsc;
 mod mutex;
 mod wait;
 mod waiters;
 
+pub use condvar::{Condvar, WaitTimeoutResult};
 pub use mutex::{Mutex, MutexGuard};
