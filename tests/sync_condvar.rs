@@ -122,7 +122,7 @@ fn wait_timeout_while_returns_early_when_the_condition_clears() {
     let state = Rc::new((Mutex::new(0), Condvar::new()));
     greenhack::run(|| {
         let s = state.clone();
-        let _ = greenhack::spawn(move || {
+        let _detached = greenhack::spawn(move || {
             greenhack::sleep(Duration::from_millis(5));
             *s.0.lock().unwrap() = 1;
             s.1.notify_all();

@@ -19,7 +19,7 @@ fn four_threads_feed_greenlets_every_message_once_in_sender_order() {
         // Four greenlets drain one receiver concurrently.
         for _ in 0..4 {
             let (rx, got) = (rx.clone(), got.clone());
-            let _ = greenhack::spawn(move || {
+            let _detached = greenhack::spawn(move || {
                 for m in rx.iter() {
                     got.borrow_mut().push(m);
                     if m.1 % 64 == 0 {
@@ -69,7 +69,7 @@ fn recv_timeout_times_out_then_reports_disconnection() {
         assert!(waited < Duration::from_secs(2), "{waited:?}");
         // A message that comes before the deadline is returned.
         let tx2 = tx.clone();
-        let _ = greenhack::spawn(move || {
+        let _detached = greenhack::spawn(move || {
             greenhack::sleep(Duration::from_millis(5));
             tx2.send(9).unwrap();
         });

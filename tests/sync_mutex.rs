@@ -19,7 +19,7 @@ fn held_across_sleep_by_two_greenlets() {
     greenhack::run(|| {
         for id in 0..2 {
             let m = m.clone();
-            let _ = greenhack::spawn(move || {
+            let _detached = greenhack::spawn(move || {
                 let mut v = m.lock().unwrap();
                 v.push((id, "in"));
                 greenhack::sleep(Duration::from_millis(10));
@@ -40,7 +40,7 @@ fn thousand_greenlets_count_exactly() {
     greenhack::run(|| {
         for _ in 0..1000 {
             let m = m.clone();
-            let _ = greenhack::spawn(move || {
+            let _detached = greenhack::spawn(move || {
                 for _ in 0..100 {
                     let mut n = m.lock().unwrap();
                     let seen = *n;
@@ -60,7 +60,7 @@ fn waiters_get_the_lock_in_arrival_order() {
         let guard = m.lock().unwrap();
         for id in 0..5 {
             let m = m.clone();
-            let _ = greenhack::spawn(move || m.lock().unwrap().push(id));
+            let _detached = greenhack::spawn(move || m.lock().unwrap().push(id));
             greenhack::yield_now(); // let it queue before the next one
         }
         drop(guard);
@@ -213,7 +213,7 @@ fn shared_by_greenlets_on_two_loops() {
                 greenhack::run(|| {
                     for _ in 0..50 {
                         let m = m.clone();
-                        let _ = greenhack::spawn(move || {
+                        let _detached = greenhack::spawn(move || {
                             for _ in 0..20 {
                                 let mut g = m.lock().unwrap();
                                 let seen = *g;

@@ -52,8 +52,13 @@
 mod condvar;
 pub mod mpsc;
 mod mutex;
+pub mod oneshot;
+mod rwlock;
+mod semaphore;
 mod wait;
 mod waiters;
 
 pub use condvar::{Condvar, WaitTimeoutResult};
 pub use mutex::{Mutex, MutexGuard};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use semaphore::{Semaphore, SemaphorePermit, TryAcquireError};

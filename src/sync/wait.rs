@@ -154,10 +154,12 @@ fn park_on<F: Future + Unpin>(mut fut: Timed<F>) -> Option<F::Output> {
 /// Deadlines of waits polled by other executors, served by one thread that
 /// sleeps until the earliest and wakes its waker.
 struct Timers {
-    /// (deadline, id) → waker.
-    entries: Mutex<(BTreeMap<(Instant, u64), Waker>, u64)>,
+    entries: Mutex<Entries>,
     changed: Condvar,
 }
+
+/// (deadline, id) → waker, and the last id given out.
+type Entries = (BTreeMap<(Instant, u64), Waker>, u64);
 
 fn timers() -> &'static Timers {
     static TIMERS: OnceLock<&'static Timers> = OnceLock::new();

@@ -172,14 +172,6 @@ impl<T> WaitList<T> {
         }
     }
 
-    /// A waiter's payload.
-    pub(crate) fn data_mut(&mut self, key: Key) -> &mut T {
-        self.slot_mut(key)
-            .data
-            .as_mut()
-            .expect("a live slot has data")
-    }
-
     fn unlink(&mut self, index: u32) {
         let (prev, next) = {
             let s = &self.slots[index as usize];
