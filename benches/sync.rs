@@ -48,7 +48,9 @@
 //! and rotated sample by sample. Each cell: median ns per op (min; p25–p75).
 //! Ratios are peer ÷ greenhack of medians: above 1.0, greenhack is faster
 //! (the target is ≥ 1.0). The table is printed and written to
-//! `target/bench-sync.md` (and `.json`).
+//! `target/bench-sync.md` (and `.json`). `GREENHACK_BENCH_ONLY=<side>`
+//! (greenhack, tokio, may) measures that side alone and prints no table: a
+//! clean profile for `perf record`.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -484,10 +486,33 @@ fn main() {
             ],
         ),
     ];
-    let Some(selected) = args.select(cases, &[]) else {
+    let only = match std::env::var("GREENHACK_BENCH_ONLY") {
+        Ok(side) if !side.is_empty() => match SIDES.iter().position(|s| *s == side) {
+            Some(k) => Some(k),
+            None => {
+                eprintln!("GREENHACK_BENCH_ONLY={side}: no such side; sides: {SIDES:?}");
+                return;
+            }
+        },
+        _ => None,
+    };
+    let Some(mut selected) = args.select(cases, &[]) else {
         return;
     };
+    if let Some(o) = only {
+        // A profiling run: drop the other sides' runners (and runtimes).
+        for case in &mut selected {
+            for (k, (_, r)) in case.sides.iter_mut().enumerate() {
+                if k != o {
+                    *r = None;
+                }
+            }
+        }
+    }
     let results = common::run_cases(selected, &args.cfg);
+    if only.is_some() {
+        return;
+    }
 
     let mut md = String::new();
     md.push_str("## greenhack::sync vs tokio::sync vs may::sync\n\n");

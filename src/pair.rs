@@ -80,6 +80,15 @@ pub(crate) fn polled_by_loop() -> bool {
     LOOP_POLLING.with(|l| l.get())
 }
 
+// sync: added for greenhack::sync (a few lines): inside a greenlet the
+// first poll of `exempt` is the try, so the primitives skip their own.
+/// True when code runs on the greenlet of a pair: `exempt` would poll in
+/// place and suspend only that greenlet.
+#[inline]
+pub(crate) fn in_greenlet() -> bool {
+    current_pair().is_some()
+}
+
 /// Restores a thread-local cell on scope exit, also on unwind.
 struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<T>>, T);
 

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::mutex::MutexGuard;
+use super::spin::{SpinGuard, SpinLock};
 use super::waiters::{Key, Status, WaitList};
 
 /// A condition variable for [`Mutex`](super::Mutex): `wait` unlocks the mutex, suspends
@@ -42,7 +43,7 @@ use super::waiters::{Key, Status, WaitList};
 /// for it (another waiter changed the condition first): check the condition
 /// in a loop, or use [`wait_while`](Condvar::wait_while).
 pub struct Condvar {
-    waiters: std::sync::Mutex<WaitList<()>>,
+    waiters: SpinLock<WaitList<()>>,
 }
 
 /// Whether a timed wait on a [`Condvar`] returned because its time ran out.
@@ -60,12 +61,12 @@ impl Condvar {
     /// Creates a condition variable with no waiters.
     pub const fn new() -> Condvar {
         Condvar {
-            waiters: std::sync::Mutex::new(WaitList::new()),
+            waiters: SpinLock::new(WaitList::new()),
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, WaitList<()>> {
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    fn queue(&self) -> SpinGuard<'_, WaitList<()>> {
+        self.waiters.lock()
     }
 
     /// Unlocks `guard`'s mutex, waits (suspending this greenlet) until

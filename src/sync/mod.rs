@@ -55,6 +55,7 @@ mod mutex;
 pub mod oneshot;
 mod rwlock;
 mod semaphore;
+mod spin;
 mod wait;
 mod waiters;
 

@@ -30,7 +30,7 @@
 //!
 //! # Implementation
 //!
-//! One `std::sync::Mutex` guards the buffer, the counts of both ends and two
+//! One spin lock ([`spin`](super::spin)) guards the buffer, the counts of both ends and two
 //! waiter queues (receivers; senders blocked on a full bounded channel, each
 //! holding its message). A send wakes the first waiting receiver. A receive
 //! that frees a slot moves the first blocked sender's message into the
@@ -44,12 +44,13 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
 
+use super::spin::{SpinGuard, SpinLock};
 use super::waiters::{Key, Status, WaitList};
 
 /// Creates an unbounded channel: sends never wait.
@@ -84,7 +85,7 @@ pub fn sync_channel<T>(bound: usize) -> (SyncSender<T>, Receiver<T>) {
 
 /// What both ends share.
 struct Chan<T> {
-    state: std::sync::Mutex<State<T>>,
+    state: SpinLock<State<T>>,
 }
 
 struct State<T> {
@@ -103,7 +104,7 @@ struct State<T> {
 impl<T> Chan<T> {
     fn new(bound: Option<usize>) -> Arc<Chan<T>> {
         Arc::new(Chan {
-            state: std::sync::Mutex::new(State {
+            state: SpinLock::new(State {
                 buffer: VecDeque::new(),
                 bound,
                 senders: 1,
@@ -114,10 +115,8 @@ impl<T> Chan<T> {
         })
     }
 
-    /// No code panics while holding the lock, except on a broken invariant;
-    /// the state stays consistent either way.
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> SpinGuard<'_, State<T>> {
+        self.state.lock()
     }
 
     fn add_sender(self: &Arc<Self>) -> Arc<Self> {
@@ -182,10 +181,14 @@ impl<T> Chan<T> {
     }
 
     fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        match self.try_recv() {
-            Ok(msg) => return Ok(msg),
-            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => {}
+        // Inside a greenlet the wait's first poll, in place, is the try;
+        // elsewhere a message that is there saves setting up the wait.
+        if !crate::pair::in_greenlet() {
+            match self.try_recv() {
+                Ok(msg) => return Ok(msg),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
         }
         let wait = RecvWait {
             chan: self,

@@ -7,7 +7,7 @@
 //! is not empty; it implies `LOCKED`). Uncontended, `lock` is one
 //! compare-and-swap `0 → LOCKED` and unlocking one `LOCKED → 0`; neither
 //! touches the queue. Otherwise both go through the queue, under its
-//! `std::sync::Mutex`:
+//! spin lock ([`spin`](super::spin)):
 //!
 //! * a locker that finds the lock held sets `QUEUED`, joins the back of the
 //!   queue and waits (see [`wait`](super::wait));
@@ -29,6 +29,7 @@ use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 use std::task::{Context, Poll};
 use std::thread;
 
+use super::spin::SpinLock;
 use super::waiters::{Key, Status, WaitList};
 
 const LOCKED: u8 = 1;
@@ -79,7 +80,7 @@ const QUEUED: u8 = 2;
 pub struct Mutex<T: ?Sized> {
     state: AtomicU8,
     poisoned: AtomicBool,
-    waiters: std::sync::Mutex<WaitList<()>>,
+    waiters: SpinLock<WaitList<()>>,
     data: UnsafeCell<T>,
 }
 
@@ -124,7 +125,7 @@ impl<T> Mutex<T> {
         Mutex {
             state: AtomicU8::new(0),
             poisoned: AtomicBool::new(false),
-            waiters: std::sync::Mutex::new(WaitList::new()),
+            waiters: SpinLock::new(WaitList::new()),
             data: UnsafeCell::new(value),
         }
     }
@@ -249,7 +250,7 @@ impl<T: ?Sized> Mutex<T> {
     /// Hands the lock to the first waiter, or frees it if none is left.
     #[cold]
     fn unlock_slow(&self) {
-        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = self.waiters.lock();
         match waiters.notify_front() {
             Some(waker) => {
                 if waiters.is_empty() {
@@ -278,7 +279,7 @@ impl<T: ?Sized> Future for Lock<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mutex = self.mutex;
-        let mut waiters = mutex.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = mutex.waiters.lock();
         if let Some(key) = self.key {
             return match waiters.poll(key, cx.waker()) {
                 Status::Queued => Poll::Pending,
@@ -328,11 +329,7 @@ impl<T: ?Sized> Drop for Lock<'_, T> {
         let Some(key) = self.key.take() else {
             return;
         };
-        let mut waiters = self
-            .mutex
-            .waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = self.mutex.waiters.lock();
         match waiters.remove(key).0 {
             Status::Queued => {
                 if waiters.is_empty() {

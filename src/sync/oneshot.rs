@@ -5,13 +5,15 @@
 //! Both ends may cross threads: a plain thread or another loop can answer a
 //! greenlet, and a greenlet can answer a tokio task. The errors are std's
 //! mpsc errors, with their meaning: `Disconnected` when the sender was
-//! dropped without sending. One `std::sync::Mutex` guards the value, the
+//! dropped without sending. One spin lock guards the value, the
 //! liveness of both ends and the receiver's waker.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
+
+use super::spin::{SpinGuard, SpinLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ pub use std::sync::mpsc::{RecvError, RecvTimeoutError, TryRecvError};
 /// ```
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let inner = Arc::new(Inner {
-        state: std::sync::Mutex::new(State {
+        state: SpinLock::new(State {
             value: None,
             sender_alive: true,
             receiver_alive: true,
@@ -42,7 +44,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 }
 
 struct Inner<T> {
-    state: std::sync::Mutex<State<T>>,
+    state: SpinLock<State<T>>,
 }
 
 struct State<T> {
@@ -54,8 +56,8 @@ struct State<T> {
 }
 
 impl<T> Inner<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> SpinGuard<'_, State<T>> {
+        self.state.lock()
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`RwLock`]: many readers or one writer, served in arrival order.
 //!
 //! The state (reader count, writer flag, waiter queue) sits under one
-//! `std::sync::Mutex`. Once anyone waits, newcomers queue behind them, so a
+//! spin lock. Once anyone waits, newcomers queue behind them, so a
 //! stream of readers cannot starve a writer. Releasing hands the lock on
 //! from the front of the queue: one writer, or every reader up to the next
 //! writer. A waiter that goes away gives back what it was handed and lets
@@ -18,6 +18,7 @@ use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 use std::task::{Context, Poll, Waker};
 use std::thread;
 
+use super::spin::{SpinGuard, SpinLock};
 use super::waiters::{Key, Status, WaitList};
 
 /// A reader-writer lock for greenlets, with std's API and poisoning
@@ -44,7 +45,7 @@ use super::waiters::{Key, Status, WaitList};
 /// ```
 pub struct RwLock<T: ?Sized> {
     poisoned: AtomicBool,
-    state: std::sync::Mutex<State>,
+    state: SpinLock<State>,
     data: UnsafeCell<T>,
 }
 
@@ -136,7 +137,7 @@ impl<T> RwLock<T> {
     pub const fn new(value: T) -> RwLock<T> {
         RwLock {
             poisoned: AtomicBool::new(false),
-            state: std::sync::Mutex::new(State {
+            state: SpinLock::new(State {
                 readers: 0,
                 writer: false,
                 waiters: WaitList::new(),
@@ -162,8 +163,8 @@ impl<T> RwLock<T> {
 }
 
 impl<T: ?Sized> RwLock<T> {
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_state(&self) -> SpinGuard<'_, State> {
+        self.state.lock()
     }
 
     fn acquire(&self, kind: Kind) {

@@ -2,7 +2,7 @@
 //!
 //! std has no semaphore; the names are tokio's (`acquire`, `try_acquire`,
 //! `add_permits`, a RAII [`SemaphorePermit`]), the waits greenhack's. The
-//! count and the waiter queue sit under one `std::sync::Mutex`. Released
+//! count and the waiter queue sit under one spin lock. Released
 //! permits go to the first waiter as soon as there are enough for it; a
 //! waiter asking for many blocks the ones behind it (no starvation of large
 //! requests), and one that goes away gives back what it was handed and lets
@@ -11,9 +11,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::PoisonError;
 use std::task::{Context, Poll, Waker};
 
+use super::spin::{SpinGuard, SpinLock};
 use super::waiters::{Key, Status, WaitList};
 
 /// A counting semaphore for greenlets: [`acquire`](Semaphore::acquire)
@@ -44,7 +44,7 @@ use super::waiters::{Key, Status, WaitList};
 /// assert_eq!(peak.get(), 2);
 /// ```
 pub struct Semaphore {
-    state: std::sync::Mutex<State>,
+    state: SpinLock<State>,
 }
 
 struct State {
@@ -105,15 +105,15 @@ impl Semaphore {
     /// Creates a semaphore with `permits` permits.
     pub const fn new(permits: usize) -> Semaphore {
         Semaphore {
-            state: std::sync::Mutex::new(State {
+            state: SpinLock::new(State {
                 permits,
                 waiters: WaitList::new(),
             }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> SpinGuard<'_, State> {
+        self.state.lock()
     }
 
     /// The number of permits free now.
