@@ -160,7 +160,10 @@ fn cancelled_notified_waiter_passes_the_notification_on() {
         state.1.notify_one(); // goes to `first`...
         first.cancel(); // ...which leaves before acting on it
         assert!(first.join().unwrap_err().is_cancelled());
-        second.join().unwrap();
+        join_soon(
+            second,
+            "the notification was lost with the cancelled waiter",
+        );
     });
     assert_eq!(woken.get(), 1);
 }
@@ -187,4 +190,18 @@ fn wait_reports_a_mutex_poisoned_meanwhile() {
         assert!(poisoner.join().unwrap_err().is_panic());
         assert_eq!(waiter.join().unwrap(), 5);
     });
+}
+
+/// Joins `h` if it finishes within 5 s; otherwise cancels it and fails,
+/// naming `what` (a lost hand-off would leave it waiting forever).
+fn join_soon<T>(h: greenhack::JoinHandle<T>, what: &str) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !h.is_finished() && std::time::Instant::now() < deadline {
+        greenhack::sleep(std::time::Duration::from_millis(1));
+    }
+    if !h.is_finished() {
+        h.cancel();
+        panic!("{what}");
+    }
+    h.join().unwrap()
 }

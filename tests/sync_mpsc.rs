@@ -263,3 +263,42 @@ fn inside_as_async_polled_by_tokio() {
     });
     assert_eq!(got, 45);
 }
+
+#[test]
+fn recv_timeout_parks_a_tokio_worker_outside_any_greenlet() {
+    // exempt refuses here (with the `tokio` feature): the thread parks with
+    // park_timeout, as std's recv_timeout would block it.
+    let (tx, rx) = mpsc::channel::<u8>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let r = rt.block_on(async {
+        let start = Instant::now();
+        let r = rx.recv_timeout(Duration::from_millis(10));
+        (r, start.elapsed())
+    });
+    assert_eq!(r.0, Err(RecvTimeoutError::Timeout));
+    assert!(r.1 >= Duration::from_millis(10), "{:?}", r.1);
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(5));
+        tx.send(3).unwrap();
+    });
+    let got = rt.block_on(async { rx.recv_timeout(Duration::from_secs(5)) });
+    assert_eq!(got, Ok(3));
+    t.join().unwrap();
+}
+
+#[test]
+fn thread_safety_matches_std() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<mpsc::Sender<String>>();
+    send_sync::<mpsc::SyncSender<String>>();
+    send::<mpsc::Receiver<String>>();
+    send_sync::<greenhack::sync::oneshot::Sender<String>>();
+    send_sync::<greenhack::sync::oneshot::Receiver<String>>();
+    send_sync::<greenhack::sync::Mutex<String>>();
+    send_sync::<greenhack::sync::RwLock<String>>();
+    send_sync::<greenhack::sync::Condvar>();
+    send_sync::<greenhack::sync::Semaphore>();
+}

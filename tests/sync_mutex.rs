@@ -97,7 +97,7 @@ fn cancelled_waiter_does_not_lose_the_lock() {
         drop(guard);
         doomed.cancel();
         assert!(doomed.join().unwrap_err().is_cancelled());
-        next.join().unwrap();
+        join_soon(next, "the lock was lost with the cancelled waiter");
     });
     assert!(unwound.get(), "the cancelled greenlet was unwound");
     assert_eq!(*m.lock().unwrap(), 1);
@@ -281,4 +281,18 @@ fn blocks_a_tokio_worker_outside_any_greenlet() {
     assert_eq!(seen, 1, "waited for the holder");
     assert!(start.elapsed() >= Duration::from_millis(10));
     holder.join().unwrap();
+}
+
+/// Joins `h` if it finishes within 5 s; otherwise cancels it and fails,
+/// naming `what` (a lost hand-off would leave it waiting forever).
+fn join_soon<T>(h: greenhack::JoinHandle<T>, what: &str) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !h.is_finished() && std::time::Instant::now() < deadline {
+        greenhack::sleep(std::time::Duration::from_millis(1));
+    }
+    if !h.is_finished() {
+        h.cancel();
+        panic!("{what}");
+    }
+    h.join().unwrap()
 }

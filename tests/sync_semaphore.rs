@@ -91,7 +91,7 @@ fn cancelled_waiter_gives_its_permits_back() {
         drop(held); // the permit goes to `doomed`...
         doomed.cancel(); // ...which passes it on
         assert!(doomed.join().unwrap_err().is_cancelled());
-        next.join().unwrap();
+        join_soon(next, "the permit was lost with the cancelled waiter");
     });
     assert!(got.get());
     assert_eq!(sem.available_permits(), 1);
@@ -111,4 +111,18 @@ fn released_from_a_plain_thread() {
             .unwrap()
     });
     t.join().unwrap();
+}
+
+/// Joins `h` if it finishes within 5 s; otherwise cancels it and fails,
+/// naming `what` (a lost hand-off would leave it waiting forever).
+fn join_soon<T>(h: greenhack::JoinHandle<T>, what: &str) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !h.is_finished() && std::time::Instant::now() < deadline {
+        greenhack::sleep(std::time::Duration::from_millis(1));
+    }
+    if !h.is_finished() {
+        h.cancel();
+        panic!("{what}");
+    }
+    h.join().unwrap()
 }

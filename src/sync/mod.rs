@@ -17,9 +17,11 @@
 //! * outside any greenlet on a tokio worker thread, where `exempt` refuses,
 //!   the thread blocks as it would with std's primitives.
 //!
-//! Every primitive is `Send + Sync` (for `Send` data), so greenlets on
-//! different threads' loops and plain threads may share one; a wake-up
-//! from another thread wakes the waiting greenlet's loop.
+//! The locks, [`Condvar`] and [`Semaphore`] are `Send + Sync` (for `Send`
+//! data) and the channels' halves are `Send` (their senders also `Sync`),
+//! as std's are, so greenlets on different threads' loops and plain threads
+//! may share them; a wake-up from another thread wakes the waiting
+//! greenlet's loop.
 //!
 //! ```
 //! use std::rc::Rc;

@@ -30,7 +30,7 @@
 //!
 //! # Implementation
 //!
-//! One spin lock ([`spin`](super::spin)) guards the buffer, the counts of both ends and two
+//! One spin lock guards the buffer, the counts of both ends and two
 //! waiter queues (receivers; senders blocked on a full bounded channel, each
 //! holding its message). A send wakes the first waiting receiver. A receive
 //! that frees a slot moves the first blocked sender's message into the
@@ -462,6 +462,12 @@ impl<T> fmt::Debug for SyncSender<T> {
 /// not shared between threads (`!Sync`, as std's); greenlets of one thread
 /// may share it (through an `Rc`) and receive concurrently, each message
 /// going to one of them.
+///
+/// ```compile_fail
+/// fn require_sync<T: Sync>(_: T) {}
+/// let (_tx, rx) = greenhack::sync::mpsc::channel::<u8>();
+/// require_sync(rx);
+/// ```
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
     _not_sync: PhantomData<Cell<()>>,
