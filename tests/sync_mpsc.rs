@@ -196,6 +196,18 @@ fn rendezvous_channel() {
 }
 
 #[test]
+fn rendezvous_try_send_succeeds_only_for_a_waiting_receiver() {
+    let (tx, rx) = mpsc::sync_channel(0);
+    greenhack::run(|| {
+        let h = greenhack::spawn(move || rx.recv());
+        greenhack::yield_now(); // the receiver waits now
+        assert_eq!(tx.try_send(5), Ok(()));
+        assert_eq!(tx.try_send(6), Err(TrySendError::Full(6)), "it took one");
+        assert_eq!(h.join().unwrap(), Ok(5));
+    });
+}
+
+#[test]
 fn cancelled_blocked_sender_drops_its_message() {
     struct Counted(Arc<AtomicUsize>);
     impl Drop for Counted {
