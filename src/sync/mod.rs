@@ -43,6 +43,15 @@
 //! assert_eq!(*total.lock().unwrap(), 3);
 //! ```
 //!
+//! # Timeouts
+//!
+//! `recv_timeout` and `wait_timeout` arm a timer only when they must wait:
+//! on greenhack's loop (in a spawned greenlet, or on a plain thread) the
+//! loop's own timer; on a thread parked as std's would be, `park_timeout`;
+//! inside an `as_async` polled by another executor, whose timers greenhack
+//! cannot reach, a timer thread shared by the process (started on first
+//! such use) wakes the task at the deadline.
+//!
 //! # Waiting and cancellation
 //!
 //! Each primitive keeps a FIFO of waiters; what it releases (a lock, a

@@ -139,7 +139,9 @@ impl Semaphore {
     }
 
     /// Waits for `n` permits, taken at once. Waiters are served in order:
-    /// a large request holds back later small ones until it is served.
+    /// a large request holds back later small ones until it is served (so
+    /// asking for more permits than will ever exist waits forever, and holds
+    /// back everyone behind it).
     pub fn acquire_many(&self, n: u32) -> SemaphorePermit<'_> {
         let n = n as usize;
         if !self.lock().try_take(n) {
