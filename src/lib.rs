@@ -64,6 +64,8 @@
 //!   resume/suspend with values in and out, panics propagated, unwinding on
 //!   drop; everything else is built on it;
 //! * [`net`] — TCP, UDP and Unix sockets;
+//! * [`sync`] — `Mutex`, `Condvar`, `RwLock`, `Semaphore`, `mpsc` and
+//!   `oneshot` channels whose waits suspend the greenlet, not the thread;
 //! * [`debug`] — dumps of every greenlet, suspended backtraces, a switch hook;
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
@@ -157,6 +159,7 @@ mod pair;
 mod reactor;
 pub mod stack;
 mod switch_hook;
+pub mod sync;
 mod task;
 mod time;
 #[cfg(feature = "tokio")]

@@ -73,6 +73,13 @@ thread_local! {
     static CURRENT: Cell<*const Pair> = const { Cell::new(ptr::null()) };
 }
 
+/// True when code runs on the greenlet of a pair: `exempt` would poll in
+/// place and suspend only that greenlet.
+#[inline]
+pub(crate) fn in_greenlet() -> bool {
+    current_pair().is_some()
+}
+
 /// Restores a thread-local cell on scope exit, also on unwind.
 struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<T>>, T);
 
@@ -86,7 +93,7 @@ impl<T: Copy + 'static> Drop for Restore<T> {
 impl Pair {
     /// Polls `fut` with the poller's context; suspends while it is pending.
     /// `what` is recorded for `debug::dump` while suspended.
-    fn wait<F: Future>(&self, fut: F, what: Wait, needs: Needs) -> F::Output {
+    fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
         let mut fut = pin!(fut);
         loop {
             // SAFETY: the context was passed by the poll that resumed us,
@@ -115,9 +122,6 @@ impl Pair {
             let suspender = unsafe { &*self.suspender };
             let header = suspender.header();
             header.wait.set(what);
-            if needs == Needs::Loop && driver == Driver::Hosted {
-                reactor::hosted::note_loop_wait();
-            }
             let next = suspender.suspend(());
             header.wait.set(Wait::Nothing);
             self.resume.set(next);
@@ -280,8 +284,7 @@ impl<T> Future for AsAsync<T> {
         // Hosted: run what the greenlet spawned or woke, and have the host
         // poll this task again when greenhack's loop has news.
         if driver == Driver::Hosted {
-            let register = reactor::hosted::take_loop_wait();
-            reactor::hosted::drive(cx, register);
+            reactor::hosted::drive(cx, false);
         }
         polled
     }
@@ -373,7 +376,7 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
             if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
                 return Err((fut, Refusal::NoLoop));
             }
-            Ok(pair.wait(fut, what, needs))
+            Ok(pair.wait(fut, what))
         }
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
         Place::Thread => Ok(reactor::block_on(fut)),

@@ -18,11 +18,11 @@
 //! 4. a greenhack task woken on this thread (by a tokio future it waits on,
 //!    say) pokes the fan-out, so the host polls again.
 //!
-//! A host task registers with the fan-out when its greenlet waits on
-//! greenhack's loop (a socket, a timer, a join: see `pair`), and a driver
-//! task (`greenhack::tokio::run`) stays registered for good. Greenlets that
-//! nobody waits for therefore run in hosted mode only while some wait of
-//! the thread keeps the loop going, or under such a driver.
+//! A host task registers with the fan-out whenever a poll of it (not one of
+//! greenhack's loop) waits on one of greenhack's sockets or timers
+//! ([`Reactor::note_interest`]) or on a greenlet's `JoinHandle`, and while
+//! greenlets are spawned on the thread; a driver task
+//! (`greenhack::tokio::run`) stays registered for good.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -37,23 +37,6 @@ pub(super) const TIMER_TOKEN: mio::Token = mio::Token(usize::MAX);
 /// How many turns one drive runs before it yields to the host (a loop that
 /// always has events must not starve the host's other tasks).
 const MAX_TURNS_PER_DRIVE: usize = 8;
-
-thread_local! {
-    /// Set by a pair whose greenlet just suspended in a wait that needs
-    /// greenhack's loop; read and cleared by the `AsAsync` poll it returns
-    /// to, which then registers its task with the fan-out.
-    static LOOP_WAIT: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Records that the greenlet about to suspend waits on greenhack's loop.
-pub(crate) fn note_loop_wait() {
-    LOOP_WAIT.with(|w| w.set(true));
-}
-
-/// Reads and clears the mark of [`note_loop_wait`].
-pub(crate) fn take_loop_wait() -> bool {
-    LOOP_WAIT.with(|w| w.replace(false))
-}
 
 /// True when the executor polling on this thread can host greenhack's loop.
 #[inline]
@@ -81,6 +64,8 @@ pub(crate) fn drive(cx: &mut Context<'_>, register: bool) {
 #[derive(Default)]
 pub(crate) struct HostLink {
     host: RefCell<Option<Host>>,
+    /// A host task waits on greenhack's sockets or timers: start hosting.
+    wanted: Cell<bool>,
     /// Wakes the host tasks waiting on greenhack's loop.
     fan_out: Arc<FanOut>,
     /// Set once hosted: local task wakes then poke the fan-out.
@@ -160,10 +145,22 @@ impl HostLink {
 }
 
 impl Reactor {
+    /// Called when `waker` starts waiting on one of this reactor's sockets
+    /// or timers: if that is a host task (not a poll of greenhack's own
+    /// loop), the host must poll it again when the loop has news.
+    #[inline]
+    pub(super) fn note_interest(&self, waker: &Waker) {
+        if !super::is_loop_poll() {
+            self.hosted.wanted.set(true);
+            self.hosted.fan_out.add(waker);
+        }
+    }
+
     /// One hosted drive; see the module docs.
     fn drive_hosted(&self, cx: &mut Context<'_>, register: bool) {
+        let register = register || self.live_tasks() > 0;
         if !self.hosted.active.get() {
-            if !register && self.live_tasks() == 0 {
+            if !register && !self.hosted.wanted.get() {
                 return; // nothing of greenhack's runs here
             }
             // tokio panics (rather than erring) when its I/O driver is off.

@@ -204,6 +204,8 @@ impl Reactor {
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
         }
+        drop(io);
+        self.note_interest(cx.waker());
         Poll::Pending
     }
 

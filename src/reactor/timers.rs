@@ -67,6 +67,8 @@ impl Reactor {
         timers.seq += 1;
         let key = (deadline, timers.seq);
         timers.map.insert(key, waker.clone());
+        drop(timers);
+        self.note_interest(waker);
         key
     }
 
