@@ -68,8 +68,9 @@
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
 //!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
-//!   [`yield_now`], and the [`Builder`] that names greenlets and sizes their
-//!   stacks.
+//!   [`yield_now`], the [`Builder`] that names greenlets and sizes their
+//!   stacks, and [`unblock`], which runs blocking work on a thread pool
+//!   while the loop keeps running.
 //!
 //! # The raw primitive
 //!
@@ -149,6 +150,7 @@
 
 mod arch;
 mod asan;
+mod blocking;
 pub mod debug;
 pub mod greenlet;
 pub mod net;
@@ -160,6 +162,7 @@ mod task;
 mod time;
 mod valgrind;
 
+pub use blocking::{set_max_blocking_threads, unblock};
 pub use greenlet::Builder;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
 pub use task::{JoinError, JoinHandle, spawn};
