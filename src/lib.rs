@@ -158,6 +158,7 @@ mod overflow;
 mod pair;
 mod reactor;
 pub mod stack;
+mod stall;
 mod task;
 mod time;
 mod valgrind;

@@ -120,6 +120,12 @@ pub(crate) trait TaskFuture: Future<Output = ()> {
     /// Asked each time a poll returns `Pending`, while the task's memory is
     /// still in the cache; see [`Footprint`].
     fn footprint(&self) -> Footprint;
+
+    /// The greenlet a poll resumes, for the stall detector (offload branch:
+    /// `crate::stall`).
+    fn greenlet(&self) -> Option<&crate::stack::StackHeader> {
+        None
+    }
 }
 
 /// Memory a task's next poll reads first, besides the task's own heap
@@ -493,6 +499,7 @@ impl Reactor {
                 };
                 (f, slot.waker.take().expect("task waker"))
             };
+            let _beat = crate::stall::beat(|| future.greenlet()); // stall detector heartbeat (offload branch)
             let done = crate::pair::loop_poll(|| {
                 future
                     .as_mut()
