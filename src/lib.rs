@@ -69,8 +69,9 @@
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
 //!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
 //!   [`yield_now`], the [`Builder`] that names greenlets and sizes their
-//!   stacks, and [`unblock`], which runs blocking work on a thread pool
-//!   while the loop keeps running.
+//!   stacks, [`unblock`], which runs blocking work on a thread pool while
+//!   the loop keeps running, and [`with_async`], an async setup and cleanup
+//!   around sync code (a transaction that commits or rolls back).
 //!
 //! # The raw primitive
 //!
@@ -153,6 +154,7 @@ mod asan;
 mod blocking;
 pub mod debug;
 pub mod greenlet;
+mod guard;
 pub mod net;
 mod overflow;
 mod pair;
@@ -165,6 +167,7 @@ mod valgrind;
 
 pub use blocking::{set_max_blocking_threads, unblock};
 pub use greenlet::Builder;
+pub use guard::{Exit, with_async};
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
 pub use task::{JoinError, JoinHandle, spawn};
 pub use time::{sleep, sleep_until, yield_now};
