@@ -71,7 +71,9 @@
 //!   [`yield_now`], the [`Builder`] that names greenlets and sizes their
 //!   stacks, [`unblock`], which runs blocking work on a thread pool while
 //!   the loop keeps running, and [`with_async`], an async setup and cleanup
-//!   around sync code (a transaction that commits or rolls back).
+//!   around sync code (a transaction that commits or rolls back);
+//! * with the `futures` feature, `exempt_iter`, which reads any
+//!   `futures_core::Stream` as an `Iterator` (a database cursor, a channel).
 //!
 //! # The raw primitive
 //!
@@ -161,6 +163,8 @@ mod pair;
 mod reactor;
 pub mod stack;
 mod stall;
+#[cfg(feature = "futures")]
+mod stream;
 mod task;
 mod time;
 mod valgrind;
@@ -169,5 +173,7 @@ pub use blocking::{set_max_blocking_threads, unblock};
 pub use greenlet::Builder;
 pub use guard::{Exit, with_async};
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+#[cfg(feature = "futures")]
+pub use stream::{ExemptIter, exempt_iter};
 pub use task::{JoinError, JoinHandle, spawn};
 pub use time::{sleep, sleep_until, yield_now};
