@@ -383,8 +383,10 @@ pub(crate) fn call_switch_hook(kind: SwitchKind, id: u64, name: Option<&str>) {
 /// lasts longer than `threshold`: the greenlet spins, or blocks its thread in
 /// a call greenhack does not own (a `std::sync::Mutex` held across a
 /// greenhack wait by another greenlet, `std::thread::sleep`, blocking I/O).
-/// It is reported within 1.5 × `threshold`. Code on a plain thread outside
-/// any greenlet is not watched, nor is a loop idle in `epoll_wait`.
+/// It is reported within 1.5 × `threshold`. What greenhack's loop does not
+/// poll is not watched: code on a plain thread outside any greenlet, and an
+/// `as_async` polled by another executor. A loop idle in `epoll_wait` is not
+/// stalled.
 ///
 /// ```
 /// use std::time::Duration;

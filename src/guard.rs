@@ -121,6 +121,13 @@ impl<T: fmt::Debug> fmt::Debug for Exit<'_, T> {
 /// If `setup` does not complete (it panics, or the greenlet is cancelled
 /// while it waits), there is nothing to clean up and `cleanup` does not run.
 ///
+/// The cleanup of a cancelled body waits while its greenlet is being
+/// dropped, outside any pair: on greenhack's loop (a cancelled `spawn`, an
+/// `as_async` dropped on a plain thread) that wait runs the loop; an
+/// `as_async` dropped by another executor has nothing to serve it, and
+/// `exempt` panics there as it does outside any greenlet (the panic
+/// replaces the cancellation, and the cleanup does not run).
+///
 /// `body` gets `&mut R` and the cleanup gets `R` even after a panic, so the
 /// cleanup may find `R` in whatever state the body left it (the reason to
 /// roll back).
