@@ -12,7 +12,9 @@
 //!   outside;
 //! * [`set_switch_hook`] calls a function on every switch, for tracers and
 //!   profilers; unset, it costs one relaxed load and a predicted branch per
-//!   direction.
+//!   direction;
+//! * [`stall_detector`] starts a watchdog thread that reports, from outside,
+//!   a loop stuck in one greenlet: which greenlet, and for how long.
 //!
 //! Backtraces taken *inside* a greenlet already continue into the code that
 //! resumed it (the trampoline's CFI, see `asm/`), so panics, gdb's `bt` and
@@ -34,6 +36,7 @@ use std::sync::atomic::Ordering;
 
 use crate::greenlet::{self, Greenlet};
 use crate::stack::{self, HeaderState, StackHeader};
+pub use crate::stall::{Stall, StallDetector};
 pub use crate::switch_hook::{SwitchEvent, SwitchKind, set_switch_hook};
 pub use crate::wait::Wait;
 
@@ -253,5 +256,86 @@ extern "C" fn request_dump(_signal: libc::c_int) {
 fn dump_if_requested() {
     if DUMP_REQUESTED.load(Ordering::Relaxed) && DUMP_REQUESTED.swap(false, Ordering::Acquire) {
         eprint!("{}", dump());
+    }
+}
+
+// ----- stall detector -----------------------------------------------------------
+
+/// Starts a watchdog thread that reports, to standard error, every loop that
+/// has not switched for longer than `threshold`: which thread, which
+/// greenlet is running (id, [`Builder::name`](crate::Builder::name),
+/// creation site), once per stall, and how long the stall lasted when it
+/// ends. The watchdog stops when the returned guard is dropped.
+///
+/// A stall is one task poll — one greenlet's turn between two waits — that
+/// lasts longer than `threshold`: the greenlet spins, or blocks its thread in
+/// a call greenhack does not own (a `std::sync::Mutex` held across a
+/// greenhack wait by another greenlet, `std::thread::sleep`, blocking I/O).
+/// It is reported within 1.5 × `threshold`. What greenhack's loop does not
+/// poll is not watched: code on a plain thread outside any greenlet, and an
+/// `as_async` polled by another executor. A loop idle in `epoll_wait` is not
+/// stalled.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let _detector = greenhack::debug::stall_detector(Duration::from_millis(20));
+/// greenhack::Builder::new()
+///     .name("spinner")
+///     .spawn(|| std::thread::sleep(Duration::from_millis(60))) // blocks the loop
+///     .unwrap()
+///     .join()
+///     .unwrap();
+/// // Standard error shows, from the watchdog thread:
+/// // greenhack: stall: thread 'main' has been running greenlet 5 'spinner'
+/// //   (created at src/main.rs:5:6) for 20.1ms without switching; ...
+/// // greenhack: stall over: thread 'main' ran greenlet 5 'spinner' (...) for 60.3ms ...
+/// ```
+///
+/// While a detector is active, each task poll publishes what it runs (a few
+/// relaxed stores, and a copy of the greenlet's name when the greenlet
+/// changes); with none active the cost is one relaxed load per poll.
+///
+/// # Panics
+///
+/// If `threshold` is zero, or the watchdog thread cannot be started.
+pub fn stall_detector(threshold: std::time::Duration) -> StallDetector {
+    stall_detector_with(threshold, |stall| eprintln!("{stall}"))
+}
+
+/// [`stall_detector`], reporting each [`Stall`] to `report` (called on the
+/// watchdog thread) instead of standard error.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let s = seen.clone();
+/// let detector = greenhack::debug::stall_detector_with(Duration::from_millis(20), move |st| {
+///     s.lock().unwrap().push((st.name.clone(), st.ended));
+/// });
+/// greenhack::Builder::new()
+///     .name("spinner")
+///     .spawn(|| std::thread::sleep(Duration::from_millis(100)))
+///     .unwrap()
+///     .join()
+///     .unwrap();
+/// greenhack::sleep(Duration::from_millis(20)); // the watchdog sees the loop move
+/// drop(detector);
+/// let spinner = Some("spinner".to_string());
+/// assert_eq!(*seen.lock().unwrap(), [(spinner.clone(), false), (spinner, true)]);
+/// ```
+///
+/// # Panics
+///
+/// As [`stall_detector`].
+pub fn stall_detector_with(
+    threshold: std::time::Duration,
+    report: impl FnMut(&Stall) + Send + 'static,
+) -> StallDetector {
+    match crate::stall::start(threshold, Box::new(report)) {
+        Ok(d) => d,
+        Err(e) => panic!("greenhack: cannot start the stall watchdog thread: {e}"),
     }
 }

@@ -187,6 +187,12 @@ impl<R> Outcome<R> {
 /// The panic payload of a forced unwind; private so nobody can fake one.
 struct ForcedUnwind;
 
+/// True if `payload` is a forced unwind's: the greenlet is being dropped or
+/// cancelled (offload branch: for `with_async`'s cleanup).
+pub(crate) fn is_forced_unwind(payload: &(dyn std::any::Any + Send)) -> bool {
+    payload.is::<ForcedUnwind>()
+}
+
 /// Greenlet ids are handed to threads in blocks, so that creating a
 /// greenlet costs no atomic read-modify-write (a `lock xadd` was the largest
 /// single cost of a pooled create on the bench).

@@ -70,8 +70,12 @@
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
 //!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
-//!   [`yield_now`], and the [`Builder`] that names greenlets and sizes their
-//!   stacks.
+//!   [`yield_now`], the [`Builder`] that names greenlets and sizes their
+//!   stacks, [`unblock`], which runs blocking work on a thread pool while
+//!   the loop keeps running, and [`with_async`], an async setup and cleanup
+//!   around sync code (a transaction that commits or rolls back);
+//! * with the `futures` feature, `exempt_iter`, which reads any
+//!   `futures_core::Stream` as an `Iterator` (a database cursor, a channel).
 //!
 //! # The raw primitive
 //!
@@ -151,13 +155,18 @@
 
 mod arch;
 mod asan;
+mod blocking;
 pub mod debug;
 pub mod greenlet;
+mod guard;
 pub mod net;
 mod overflow;
 mod pair;
 mod reactor;
 pub mod stack;
+mod stall;
+#[cfg(feature = "futures")]
+mod stream;
 mod switch_hook;
 pub mod sync;
 mod task;
@@ -167,7 +176,11 @@ pub mod tokio;
 mod valgrind;
 mod wait;
 
+pub use blocking::{set_max_blocking_threads, unblock};
 pub use greenlet::Builder;
+pub use guard::{Exit, with_async};
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+#[cfg(feature = "futures")]
+pub use stream::{ExemptIter, exempt_iter};
 pub use task::{JoinError, JoinHandle, spawn};
 pub use time::{sleep, sleep_until, yield_now};

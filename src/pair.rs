@@ -246,6 +246,12 @@ impl<T> AsAsync<T> {
     pub(crate) fn resume_footprint(&self) -> Option<std::ops::Range<usize>> {
         self.greenlet.as_ref()?.resume_footprint()
     }
+
+    /// The greenlet's stack header, for the stall detector (offload branch:
+    /// `crate::stall`); `None` once complete.
+    pub(crate) fn header(&self) -> Option<&crate::stack::StackHeader> {
+        self.greenlet.as_ref()?.header_ref()
+    }
 }
 
 impl<T> Future for AsAsync<T> {

@@ -169,6 +169,11 @@ impl<T> TaskFuture for Task<T> {
             stack: stack.unwrap_or_default(),
         }
     }
+
+    // For the stall detector (offload branch: `crate::stall`).
+    fn greenlet(&self) -> Option<&crate::stack::StackHeader> {
+        self.future.as_ref()?.header()
+    }
 }
 
 /// Owns the right to join a spawned greenlet. Dropping it detaches the

@@ -72,9 +72,15 @@
 //!   peer is `Ok(0)` on read and `BrokenPipe`/`ConnectionReset` on write.
 //!   Running out of descriptors in `accept` (`EMFILE`, `ENFILE`) is returned
 //!   to that caller; the listener and every other socket keep working.
-//! * **Name resolution** (`ToSocketAddrs` on a host name) calls the system
-//!   resolver, which blocks the thread as it does with std. Pass a
-//!   `SocketAddr`, or resolve before entering the loop, where that matters.
+//! * **Name resolution does not block the loop.** `bind`, `connect` and
+//!   `send_to` take greenhack's [`ToSocketAddrs`], implemented for the same
+//!   types as std's (so `connect("db.internal:5432")` and
+//!   `connect((host, port))` compile unchanged): a host name is looked up by
+//!   the system resolver on the [`unblock`](crate::unblock) pool while the
+//!   calling greenlet waits, and a literal address is parsed in place.
+//!   Results and errors are std's. A function generic over
+//!   `std::net::ToSocketAddrs` that forwards to greenhack must name
+//!   greenhack's trait instead (as with tokio's).
 //!
 //! # Threads
 //!
@@ -126,7 +132,7 @@
 use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -138,9 +144,12 @@ use crate::reactor::{Direction, Reactor};
 use crate::time::Deadline;
 use crate::wait::Wait;
 
+mod addr;
 mod tcp;
 mod udp;
 mod unix;
+
+pub use addr::ToSocketAddrs;
 
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
@@ -493,13 +502,14 @@ fn try_op<R>(mut op: impl FnMut() -> io::Result<R>) -> Option<io::Result<R>> {
 }
 
 /// Tries `f` on each address `addr` resolves to, as std does: the first
-/// success, or the last error.
+/// success, or the last error. A host name is resolved off the loop (see
+/// [`ToSocketAddrs`]).
 fn each_addr<A: ToSocketAddrs, T>(
     addr: A,
     mut f: impl FnMut(SocketAddr) -> io::Result<T>,
 ) -> io::Result<T> {
     let mut last_err = None;
-    for addr in addr.to_socket_addrs()? {
+    for addr in addr::sealed::Resolve::resolve(&addr)? {
         match f(addr) {
             Ok(v) => return Ok(v),
             Err(e) => last_err = Some(e),

@@ -3,10 +3,10 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Registered, each_addr, impl_fd_traits, impl_read_write};
+use super::{Registered, ToSocketAddrs, each_addr, impl_fd_traits, impl_read_write};
 use crate::reactor::Direction;
 
 /// A TCP socket server, listening for connections: `std::net::TcpListener`
@@ -171,7 +171,8 @@ impl TcpStream {
     /// Opens a connection to `addr`, as `std::net::TcpStream::connect`
     /// does: each resolved address is tried in turn, and if none connects
     /// the last error is returned. The connect is non-blocking underneath:
-    /// the wait for the handshake runs on greenhack's loop.
+    /// the wait for the handshake runs on greenhack's loop, and a host name
+    /// is resolved off the loop (see [`ToSocketAddrs`]).
     pub fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<TcpStream> {
         each_addr(addr, |a| {
             let stream = TcpStream::from_mio(mio::net::TcpStream::connect(a)?)?;

@@ -3,10 +3,10 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::{Registered, each_addr, impl_fd_traits};
+use super::{Registered, ToSocketAddrs, each_addr, impl_fd_traits};
 use crate::reactor::Direction;
 
 /// A UDP socket: `std::net::UdpSocket` whose waits (receiving, and sending
@@ -63,7 +63,7 @@ impl UdpSocket {
     /// Sends a datagram to `addr`: its first resolved address, as std does
     /// (`InvalidInput` if it resolves to none).
     pub fn send_to<A: ToSocketAddrs>(&self, buf: &[u8], addr: A) -> io::Result<usize> {
-        let Some(target) = addr.to_socket_addrs()?.next() else {
+        let Some(target) = addr.resolve()?.next() else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "no addresses to send data to",

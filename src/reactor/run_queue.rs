@@ -33,6 +33,11 @@ pub(crate) trait TaskFuture: Future<Output = ()> {
     /// Asked each time a poll returns `Pending`, while the task's memory is
     /// still in the cache; see [`Footprint`].
     fn footprint(&self) -> Footprint;
+
+    /// The greenlet a poll resumes, for the stall detector (`crate::stall`).
+    fn greenlet(&self) -> Option<&crate::stack::StackHeader> {
+        None
+    }
 }
 
 /// Memory a task's next poll reads first, besides the task's own heap
@@ -151,6 +156,7 @@ impl Reactor {
                 };
                 (f, slot.waker.take().expect("task waker"))
             };
+            let _beat = crate::stall::beat(|| future.greenlet());
             let done = super::loop_poll(|| {
                 future
                     .as_mut()
