@@ -239,6 +239,7 @@ impl<T> Future for JoinHandle<T> {
             // executor must run the loop, or the greenlet never would.
             if !reactor::hosted::can_host() {
                 panic!(
+                    "{}",
                     "greenhack: a JoinHandle polled by an executor that cannot host greenhack's \
                      loop would never complete: wait for it with join() (or exempt) from sync \
                      code, inside greenhack::run, or under tokio (the `tokio` feature)"
