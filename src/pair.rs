@@ -35,6 +35,7 @@ use std::ptr;
 use std::task::{Context, Poll};
 
 use crate::greenlet::{Builder, Greenlet, GreenletResult, Suspender};
+use crate::logical::{Logical, Scope};
 use crate::reactor::{self, Reactor};
 use crate::wait::Wait;
 
@@ -66,11 +67,24 @@ struct Pair {
     resume: Cell<Resume>,
     /// The greenlet's stack, to recognise code running on it.
     stack: Range<usize>,
+    /// Its greenlet-locals and timeout scopes.
+    logical: Logical,
 }
 
 thread_local! {
     /// The pair whose greenlet runs now, or null.
     static CURRENT: Cell<*const Pair> = const { Cell::new(ptr::null()) };
+    /// The logical thread of code outside any greenlet.
+    static THREAD_LOGICAL: Logical = Logical::default();
+}
+
+/// Runs `f` with the current logical thread: the running pair's greenlet,
+/// or the thread's own stack outside any greenlet.
+pub(crate) fn with_logical<R>(f: impl FnOnce(&Logical) -> R) -> R {
+    match current_pair() {
+        Some(pair) => f(&pair.logical),
+        None => THREAD_LOGICAL.with(f),
+    }
 }
 
 /// True when code runs on the greenlet of a pair: `exempt` would poll in
@@ -95,6 +109,9 @@ impl Pair {
     /// `what` is recorded for `debug::dump` while suspended.
     fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
         let mut fut = pin!(fut);
+        // The timer of the innermost-expiring timeout scope, armed when the
+        // future is first pending.
+        let mut scope_timer: Option<(Scope, crate::time::Sleep)> = None;
         loop {
             // SAFETY: the context was passed by the poll that resumed us,
             // which is still running (we are inside it).
@@ -116,6 +133,15 @@ impl Pair {
                 // other greenlet of the thread see `panicking()`, and a
                 // cancellation could not end a greenlet that is mid-unwind.
                 return reactor::block_on_alone(fut);
+            }
+            if !self.logical.has_no_scope() && driver != Driver::Foreign {
+                let (scope, timer) = scope_timer.get_or_insert_with(|| {
+                    let scope = self.logical.earliest_scope().expect("a scope is open");
+                    (scope, crate::time::Sleep::new(scope.deadline))
+                });
+                if pin!(timer).poll(cx).is_ready() {
+                    crate::logical::raise_elapsed(*scope);
+                }
             }
             // SAFETY: `suspender` belongs to our own greenlet, on whose stack
             // we run (checked by `current_pair`).
@@ -211,6 +237,7 @@ impl Builder {
                 suspender: s,
                 resume: Cell::new(first),
                 stack: s.stack_range(),
+                logical: Logical::default(),
             };
             CURRENT.with(|c| c.set(&pair));
             f()
@@ -385,7 +412,16 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
             Ok(pair.wait(fut, what))
         }
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
-        Place::Thread => Ok(reactor::block_on(fut)),
+        Place::Thread => match THREAD_LOGICAL.with(Logical::earliest_scope) {
+            None => Ok(reactor::block_on(fut)),
+            Some(scope) => {
+                let fut = pin!(fut);
+                match reactor::block_on(crate::time::Deadline::new(fut, scope.deadline)) {
+                    Some(v) => Ok(v),
+                    None => crate::logical::raise_elapsed(scope),
+                }
+            }
+        },
         Place::ForeignThread => Err((fut, Refusal::ForeignThread)),
     }
 }

@@ -150,3 +150,100 @@ pub(crate) fn check_timeout(dur: Option<Duration>) -> std::io::Result<Option<Dur
     }
     Ok(dur)
 }
+
+// ----- timeouts that cancel sync code ---------------------------------------------
+
+/// The error of [`timeout`]: the deadline passed while the code inside
+/// waited, and it was unwound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for std::io::Error {
+    fn from(_: Elapsed) -> std::io::Error {
+        std::io::ErrorKind::TimedOut.into()
+    }
+}
+
+/// Runs the sync code `f`, giving up on it once `duration` has passed:
+/// `Ok` with its result if it returns in time, else `Err(Elapsed)`.
+///
+/// Like gevent's `Timeout` or a trio cancel scope: when the deadline passes
+/// while the code inside waits (on a socket, a timer, a lock, any
+/// [`exempt`](crate::exempt)), that wait does not return — the code is
+/// unwound from its wait point up to this call, so every destructor on the
+/// way runs and the futures and socket waits it was in are dropped. The
+/// sockets themselves stay usable (a read abandoned this way consumed no
+/// data).
+///
+/// ```
+/// use std::io::Read;
+/// use std::time::Duration;
+///
+/// let (mut a, _b) = greenhack::net::UnixStream::pair()?;
+/// // A read three frames deep that would wait forever: abandoned after 20 ms.
+/// fn parse(s: &mut greenhack::net::UnixStream) -> std::io::Result<usize> {
+///     read_header(s)
+/// }
+/// fn read_header(s: &mut greenhack::net::UnixStream) -> std::io::Result<usize> {
+///     s.read(&mut [0; 16])
+/// }
+/// let r = greenhack::timeout(Duration::from_millis(20), || parse(&mut a));
+/// assert!(r.is_err());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Nesting
+///
+/// Scopes nest: the earliest deadline wins, and only the scope it belongs
+/// to returns `Err`: an inner scope with a later deadline does not catch an
+/// outer one's expiry, which passes through it (unwinding it too) to the
+/// outer call.
+///
+/// # Caveats
+///
+/// * Code that does not wait cannot be interrupted: a loop that computes,
+///   or a call that blocks the thread in the kernel (`std::thread::sleep`,
+///   `std::fs`), runs to its next greenhack wait first — as with gevent.
+/// * The deadline is enforced by greenhack's timers, so it applies where
+///   greenhack's loop runs (spawned greenlets, `run`, a plain thread, an
+///   `as_async` under tokio); inside an `as_async` polled by an executor
+///   that cannot host the loop, the code inside runs to completion.
+/// * Code inside that catches unwinds (`catch_unwind`) and keeps waiting
+///   is unwound again at its next wait.
+/// * A panic inside `f` passes through unchanged.
+pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    match Instant::now().checked_add(duration) {
+        Some(deadline) => timeout_at(deadline, f),
+        None => Ok(f()), // never
+    }
+}
+
+/// [`timeout`] with a deadline instead of a duration.
+pub fn timeout_at<T>(deadline: Instant, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    let id = crate::pair::with_logical(|l| l.push_scope(deadline));
+    // Closes the scope on every way out, unwinds included.
+    struct Close(u64);
+    impl Drop for Close {
+        fn drop(&mut self) {
+            crate::pair::with_logical(|l| l.pop_scope(self.0));
+        }
+    }
+    let close = Close(id);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    drop(close);
+    match result {
+        Ok(v) => Ok(v),
+        Err(payload) => match payload.downcast_ref::<crate::logical::ScopeElapsed>() {
+            Some(crate::logical::ScopeElapsed(scope)) if *scope == id => Err(Elapsed(())),
+            _ => std::panic::resume_unwind(payload),
+        },
+    }
+}

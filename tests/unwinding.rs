@@ -167,7 +167,9 @@ fn open_fds() -> usize {
 fn greenlets_waiting_on_sockets_and_timers_are_unwound_at_thread_exit() {
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
     // Warm up this process's one-time descriptors (the overflow handler...).
-    std::thread::spawn(|| greenhack::exempt(async {})).join().unwrap();
+    std::thread::spawn(|| greenhack::exempt(async {}))
+        .join()
+        .unwrap();
     let before = open_fds();
     let threads: Vec<_> = (0..10)
         .map(|_| {

@@ -1,0 +1,105 @@
+//! What belongs to one *logical thread* — a greenlet of a pair, or a plain
+//! thread's own stack outside any greenlet: its greenlet-local values
+//! ([`crate::local`]) and its active timeout scopes ([`crate::timeout`]).
+//!
+//! A pair keeps its `Logical` on its greenlet's stack, next to the rest of
+//! its state; a plain thread keeps one in a thread-local. `pair::with_logical`
+//! finds the current one.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+/// One logical thread's state.
+#[derive(Default)]
+pub(crate) struct Logical {
+    /// Active timeout scopes, innermost last.
+    scopes: RefCell<Vec<Scope>>,
+    /// Greenlet-local values, by key address. Few per greenlet: a vector
+    /// beats a map.
+    locals: RefCell<Vec<(usize, Box<dyn Any>)>>,
+}
+
+/// An active `timeout` scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scope {
+    pub(crate) deadline: Instant,
+    /// Unique per scope: the unwind it raises names it, so only it catches.
+    pub(crate) id: u64,
+}
+
+thread_local! {
+    static NEXT_SCOPE: Cell<u64> = const { Cell::new(1) };
+}
+
+impl Logical {
+    /// Opens a scope ending at `deadline`; returns its id.
+    pub(crate) fn push_scope(&self, deadline: Instant) -> u64 {
+        let id = NEXT_SCOPE.with(|n| n.replace(n.get() + 1));
+        self.scopes.borrow_mut().push(Scope { deadline, id });
+        id
+    }
+
+    /// Closes the scope `id` (the innermost).
+    pub(crate) fn pop_scope(&self, id: u64) {
+        let mut scopes = self.scopes.borrow_mut();
+        if let Some(i) = scopes.iter().rposition(|s| s.id == id) {
+            scopes.remove(i);
+        }
+    }
+
+    /// The scope whose deadline comes first: it is the one that fires.
+    pub(crate) fn earliest_scope(&self) -> Option<Scope> {
+        let scopes = self.scopes.borrow();
+        scopes.iter().min_by_key(|s| (s.deadline, s.id)).copied()
+    }
+
+    /// True when no timeout scope is active (the common case: one borrow).
+    #[inline]
+    pub(crate) fn has_no_scope(&self) -> bool {
+        self.scopes.borrow().is_empty()
+    }
+
+    /// The local stored under `key`, created by `init` on first use.
+    pub(crate) fn local<T: 'static, R>(
+        &self,
+        key: usize,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
+        let found = self
+            .locals
+            .borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| &**v as *const dyn Any);
+        let value = match found {
+            Some(v) => v,
+            None => {
+                // `init` runs with no borrow held: it may use other locals.
+                let boxed: Box<dyn Any> = Box::new(init());
+                let at = &*boxed as *const dyn Any;
+                self.locals.borrow_mut().push((key, boxed));
+                at
+            }
+        };
+        // SAFETY: the box lives until this Logical drops (entries are never
+        // removed before), and boxes do not move when the vector grows; the
+        // reference does not outlive `f`, which runs on this logical thread.
+        let value = unsafe { &*value };
+        f(value
+            .downcast_ref::<T>()
+            .expect("greenhack: a greenlet-local key maps to its own type"))
+    }
+}
+
+/// The unwind a timeout scope raises at the wait point of the code inside
+/// it; only the scope it names catches it (`crate::time::timeout`).
+pub(crate) struct ScopeElapsed(pub(crate) u64);
+
+/// Unwinds from the current wait to the scope that expired. Like a
+/// cancellation, this runs every destructor between the wait and the scope
+/// (`resume_unwind`: the panic hook is not called, nothing is printed).
+pub(crate) fn raise_elapsed(scope: Scope) -> ! {
+    std::panic::resume_unwind(Box::new(ScopeElapsed(scope.id)))
+}
