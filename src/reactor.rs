@@ -376,7 +376,12 @@ impl Reactor {
     }
 
     /// Ready when the source is, else registers `cx`'s waker.
-    fn poll_ready(&self, token: Token, dir: Direction, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_ready(
+        &self,
+        token: Token,
+        dir: Direction,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         let mut io = self.io.borrow_mut();
         let Some(slot) = io.get_mut(token.0 - 1) else {
             return Poll::Ready(());
