@@ -236,19 +236,27 @@ fn database_restart_fails_requests_in_flight_and_later_ones_reconnect() {
                 "unexpected error: {err}"
             );
         }
-        // Later requests succeed on new connections, with no intervention.
-        let later: Vec<_> = (0..20)
+        // Later requests succeed on new connections, with no intervention;
+        // the 100 of them share the pool's 2 reconnected connections (one
+        // greenlet reconnects a slot while the others wait for it).
+        let later: Vec<_> = (0..100)
             .map(|i: i32| {
                 let pool = pool.clone();
                 greenhack::spawn(move || {
                     let db = pool.get().unwrap();
-                    db.query_one("SELECT $1::int", &[&i])
-                        .unwrap()
-                        .get::<_, i32>(0)
+                    let row = db
+                        .query_one("SELECT $1::int, pg_backend_pid()", &[&i])
+                        .unwrap();
+                    (row.get::<_, i32>(0), row.get::<_, i32>(1))
                 })
             })
             .collect();
-        let got: Vec<i32> = later.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(got, (0..20).collect::<Vec<_>>());
+        let got: Vec<(i32, i32)> = later.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (0..100).collect::<Vec<_>>()
+        );
+        let backends: std::collections::HashSet<i32> = got.iter().map(|g| g.1).collect();
+        assert_eq!(backends.len(), 2, "one new connection per pool slot");
     });
 }

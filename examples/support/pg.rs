@@ -33,8 +33,11 @@
 //! connection serves many concurrent greenlets without a lock. [`Pool`]
 //! keeps a few connections and hands out shared [`Rc<Client>`]s round-robin.
 //! A connection found closed on checkout (the server restarted, the network
-//! dropped it) is replaced then, so requests in flight on a dead connection
-//! fail with the driver's "connection closed" error and later ones succeed
+//! dropped it) is replaced then, by one greenlet while the others that want
+//! it wait (so thousands of greenlets do not open thousands of
+//! connections): requests in flight on a dead connection fail with the
+//! driver's error (the server's "terminating connection due to
+//! administrator command", or "connection closed") and later ones succeed
 //! on a new connection. Statements that must not interleave with other
 //! greenlets' — a transaction — need a [`Client`] of their own
 //! ([`Client::connect`] or [`Pool::connect_exclusive`]), since a
@@ -51,7 +54,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use greenhack::net::{TcpStream, UnixStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -221,8 +224,19 @@ impl Transaction<'_> {
 /// handed out round-robin; see the module docs.
 pub struct Pool {
     config: Config,
-    slots: Vec<RefCell<Option<Rc<Client>>>>,
+    slots: Vec<RefCell<Slot>>,
     next: Cell<usize>,
+}
+
+/// One connection of a [`Pool`].
+enum Slot {
+    /// Never connected, or the last attempt failed.
+    Empty,
+    /// A greenlet is connecting it; these greenlets wait for the outcome
+    /// (so a restart of the database costs one connect per slot, not one
+    /// per waiting request).
+    Connecting(Vec<Waker>),
+    Ready(Rc<Client>),
 }
 
 impl Pool {
@@ -238,29 +252,61 @@ impl Pool {
         assert!(size > 0, "a pool needs at least one connection");
         Ok(Pool {
             config: params.parse()?,
-            slots: (0..size).map(|_| RefCell::new(None)).collect(),
+            slots: (0..size).map(|_| RefCell::new(Slot::Empty)).collect(),
             next: Cell::new(0),
         })
     }
 
     /// A shared connection, the next one round-robin. If it is missing or
-    /// closed, it is (re)connected first; a failure to connect is returned
-    /// and the next checkout tries again.
+    /// closed, this greenlet (re)connects it, and greenlets that check the
+    /// same slot out meanwhile wait for that connection instead of opening
+    /// their own. A failure to connect is returned to the greenlet that
+    /// tried; the next checkout of the slot tries again.
     pub fn get(&self) -> Result<Rc<Client>, Error> {
         let i = self.next.get();
         self.next.set((i + 1) % self.slots.len());
         let slot = &self.slots[i];
-        if let Some(c) = &*slot.borrow() {
-            if !c.is_closed() {
-                return Ok(c.clone());
+        loop {
+            match &mut *slot.borrow_mut() {
+                Slot::Ready(c) if !c.is_closed() => return Ok(c.clone()),
+                Slot::Connecting(_) => {}
+                other => {
+                    *other = Slot::Connecting(Vec::new());
+                    break;
+                }
+            }
+            // Someone else is connecting this slot: wait for the outcome.
+            greenhack::exempt(std::future::poll_fn(|cx| match &mut *slot.borrow_mut() {
+                Slot::Connecting(waiters) => {
+                    if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                        waiters.push(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }));
+        }
+        // This greenlet connects. The guard settles the slot and wakes the
+        // waiters however this ends — also if the greenlet is cancelled
+        // (unwound) while it waits for the server.
+        struct Settle<'a> {
+            slot: &'a RefCell<Slot>,
+            outcome: Slot,
+        }
+        impl Drop for Settle<'_> {
+            fn drop(&mut self) {
+                let outcome = std::mem::replace(&mut self.outcome, Slot::Empty);
+                if let Slot::Connecting(waiters) = self.slot.replace(outcome) {
+                    waiters.into_iter().for_each(Waker::wake);
+                }
             }
         }
-        // Connect without holding the borrow: other greenlets run while we
-        // wait, and may check this slot out (and connect it) meanwhile; the
-        // last connection to finish keeps the slot, and the others are
-        // dropped once their callers are done with them.
+        let mut settle = Settle {
+            slot,
+            outcome: Slot::Empty,
+        };
         let fresh = Rc::new(Client::connect_config(&self.config)?);
-        *slot.borrow_mut() = Some(fresh.clone());
+        settle.outcome = Slot::Ready(fresh.clone());
         Ok(fresh)
     }
 
