@@ -77,20 +77,29 @@ macro_rules! impl_async_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &mut tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                let len = buf.remaining();
-                // SAFETY: `read` only writes initialised bytes into the
-                // slice and never reads it, so handing it the unfilled,
-                // possibly uninitialised part is sound; exactly the `n`
-                // bytes it reports are marked initialised below.
-                let unfilled = unsafe {
-                    &mut *(buf.unfilled_mut() as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
-                };
-                match self
-                    .reg
-                    .poll_read_stream(cx, len, |mut s| std::io::Read::read(&mut s, unfilled))
-                {
+                // Read straight into the unfilled, possibly uninitialised
+                // part of `buf` through a raw pointer (no `&mut [u8]` over
+                // uninitialised bytes is ever made).
+                // SAFETY: `unfilled_mut` asks that no initialised byte be
+                // de-initialised through the slice; it is only written by
+                // `read(2)` below, which stores initialised bytes.
+                let unfilled = unsafe { buf.unfilled_mut() };
+                let (ptr, len) = (unfilled.as_mut_ptr(), unfilled.len());
+                match self.reg.poll_read_stream(cx, len, |s| {
+                    // SAFETY: `ptr` is valid for writes of `len` bytes (the
+                    // unfilled part of `buf`, which outlives this call and
+                    // is not otherwise accessed meanwhile); `read(2)`
+                    // writes at most `len` bytes there and reads none.
+                    let n =
+                        unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(s), ptr.cast(), len) };
+                    if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                }) {
                     std::task::Poll::Ready(Ok(n)) => {
-                        // SAFETY: the kernel initialised the first `n`
+                        // SAFETY: `read(2)` initialised the first `n`
                         // bytes of the unfilled part.
                         unsafe { buf.assume_init(n) };
                         buf.advance(n);
