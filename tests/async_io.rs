@@ -188,3 +188,45 @@ fn closed_peer_is_eof_and_write_error() {
         );
     });
 }
+
+/// A read that finds no data registers its waker and stays pending until
+/// the data arrives: it is polled once to start and once per wake-up, not
+/// in a loop.
+#[test]
+fn pending_read_waits_for_readiness_without_spinning() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use tokio::io::AsyncReadExt;
+
+    /// Counts the polls of the future it wraps.
+    struct Counted<F>(F, Rc<Cell<u32>>);
+    impl<F: Future + Unpin> Future for Counted<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.1.set(self.1.get() + 1);
+            std::pin::Pin::new(&mut self.0).poll(cx)
+        }
+    }
+
+    greenhack::run(|| {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let writer = greenhack::spawn(move || {
+            greenhack::sleep(std::time::Duration::from_millis(50));
+            std::io::Write::write_all(&mut &b, b"late").unwrap();
+            b
+        });
+        let polls = Rc::new(Cell::new(0));
+        let mut buf = [0; 4];
+        let n = greenhack::exempt(Counted(Box::pin(a.read(&mut buf)), polls.clone())).unwrap();
+        assert_eq!(&buf[..n], b"late");
+        assert!(
+            polls.get() <= 3,
+            "polled {} times while waiting",
+            polls.get()
+        );
+        drop(writer.join().unwrap());
+    });
+}
