@@ -79,6 +79,27 @@ fn queries_and_prepared_statements_over_tcp_and_unix_socket() {
 }
 
 #[test]
+fn cluster_is_stopped_and_removed_when_a_test_panics() {
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let cluster = PgCluster::start();
+        seen = Some((
+            cluster.socket_dir().to_owned(),
+            cluster.server_pid().expect("running"),
+        ));
+        panic!("a failing test");
+    }));
+    assert!(result.is_err());
+    let (dir, pid) = seen.unwrap();
+    assert!(!dir.exists(), "{dir:?} left behind");
+    // The server was stopped and reaped by the cluster's destructor.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "postgres (pid {pid}) still running"
+    );
+}
+
+#[test]
 fn connect_failure_is_the_drivers_error_naming_the_cause() {
     // A port nobody listens on (bound, then closed).
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -96,6 +96,11 @@ impl PgCluster {
         self.port
     }
 
+    /// The process id of the running server (the postmaster), if running.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
     /// The server's TCP address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
