@@ -121,6 +121,20 @@
 //! The same holds for `from_std` and std clones of the socket, which become
 //! non-blocking. Drop the other handles first.
 //!
+//! # Async I/O traits
+//!
+//! With the `tokio` feature, [`TcpStream`] and [`UnixStream`] (and `&` of
+//! each) implement tokio's `AsyncRead`/`AsyncWrite`; with `futures-io`,
+//! futures-io's. Async crates generic over those traits (hyper 1 through
+//! `hyper_util::rt::TokioIo`, tokio-postgres's `Config::connect_raw`) then
+//! run over these sockets on greenhack's own loop, no tokio runtime needed:
+//! wait for their futures with [`exempt`](crate::exempt), run their
+//! background futures as greenlets (`spawn(move || exempt(conn))`). A poll
+//! that finds the socket not ready registers the task's waker with the
+//! thread's greenhack loop, so poll on the socket's own thread, under
+//! `exempt` or a spawned greenlet. Socket timeouts bound the blocking-style
+//! calls only; bound async operations with your own timer.
+//!
 //! # Implementation
 //!
 //! Every socket type is a thin wrapper over a `mio` socket held in a
@@ -145,6 +159,8 @@ use crate::time::Deadline;
 use crate::wait::Wait;
 
 mod addr;
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
+mod async_io;
 mod tcp;
 mod udp;
 mod unix;
@@ -390,6 +406,74 @@ impl<S: Source + AsRawFd> Registered<S> {
     }
 }
 
+/// The poll-based face of `Registered`, for the async I/O traits
+/// (`async_io`): the same operations as `io` and `read_stream`, but a wait
+/// registers the caller's waker with the reactor and returns `Pending`
+/// instead of suspending a greenlet.
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
+impl<S: Source + AsRawFd> Registered<S> {
+    /// Tries `op` until it stops returning `WouldBlock`; on `WouldBlock`,
+    /// drops the latched readiness of `dir` that it disproved and registers
+    /// `cx`'s waker for the next readiness edge. The loop repeats only when
+    /// readiness arrived in between (the waker is then not needed).
+    ///
+    /// The socket's timeouts (`SO_RCVTIMEO`, `SO_SNDTIMEO`) do not apply:
+    /// an async caller bounds its waits with its own timer, as it would for
+    /// any other runtime's socket.
+    pub(crate) fn poll_io<R>(
+        &self,
+        dir: Direction,
+        cx: &mut std::task::Context<'_>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> std::task::Poll<io::Result<R>> {
+        let source = self.get();
+        loop {
+            match op(source) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return std::task::Poll::Ready(other),
+            }
+            // `mark_drained` clears exactly what a `WouldBlock` disproves.
+            self.reactor.mark_drained(self.token, dir);
+            if self.reactor.poll_ready(self.token, dir, cx).is_pending() {
+                return pending_for(cx);
+            }
+        }
+    }
+
+    /// `poll_io` for a stream read, with the short-read rule of
+    /// `read_stream`, sharing its `drained` flag so that blocking-style and
+    /// poll-based reads of one socket can be mixed. After a short read the
+    /// next poll registers for readiness without a system call; that waits
+    /// only for an edge that must come, since the short read emptied the
+    /// receive buffer and any data arriving later raises a new event.
+    pub(crate) fn poll_read_stream(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        len: usize,
+        op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> std::task::Poll<io::Result<usize>> {
+        if self.drained.get()
+            && !self.reactor.is_ready(self.token, Direction::Read)
+            && self
+                .reactor
+                .poll_ready(self.token, Direction::Read, cx)
+                .is_pending()
+        {
+            return pending_for(cx);
+        }
+        let r = self.poll_io(Direction::Read, cx, op);
+        if let std::task::Poll::Ready(r) = &r {
+            let short = matches!(r, Ok(n) if *n > 0 && *n < len);
+            self.drained.set(short);
+            if short {
+                self.reactor.mark_drained(self.token, Direction::Read);
+            }
+        }
+        r
+    }
+}
+
 impl<S: Source + AsRawFd> Drop for Registered<S> {
     fn drop(&mut self) {
         if let Some(mut source) = self.source.take() {
@@ -487,6 +571,17 @@ fn get_timeout_opt(fd: RawFd, opt: libc::c_int) -> io::Result<Option<Duration>> 
         tv.tv_sec as u64,
         (tv.tv_usec as u32) * 1000,
     )))
+}
+
+/// `Pending` from a poll-based socket operation. A task of another executor
+/// that polls the socket directly (not through a greenlet, not from
+/// greenhack's loop) must keep greenhack's loop going itself: it hosts it,
+/// as an `as_async` would (see `reactor::hosted`).
+fn pending_for<T>(cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+    if !crate::reactor::is_loop_poll() && !crate::pair::in_greenlet() {
+        crate::reactor::hosted::drive(cx, false);
+    }
+    std::task::Poll::Pending
 }
 
 /// One attempt of a socket operation: `None` if it would block (wait for

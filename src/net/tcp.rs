@@ -353,6 +353,8 @@ impl TcpStream {
 
 impl_fd_traits!(TcpStream);
 impl_read_write!(TcpStream);
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
+super::async_io::impl_async_io!(TcpStream);
 
 impl fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -273,6 +273,8 @@ impl UnixStream {
 
 impl_fd_traits!(UnixStream);
 impl_read_write!(UnixStream);
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
+super::async_io::impl_async_io!(UnixStream);
 
 impl fmt::Debug for UnixStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
