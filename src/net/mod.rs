@@ -136,10 +136,12 @@ use mio::event::Source;
 
 use crate::reactor::{Direction, Reactor};
 
+mod socket;
 mod tcp;
 mod udp;
 mod unix;
 
+pub use socket::TcpSocket;
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixIncoming, UnixListener, UnixStream};
