@@ -64,6 +64,8 @@
 //!   resume/suspend with values in and out, panics propagated, unwinding on
 //!   drop; everything else is built on it;
 //! * [`net`] — TCP, UDP and Unix sockets;
+//! * [`runtime`] — a [`Runtime`] of several loops, one per thread, with
+//!   handles to hand work (and connections) from one loop to another;
 //! * [`debug`] — dumps of every greenlet, suspended backtraces, a switch hook;
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
@@ -155,6 +157,7 @@ pub mod net;
 mod overflow;
 mod pair;
 mod reactor;
+pub mod runtime;
 pub mod stack;
 mod task;
 mod time;
@@ -162,5 +165,6 @@ mod valgrind;
 
 pub use greenlet::Builder;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+pub use runtime::Runtime;
 pub use task::{JoinError, JoinHandle, spawn};
 pub use time::{sleep, sleep_until, yield_now};

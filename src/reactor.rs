@@ -450,6 +450,27 @@ impl Reactor {
         waker
     }
 
+    // ----- issue 14 (runtime.rs): the one hook the runtime needs -----------
+
+    /// Cancels every task: takes each out of the slab and drops it outside
+    /// the borrow, so dropping a task's future unwinds its greenlet (its
+    /// destructors may spawn, wake or deregister). Tasks those destructors
+    /// spawn are left for the caller's next call. Must not be called from
+    /// inside a task's poll (the polled task is out of its slot and would
+    /// be missed): the runtime calls it from the loop thread's own stack.
+    pub(crate) fn cancel_all(&self) {
+        let taken: Vec<TaskSlot> = {
+            let mut tasks = self.tasks.borrow_mut();
+            (0..tasks.entries.len())
+                .filter_map(|i| tasks.remove(i))
+                .collect()
+        };
+        self.ready.borrow_mut().clear();
+        drop(taken);
+    }
+
+    // ----- end of issue 14 ---------------------------------------------------
+
     /// Number of tasks not finished.
     pub(crate) fn live_tasks(&self) -> usize {
         self.tasks.borrow().len()
