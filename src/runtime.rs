@@ -404,7 +404,7 @@ impl Runtime {
             let cause = match thread.join() {
                 Ok(Ok(())) => continue,
                 Ok(Err(cause)) => cause,
-                Err(payload) => Cause::Panicked(payload),
+                Err(payload) => Cause::Panicked(Payload(payload)),
             };
             failures.push(LoopError {
                 index,
@@ -450,7 +450,25 @@ struct Ended {
 /// Why a loop stopped other than by the stop signal.
 enum Cause {
     Setup(io::Error),
-    Panicked(Box<dyn Any + Send>),
+    Panicked(Payload),
+}
+
+/// A panic's payload, made `Sync` so the errors that carry it are (and
+/// convert into `Box<dyn Error + Send + Sync>` and `io::Error`), as tokio's
+/// `JoinError` does it: the payload is only ever moved out by value, or
+/// read through a downcast to a type that is itself `Sync`.
+struct Payload(Box<dyn Any + Send>);
+
+// SAFETY: a `&Payload` gives access to the box only in `message`, which
+// reads it as `&str` or `String` (both `Sync`) after checking its type
+// (`type_id` reads no data); every other use takes the payload by value.
+unsafe impl Sync for Payload {}
+
+impl Payload {
+    /// The payload's message, when it is a string.
+    fn message(&self) -> &str {
+        panic_message(&*self.0)
+    }
 }
 
 /// What a loop shares with its handles.
@@ -606,7 +624,7 @@ fn control(shared: &LoopShared, setup: JoinHandle<io::Result<()>>) -> Result<(),
             Event::SetupEnded(Ok(Ok(()))) => {}
             Event::SetupEnded(Ok(Err(e))) => return Err(Cause::Setup(e)),
             Event::SetupEnded(Err(e)) if e.is_panic() => {
-                return Err(Cause::Panicked(e.into_panic()));
+                return Err(Cause::Panicked(Payload(e.into_panic())));
             }
             Event::SetupEnded(Err(_)) => {} // cancelled: nobody holds its handle
         }
@@ -845,7 +863,7 @@ impl<T> Future for Relay<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => {
                 let r = r.map_err(|e| match e.is_panic() {
-                    true => RemoteJoinError(Repr::Panicked(e.into_panic())),
+                    true => RemoteJoinError(Repr::Panicked(Payload(e.into_panic()))),
                     false => RemoteJoinError(Repr::Cancelled),
                 });
                 if let Some(c) = this.completer.take() {
@@ -976,7 +994,7 @@ fn park_on<F: Future>(fut: F) -> F::Output {
 pub struct RemoteJoinError(Repr);
 
 enum Repr {
-    Panicked(Box<dyn Any + Send>),
+    Panicked(Payload),
     Cancelled,
     /// The loop stopped before the greenlet ran or finished.
     Stopped,
@@ -1008,7 +1026,7 @@ impl RemoteJoinError {
     /// If the greenlet did not panic.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.0 {
-            Repr::Panicked(p) => p,
+            Repr::Panicked(p) => p.0,
             other => panic!(
                 "greenhack: into_panic on a greenlet that did not panic: {}",
                 RemoteJoinError(other)
@@ -1020,7 +1038,7 @@ impl RemoteJoinError {
 impl fmt::Display for RemoteJoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Repr::Panicked(p) => write!(f, "greenlet panicked: {}", panic_message(&**p)),
+            Repr::Panicked(p) => write!(f, "greenlet panicked: {}", p.message()),
             Repr::Cancelled => f.write_str("greenlet was cancelled"),
             Repr::Stopped => f.write_str(
                 "the loop stopped before the greenlet finished (the runtime was shut down, \
@@ -1092,7 +1110,7 @@ impl LoopError {
     /// If the loop stopped because its setup returned an error.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.cause {
-            Cause::Panicked(p) => p,
+            Cause::Panicked(p) => p.0,
             Cause::Setup(e) => panic!(
                 "greenhack: into_panic on loop {} ({}), which did not panic: its setup failed: {e}",
                 self.index, self.thread_name
@@ -1106,7 +1124,7 @@ impl fmt::Display for LoopError {
         write!(f, "loop {} ({}) ", self.index, self.thread_name)?;
         match &self.cause {
             Cause::Setup(e) => write!(f, "stopped: its setup failed: {e}"),
-            Cause::Panicked(p) => write!(f, "panicked: {}", panic_message(&**p)),
+            Cause::Panicked(p) => write!(f, "panicked: {}", p.message()),
         }
     }
 }
@@ -1191,9 +1209,12 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-// `Handle` and `RemoteJoinHandle` cross threads: keep them `Send + Sync`.
+// Handles cross threads, and errors go into `Box<dyn Error + Send + Sync>`:
+// keep them `Send + Sync`.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<Handle>();
     send_sync::<RemoteJoinHandle<Vec<u8>>>();
+    send_sync::<RemoteJoinError>();
+    send_sync::<ShutdownError>();
 };
