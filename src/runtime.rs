@@ -70,7 +70,7 @@
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 //! let addr = listener.local_addr()?;
 //! // An acceptor on loop 0 deals connections out to loops 1 and 2.
-//! rt.handle(0).spawn(move || -> std::io::Result<()> {
+//! let _acceptor = rt.handle(0).spawn(move || -> std::io::Result<()> {
 //!     let listener = TcpListener::from_std(listener)?;
 //!     for (i, conn) in listener.incoming().enumerate() {
 //!         let conn = conn?.into_std()?; // deregistered from loop 0

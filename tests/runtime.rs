@@ -6,13 +6,31 @@ mod util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use greenhack::Runtime;
 use greenhack::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
 use greenhack::runtime::{Builder, Handle};
+
+/// Aborts the test process if the test holding it runs longer than 60 s
+/// (it takes well under 1 s): a regression that hangs a shutdown or a join
+/// then fails loudly, naming the test, instead of stalling the suite.
+struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
+
+fn watchdog() -> Watchdog {
+    let limit = Duration::from_secs(60);
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("{test}: still running after {limit:?}: hung; aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(tx)
+}
 
 /// The payload client `i` sends: distinct per client, so a byte crossed
 /// between connections would be seen.
@@ -69,6 +87,7 @@ fn clients(addr: SocketAddr, n: usize, prefix: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn two_loops_serve_1000_clients_over_one_reuseport_port() {
+    let _watchdog = watchdog();
     let (reserve, addr) = reserve_port();
     let accepted: Arc<[AtomicUsize; 2]> = Arc::default();
     let counts = accepted.clone();
@@ -108,6 +127,7 @@ fn std_listener() -> (std::net::TcpListener, SocketAddr) {
 
 #[test]
 fn hand_off_of_1000_accepted_connections_from_an_acceptor_loop_to_workers() {
+    let _watchdog = watchdog();
     let rt = Runtime::builder()
         .worker_threads(3)
         .build(|| Ok(()))
@@ -159,6 +179,7 @@ fn count_dir(path: &str) -> usize {
 /// count under /proc/self/task is back too).
 #[test]
 fn shutdown_unwinds_500_greenlets_parked_in_reads_and_closes_their_fds() {
+    let _watchdog = watchdog();
     const NAME: &str = "shutdown_unwinds_500_greenlets_parked_in_reads_and_closes_their_fds";
     if !util::is_child(NAME) {
         util::assert_child_passed(&util::run_child(NAME));
@@ -202,6 +223,7 @@ fn shutdown_unwinds_500_greenlets_parked_in_reads_and_closes_their_fds() {
 /// dropped, never run.
 #[test]
 fn a_handle_used_after_its_loop_stopped_returns_an_error_at_once() {
+    let _watchdog = watchdog();
     let rt = Runtime::builder()
         .worker_threads(1)
         .build(|| Ok(()))
@@ -234,6 +256,7 @@ fn a_handle_used_after_its_loop_stopped_returns_an_error_at_once() {
 
 #[test]
 fn remote_spawn_returns_values_panics_with_payload_and_cancels() {
+    let _watchdog = watchdog();
     let rt = Runtime::builder()
         .worker_threads(2)
         .build(|| Ok(()))
@@ -316,6 +339,7 @@ fn remote_spawn_returns_values_panics_with_payload_and_cancels() {
 
 #[test]
 fn a_failed_setup_stops_its_loop_and_is_reported_with_its_payload() {
+    let _watchdog = watchdog();
     let rt = Builder::new()
         .worker_threads(3)
         .thread_name("srv")
@@ -325,8 +349,11 @@ fn a_failed_setup_stops_its_loop_and_is_reported_with_its_payload() {
             _ => Err(std::io::Error::new(ErrorKind::AddrInUse, "port taken")),
         })
         .unwrap();
+    let failed = rt.handle(1).clone();
     // `join` returns once a loop stopped on its own, and stops the others.
     let err = rt.join().unwrap_err();
+    // The failed loop took no more work: its handle says so at once.
+    assert!(failed.spawn(|| ()).join().unwrap_err().is_stopped());
     let msg = err.to_string();
     let loops = err.into_loops();
     // Loop 2 may or may not have failed yet when loop 1's failure woke
@@ -358,6 +385,7 @@ fn a_failed_setup_stops_its_loop_and_is_reported_with_its_payload() {
 
 #[test]
 fn pinned_loops_run_on_the_cpus_they_were_given() {
+    let _watchdog = watchdog();
     let rt = Builder::new()
         .worker_threads(2)
         .pin_threads(true)
