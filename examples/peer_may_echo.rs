@@ -10,6 +10,9 @@
 //! `go!`s a coroutine per connection, each `read` then `write_all` in a loop.
 //! Same 2 KiB buffer (on the heap, as in may's example: may's default
 //! coroutine stack is 32 KiB) and `TCP_NODELAY` as greenhack's example.
+//!
+//! `--threads N` gives may N workers: the peer of greenhack's server with
+//! `--threads N` in `scripts/bench-scaling`.
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -17,11 +20,15 @@ use std::time::Duration;
 use may::go;
 use may::net::{TcpListener, TcpStream};
 
+#[path = "support/args.rs"]
+mod args;
+
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
-    may::config().set_workers(1);
+    let args = args::server_args("127.0.0.1:7000");
+    let addr = args.addr;
+    // One worker, as scripts/bench-servers compares; --threads N for
+    // scripts/bench-scaling.
+    may::config().set_workers(args.threads.unwrap_or(1));
     let server = go!(move || -> io::Result<()> {
         let listener = TcpListener::bind(&addr)?;
         println!("may echo: listening on {}", listener.local_addr()?);

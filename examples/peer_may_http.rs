@@ -12,6 +12,9 @@
 //! buffered, parse it with `httparse`, write the responses, repeat.
 //! Pipelined requests are answered in order; `Connection: close` (or
 //! HTTP/1.0 without keep-alive) ends the connection after the response.
+//!
+//! `--threads N` gives may N workers: the peer of greenhack's server with
+//! `--threads N` in `scripts/bench-scaling`.
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -19,14 +22,18 @@ use std::time::Duration;
 use may::go;
 use may::net::{TcpListener, TcpStream};
 
+#[path = "support/args.rs"]
+mod args;
+
 #[path = "support/http_protocol.rs"]
 mod http_protocol;
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    may::config().set_workers(1);
+    let args = args::server_args("127.0.0.1:8080");
+    let addr = args.addr;
+    // One worker, as scripts/bench-servers compares; --threads N for
+    // scripts/bench-scaling.
+    may::config().set_workers(args.threads.unwrap_or(1));
     let server = go!(move || -> io::Result<()> {
         let listener = TcpListener::bind(&addr)?;
         println!("may http: listening on {}", listener.local_addr()?);

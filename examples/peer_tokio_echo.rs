@@ -6,20 +6,44 @@
 //! ```
 //!
 //! What an experienced tokio user writes for a minimal single-threaded echo
-//! server: `#[tokio::main(flavor = "current_thread")]`, a task per
-//! connection, `read` then `write_all` in a loop. Same 2 KiB buffer and
-//! `TCP_NODELAY` as greenhack's example.
+//! server: a current-thread runtime, a task per connection, `read` then
+//! `write_all` in a loop. Same 2 KiB buffer and `TCP_NODELAY` as greenhack's
+//! example.
+//!
+//! `--threads N` runs it on tokio's multi-thread runtime with N workers
+//! instead: the peer of `echo --threads N` in `scripts/bench-scaling`.
 
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
+#[path = "support/args.rs"]
+mod args;
+
+fn main() -> io::Result<()> {
+    let args = args::server_args("127.0.0.1:7000");
+    // Without --threads: current_thread, as scripts/bench-servers compares.
+    // With --threads N: multi_thread with N workers (scripts/bench-scaling);
+    // the accept loop is a task too, so only the N workers do the work.
+    let rt = match args.threads {
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(async move {
+        match tokio::spawn(accept_loop(args.addr)).await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e)),
+        }
+    })
+}
+
+async fn accept_loop(addr: String) -> io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
     println!("tokio echo: listening on {}", listener.local_addr()?);
     loop {

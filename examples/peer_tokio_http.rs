@@ -10,20 +10,44 @@
 //! the responses, repeat. Pipelined requests are answered in order;
 //! `Connection: close` (or HTTP/1.0 without keep-alive) ends the connection
 //! after the response. The bytes on the wire are greenhack's.
+//!
+//! `--threads N` runs it on tokio's multi-thread runtime with N workers
+//! instead: the peer of `http --threads N` in `scripts/bench-scaling`.
 
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "support/args.rs"]
+mod args;
+
 #[path = "support/http_protocol.rs"]
 mod http_protocol;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
+fn main() -> io::Result<()> {
+    let args = args::server_args("127.0.0.1:8080");
+    // Without --threads: current_thread, as scripts/bench-servers compares.
+    // With --threads N: multi_thread with N workers (scripts/bench-scaling);
+    // the accept loop is a task too, so only the N workers do the work.
+    let rt = match args.threads {
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(async move {
+        match tokio::spawn(accept_loop(args.addr)).await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e)),
+        }
+    })
+}
+
+async fn accept_loop(addr: String) -> io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
     println!("tokio http: listening on {}", listener.local_addr()?);
     loop {

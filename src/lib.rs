@@ -66,6 +66,8 @@
 //! * [`net`] — TCP, UDP and Unix sockets;
 //! * [`sync`] — `Mutex`, `Condvar`, `RwLock`, `Semaphore`, `mpsc` and
 //!   `oneshot` channels whose waits suspend the greenlet, not the thread;
+//! * [`runtime`] — a [`Runtime`] of several loops, one per thread, with
+//!   handles to hand work (and connections) from one loop to another;
 //! * [`debug`] — dumps of every greenlet, suspended backtraces, a switch hook;
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
@@ -165,6 +167,7 @@ pub mod net;
 mod overflow;
 mod pair;
 mod reactor;
+pub mod runtime;
 pub mod stack;
 mod stall;
 #[cfg(feature = "futures")]
@@ -183,6 +186,7 @@ pub use greenlet::Builder;
 pub use guard::{Exit, with_async};
 pub use local::GreenletLocal;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+pub use runtime::Runtime;
 #[cfg(feature = "futures")]
 pub use stream::{ExemptIter, exempt_iter};
 pub use task::{JoinError, JoinHandle, spawn};

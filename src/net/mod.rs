@@ -161,12 +161,14 @@ use crate::wait::Wait;
 mod addr;
 #[cfg(any(feature = "tokio", feature = "futures-io"))]
 mod async_io;
+mod socket;
 mod tcp;
 mod udp;
 mod unix;
 
 pub use addr::ToSocketAddrs;
 
+pub use socket::TcpSocket;
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixIncoming, UnixListener, UnixStream};

@@ -217,7 +217,7 @@ impl TcpStream {
     /// otherwise `peer_addr` succeeding means connected, and `NotConnected`
     /// means the wake-up was early and we wait again. Past `deadline`, the
     /// result is `WouldBlock`.
-    fn wait_connected(&self, deadline: Option<Instant>) -> io::Result<()> {
+    pub(super) fn wait_connected(&self, deadline: Option<Instant>) -> io::Result<()> {
         self.reg.io_until(Direction::Write, deadline, |s| {
             if let Some(e) = s.take_error()? {
                 return Err(e);
@@ -236,7 +236,7 @@ impl TcpStream {
     }
 
     /// Registers a non-blocking `mio` stream.
-    fn from_mio(stream: mio::net::TcpStream) -> io::Result<TcpStream> {
+    pub(super) fn from_mio(stream: mio::net::TcpStream) -> io::Result<TcpStream> {
         Ok(TcpStream {
             reg: Registered::new(stream)?,
         })
