@@ -46,7 +46,7 @@
 use std::io;
 
 mod pool;
-pub use pool::{AbortHandle, Pool, PoolBuilder, Task, spawn_sync};
+pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sync};
 
 /// Runs `f` as the sync side of greenhack's loop with a tokio
 /// `current_thread` runtime (I/O and time enabled) underneath it, on the

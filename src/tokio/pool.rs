@@ -127,6 +127,15 @@ struct PoolInner {
     stack_size: Option<usize>,
 }
 
+/// How many free stacks a worker keeps for reuse by default. A worker runs
+/// as many greenlets as there are calls in flight (a thousand at a thousand
+/// connections), far more than the per-thread default
+/// ([`POOL_CAPACITY`](crate::stack::POOL_CAPACITY)); beyond its pool, each
+/// call would map and unmap a stack, and `munmap`'s TLB flush cost 8% of the
+/// server's CPU in `scripts/bench-axum`. A pooled stack keeps at most
+/// [`POOL_KEEP_BYTES`](crate::stack::POOL_KEEP_BYTES) resident.
+pub const WORKER_STACK_POOL: usize = 4096;
+
 /// The spawning side's view of one worker thread.
 struct Worker {
     inbox: Inbox,
@@ -234,6 +243,7 @@ pub struct PoolBuilder {
     workers: Option<usize>,
     name: Option<String>,
     stack_size: Option<usize>,
+    stack_pool: Option<usize>,
 }
 
 impl PoolBuilder {
@@ -262,6 +272,13 @@ impl PoolBuilder {
         self
     }
 
+    /// How many free stacks each worker keeps for reuse; default
+    /// [`WORKER_STACK_POOL`] (see [`greenhack::stack::set_pool_capacity`](crate::stack::set_pool_capacity)).
+    pub fn stack_pool_capacity(mut self, stacks: usize) -> PoolBuilder {
+        self.stack_pool = Some(stacks);
+        self
+    }
+
     /// Starts the worker threads, each with a tokio `current_thread`
     /// runtime (every driver enabled) under its greenhack loop.
     ///
@@ -286,9 +303,13 @@ impl PoolBuilder {
                 load: AtomicUsize::new(0),
             });
             let w = worker.clone();
+            let stacks = self.stack_pool.unwrap_or(WORKER_STACK_POOL);
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || work(rt, &w));
+                .spawn(move || {
+                    crate::stack::set_pool_capacity(stacks);
+                    work(rt, &w);
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
