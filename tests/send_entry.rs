@@ -160,6 +160,46 @@ fn a_panic_comes_back_with_its_payload() {
     assert_eq!(payload.downcast_ref::<String>().unwrap(), "order 7 failed");
 }
 
+#[test]
+fn a_worker_keeps_serving_after_a_closure_panics() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let (err, after) = multi_thread().block_on(async move {
+        let err = pool.spawn(|| panic!("first")).await.unwrap_err();
+        (err, pool.spawn(|| 2).await.unwrap())
+    });
+    assert_eq!(*err.into_panic().downcast::<&str>().unwrap(), "first");
+    assert_eq!(after, 2);
+}
+
+/// The threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
+#[test]
+fn dropping_the_pool_lets_running_closures_finish_then_its_threads_exit() {
+    let pool = Pool::builder()
+        .worker_threads(2)
+        .thread_name("exit-wk")
+        .build()
+        .unwrap();
+    // Each thread names itself as it starts.
+    wait_for("the workers to start", || threads_named("exit-wk") == 2);
+    let task = pool.spawn(|| {
+        greenhack::sleep(Duration::from_millis(50));
+        "done"
+    });
+    drop(pool);
+    assert_eq!(multi_thread().block_on(task).unwrap(), "done");
+    wait_for("the workers to exit", || threads_named("exit-wk") == 0);
+}
+
 /// Counts drops, and checks where they ran.
 struct Guard {
     drops: Arc<AtomicUsize>,
