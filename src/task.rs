@@ -268,11 +268,11 @@ pub struct JoinError {
 }
 
 impl JoinError {
-    fn cancelled() -> JoinError {
+    pub(crate) fn cancelled() -> JoinError {
         JoinError { panic: None }
     }
 
-    fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
+    pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
         JoinError {
             panic: Some(payload),
         }

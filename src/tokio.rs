@@ -33,11 +33,20 @@
 //! `current_thread` runtime; enable I/O and time on it for tokio's own
 //! sockets and timers).
 //!
+//! On a multi-thread runtime (axum, tonic, hyper under `#[tokio::main]`),
+//! whose tasks move between threads and so cannot hold a greenlet,
+//! [`spawn_sync`] is the `Send` entry: it runs a sync closure as a greenlet
+//! on a [`Pool`] of workers, each one thread with this same setup, and
+//! returns a `Send` [`Task`] to await.
+//!
 //! Without this, `exempt` of a tokio future on greenhack's standalone loop
 //! fails with tokio's "there is no reactor running" panic; greenhack adds a
 //! note naming this module to that message.
 
 use std::io;
+
+mod pool;
+pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sync};
 
 /// Runs `f` as the sync side of greenhack's loop with a tokio
 /// `current_thread` runtime (I/O and time enabled) underneath it, on the

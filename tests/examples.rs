@@ -172,3 +172,28 @@ fn http_example_keeps_alive_and_pipelines() {
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\nconnection: close\r\n\r\nHello, world!"
     );
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn axum_sync_answers_orders_from_its_sync_handler() {
+    let (_server, addr) = start_server("axum_sync");
+    for (dish, id) in [("margherita", 1), ("quattro", 2)] {
+        let mut conn = TcpStream::connect(&addr).unwrap();
+        write!(
+            conn,
+            "POST /order/{dish} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+        // The kitchen's minutes: 10 + the length of "ID DISH\n" modulo 20.
+        let minutes = 10 + format!("{id} {dish}\n").len() % 20;
+        assert!(
+            resp.ends_with(&format!(
+                "\r\n\r\norder {id}: {dish}, ready in {minutes} min\n"
+            )),
+            "{resp}"
+        );
+    }
+}

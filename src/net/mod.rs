@@ -579,6 +579,7 @@ fn get_timeout_opt(fd: RawFd, opt: libc::c_int) -> io::Result<Option<Duration>> 
 /// that polls the socket directly (not through a greenlet, not from
 /// greenhack's loop) must keep greenhack's loop going itself: it hosts it,
 /// as an `as_async` would (see `reactor::hosted`).
+#[cfg(any(feature = "tokio", feature = "futures-io"))]
 fn pending_for<T>(cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
     if !crate::reactor::is_loop_poll() && !crate::pair::in_greenlet() {
         crate::reactor::hosted::drive(cx, false);

@@ -26,7 +26,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+#[cfg(feature = "tokio")]
+use std::task::Poll;
+use std::task::{Context, Wake, Waker};
 use std::time::Instant;
 
 use super::Reactor;
@@ -55,6 +57,9 @@ pub(crate) fn can_host() -> bool {
 /// module docs); with `register`, the task is polled again when the loop
 /// has news. Does nothing on a thread without a reactor.
 pub(crate) fn drive(cx: &mut Context<'_>, register: bool) {
+    if !can_host() {
+        return;
+    }
     if let Some(reactor) = Reactor::try_current() {
         reactor.drive_hosted(cx, register);
     }
@@ -85,8 +90,10 @@ struct Host {
 
 /// The reactor's `epoll` fd, borrowed: the reactor owns and closes it, and
 /// drops the host registration first.
+#[cfg(feature = "tokio")]
 struct BorrowedEpoll(std::os::fd::RawFd);
 
+#[cfg(feature = "tokio")]
 impl std::os::fd::AsRawFd for BorrowedEpoll {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0
@@ -238,7 +245,8 @@ impl Reactor {
         }
         #[cfg(not(feature = "tokio"))]
         {
-            let _ = (host, host_cx, &mut slot);
+            // Without tokio nothing hosts the loop (`drive` returns early).
+            let _ = (host, host_cx);
             false
         }
     }
@@ -329,6 +337,7 @@ impl Reactor {
 }
 
 /// Reads the expiration count so the timerfd stops reporting readable.
+#[cfg(feature = "tokio")]
 fn drain_timer(timer: &std::os::fd::OwnedFd) {
     use std::os::fd::AsRawFd;
     let mut count = 0u64;

@@ -1,0 +1,413 @@
+//! The `Send` entry (`greenhack::tokio::spawn_sync`, `Pool`, `Task`): sync
+//! closures from a multi-thread tokio runtime, run as greenlets on pinned
+//! workers.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use greenhack::net::{TcpListener, TcpStream};
+use greenhack::tokio::{Pool, spawn_sync};
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// How much slower than native this process runs: Valgrind (the CI's
+/// memcheck pass) serialises threads and interprets every instruction, so
+/// the generous time bounds below stretch under it.
+fn slowdown() -> u32 {
+    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
+    if preload.contains("vgpreload") { 20 } else { 1 }
+}
+
+fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("").to_owned()
+}
+
+#[test]
+fn greenhack_sockets_sleep_spawn_and_join_inside_the_entry_on_a_multi_thread_runtime() {
+    let pool = Pool::builder()
+        .worker_threads(1)
+        .thread_name("sock-wk")
+        .build()
+        .unwrap();
+    let (echoed, name) = multi_thread().block_on(async move {
+        // Awaited inside a tokio::spawn: the whole future must be Send.
+        tokio::spawn(async move {
+            pool.spawn(|| {
+                let start = Instant::now();
+                greenhack::sleep(Duration::from_millis(20));
+                assert!(start.elapsed() >= Duration::from_millis(20));
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = greenhack::spawn(move || {
+                    let (mut conn, _) = listener.accept().unwrap();
+                    let mut buf = [0; 5];
+                    conn.read_exact(&mut buf).unwrap();
+                    conn.write_all(&buf).unwrap();
+                });
+                let mut client = TcpStream::connect(addr).unwrap();
+                client.write_all(b"hello").unwrap();
+                let mut back = vec![0; 5];
+                client.read_exact(&mut back).unwrap();
+                server.join().unwrap();
+                (back, thread_name())
+            })
+            .await
+            .unwrap()
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(echoed, b"hello");
+    assert_eq!(name, "sock-wk-0");
+}
+
+#[test]
+fn tokio_futures_can_be_exempted_inside_the_entry() {
+    let v = multi_thread().block_on(async {
+        spawn_sync(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sender = greenhack::spawn(move || {
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(10)));
+                tx.send(5).unwrap();
+            });
+            let v = greenhack::exempt(rx).unwrap();
+            sender.join().unwrap();
+            v
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(v, 5);
+}
+
+#[test]
+fn many_closures_wait_concurrently_on_one_worker() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let start = Instant::now();
+    let sum: usize = multi_thread().block_on(async move {
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                pool.spawn(move || {
+                    greenhack::exempt(tokio::time::sleep(Duration::from_millis(100)));
+                    i
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        for t in tasks {
+            sum += t.await.unwrap();
+        }
+        sum
+    });
+    assert_eq!(sum, (0..1000).sum());
+    // 1,000 waits of 100 ms on one thread: concurrent, not 100 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(2) * slowdown(),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn jobs_spread_over_the_workers() {
+    let pool = Pool::builder()
+        .worker_threads(2)
+        .thread_name("spread")
+        .build()
+        .unwrap();
+    let names = multi_thread().block_on(async move {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                pool.spawn(|| {
+                    greenhack::sleep(Duration::from_millis(50));
+                    thread_name()
+                })
+            })
+            .collect();
+        let mut names = Vec::new();
+        for t in tasks {
+            names.push(t.await.unwrap());
+        }
+        names
+    });
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct, ["spread-0", "spread-1"], "{names:?}");
+}
+
+#[test]
+fn a_panic_comes_back_with_its_payload() {
+    let err = multi_thread().block_on(async {
+        spawn_sync(|| -> u32 {
+            greenhack::sleep(Duration::from_millis(1));
+            panic!("order {} failed", std::hint::black_box(7))
+        })
+        .await
+        .unwrap_err()
+    });
+    assert!(err.is_panic());
+    assert_eq!(err.to_string(), "greenlet panicked: order 7 failed");
+    let payload = err.into_panic();
+    assert_eq!(payload.downcast_ref::<String>().unwrap(), "order 7 failed");
+}
+
+#[test]
+fn a_worker_keeps_serving_after_a_closure_panics() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let (err, after) = multi_thread().block_on(async move {
+        let err = pool.spawn(|| panic!("first")).await.unwrap_err();
+        (err, pool.spawn(|| 2).await.unwrap())
+    });
+    assert_eq!(*err.into_panic().downcast::<&str>().unwrap(), "first");
+    assert_eq!(after, 2);
+}
+
+/// The threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
+#[test]
+fn dropping_the_pool_lets_running_closures_finish_then_its_threads_exit() {
+    let pool = Pool::builder()
+        .worker_threads(2)
+        .thread_name("exit-wk")
+        .build()
+        .unwrap();
+    // Each thread names itself as it starts.
+    wait_for("the workers to start", || threads_named("exit-wk") == 2);
+    let task = pool.spawn(|| {
+        greenhack::sleep(Duration::from_millis(50));
+        "done"
+    });
+    drop(pool);
+    assert_eq!(multi_thread().block_on(task).unwrap(), "done");
+    wait_for("the workers to exit", || threads_named("exit-wk") == 0);
+}
+
+/// Counts drops, and checks where they ran.
+struct Guard {
+    drops: Arc<AtomicUsize>,
+    /// Set if the drop ran on a thread other than the worker.
+    wrong_thread: Arc<AtomicUsize>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !thread_name().starts_with("cancel-wk") {
+            self.wrong_thread.fetch_add(1, Ordering::SeqCst);
+        }
+        // A destructor of the greenlet's unwinding stack runs on that
+        // stack, just below the value it drops.
+        let here = 0u8;
+        let distance = (self as *const Guard as usize).abs_diff(&raw const here as usize);
+        if distance > 256 * 1024 {
+            self.wrong_thread.fetch_add(100, Ordering::SeqCst);
+        }
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A pending future that counts its drop.
+struct Pending(Arc<AtomicUsize>);
+
+impl std::future::Future for Pending {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5) * slowdown();
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn dropping_the_task_unwinds_the_greenlet_on_its_worker() {
+    let pool = Pool::builder()
+        .worker_threads(1)
+        .thread_name("cancel-wk")
+        .build()
+        .unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (d, w, f, s) = (
+        drops.clone(),
+        wrong.clone(),
+        finished.clone(),
+        started.clone(),
+    );
+    // Spawning needs no runtime: any thread may.
+    let task = pool.spawn(move || {
+        let _guard = Guard {
+            drops: d.clone(),
+            wrong_thread: w,
+        };
+        s.fetch_add(1, Ordering::SeqCst);
+        // Suspended here, in a future that never completes.
+        greenhack::exempt(Pending(d));
+        f.fetch_add(1, Ordering::SeqCst);
+    });
+    wait_for("the closure to start", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    let dropped_at = Instant::now();
+    drop(task);
+    // The guard on the stack and the pending future were both dropped.
+    wait_for("the destructors", || drops.load(Ordering::SeqCst) == 2);
+    assert!(dropped_at.elapsed() < Duration::from_secs(1) * slowdown());
+    assert_eq!(
+        wrong.load(Ordering::SeqCst),
+        0,
+        "a destructor ran off the greenlet"
+    );
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn abort_cancels_and_the_task_reports_it() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let d = drops.clone();
+    let err = multi_thread().block_on(async move {
+        let task = spawn_sync(move || {
+            let _d = Pending(d);
+            greenhack::exempt(tokio::time::sleep(Duration::from_secs(60)));
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished());
+        let abort = task.abort_handle();
+        abort.abort();
+        task.await.unwrap_err()
+    });
+    assert!(err.is_cancelled());
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_task_dropped_at_once_never_completes_its_closure() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let rt = multi_thread();
+    rt.block_on(async {
+        // Dropped at once: each job is either refused when the worker takes
+        // it, or unwound at its first wait.
+        for _ in 0..100 {
+            let r = ran.clone();
+            drop(pool.spawn(move || {
+                greenhack::sleep(Duration::from_millis(10));
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        // A job queued after them has run once they were dealt with.
+        pool.spawn(|| greenhack::sleep(Duration::from_millis(30)))
+            .await
+            .unwrap();
+    });
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn detach_lets_the_closure_finish() {
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    multi_thread().block_on(async move {
+        spawn_sync(move || {
+            greenhack::sleep(Duration::from_millis(10));
+            d.fetch_add(1, Ordering::SeqCst);
+        })
+        .detach();
+    });
+    wait_for("the detached closure", || done.load(Ordering::SeqCst) == 1);
+}
+
+#[test]
+fn the_task_and_its_abort_handle_are_send() {
+    fn require_send<T: Send>(_: &T) {}
+    fn require_send_sync<T: Send + Sync>(_: &T) {}
+    let rt = multi_thread();
+    let _guard = rt.enter();
+    let task = spawn_sync(|| 1);
+    require_send(&task);
+    require_send_sync(&task.abort_handle());
+    let fut = async move { task.await.unwrap() };
+    require_send(&fut);
+    assert_eq!(rt.block_on(fut), 1);
+}
+
+// ----- axum ------------------------------------------------------------------------
+
+/// The handler's sync part: a database call stood in for by a tokio timer.
+fn slow_double(n: u32) -> u32 {
+    greenhack::exempt(tokio::time::sleep(Duration::from_millis(50)));
+    n * 2
+}
+
+async fn handler(axum::extract::Path(n): axum::extract::Path<u32>) -> String {
+    spawn_sync(move || slow_double(n))
+        .await
+        .unwrap()
+        .to_string()
+}
+
+async fn get(addr: std::net::SocketAddr, n: u32) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /double/{n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    resp
+}
+
+#[test]
+fn an_axum_handler_through_the_entry_serves_200_concurrent_requests() {
+    multi_thread().block_on(async {
+        let app = axum::Router::new().route("/double/{n}", axum::routing::get(handler));
+        // std's listen backlog (128) would drop SYNs of a 200-connection burst.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        // Warm the pool up (its threads start on first use).
+        assert!(get(addr, 0).await.starts_with("HTTP/1.1 200"));
+
+        let start = Instant::now();
+        let clients: Vec<_> = (0..200).map(|n| tokio::spawn(get(addr, n))).collect();
+        for (n, c) in clients.into_iter().enumerate() {
+            let resp = c.await.unwrap();
+            assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+            assert!(resp.ends_with(&format!("\r\n\r\n{}", n * 2)), "{resp}");
+        }
+        // 200 sync waits of 50 ms: concurrent, near one wait, not 10 s.
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(1) * slowdown(), "{took:?}");
+    });
+}
