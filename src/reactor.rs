@@ -74,6 +74,10 @@ const WRITABLE: u8 = 2;
 const READ_CLOSED: u8 = 4;
 const WRITE_CLOSED: u8 = 8;
 const ERROR: u8 = 16;
+// issue 15 (defect 4), net/ short-read rule: sticky, never cleared. The
+// peer sent TCP urgent data (EPOLLPRI), so `recv` may stop short at the
+// urgent mark with more bytes behind it.
+const URGENT: u8 = 32;
 
 /// Which way an operation goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,10 +272,13 @@ impl Reactor {
             ..IoSlot::default()
         });
         let token = Token(index + 1);
-        if let Err(e) =
-            self.registry
-                .register(source, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        // issue 15 (defect 4): PRIORITY reports TCP urgent data, latched
+        // as `URGENT` for `saw_urgent`; no other socket type raises it.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.registry.register(source, token, interest) {
             self.io.borrow_mut().remove(index);
             return Err(e);
         }
@@ -340,6 +347,16 @@ impl Reactor {
             .borrow_mut()
             .get_mut(token.0 - 1)
             .is_none_or(|slot| slot.readiness & dir.ready_mask() != 0)
+    }
+
+    /// True once an event reported urgent data (`EPOLLPRI`) on the source
+    /// (issue 15, defect 4): from then on a short read does not prove the
+    /// receive buffer drained, since `recv` stops at the urgent mark.
+    pub(crate) fn saw_urgent(&self, token: Token) -> bool {
+        self.io
+            .borrow()
+            .get(token.0 - 1)
+            .is_some_and(|slot| slot.readiness & URGENT != 0)
     }
 
     /// Forgets latched readiness in `dir` without an operation having seen
@@ -600,6 +617,9 @@ impl Reactor {
                 }
                 if event.is_error() {
                     bits |= ERROR;
+                }
+                if event.is_priority() {
+                    bits |= URGENT; // issue 15 (defect 4)
                 }
                 slot.readiness |= bits;
                 if bits & Direction::Read.ready_mask() != 0 {
