@@ -201,3 +201,47 @@ fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: std::os::fd::RawFd) {
         );
     }
 }
+
+/// Issue 15, defect 7: `sleep(Duration::MAX)` panicked with "overflow when
+/// adding duration to instant"; std's `thread::sleep` sleeps forever. A
+/// deadline past the end of `Instant` means "never", and such a sleep still
+/// ends when the greenlet is cancelled.
+#[test]
+fn sleep_for_duration_max_sleeps_until_cancelled() {
+    let (err, finished_early) = within(Duration::from_secs(5), "cancel a forever sleep", || {
+        greenhack::run(|| {
+            let sleeper = greenhack::spawn(|| greenhack::sleep(Duration::MAX));
+            greenhack::sleep(Duration::from_millis(20));
+            let finished_early = sleeper.is_finished();
+            sleeper.cancel();
+            (sleeper.join().unwrap_err(), finished_early)
+        })
+    });
+    assert!(!finished_early, "a forever sleep ended on its own");
+    assert!(err.is_cancelled(), "joined with {err:?}, not as cancelled");
+}
+
+/// The socket timeouts and `connect_timeout` take `Duration::MAX` as std
+/// does: no deadline, no overflow.
+#[test]
+fn socket_timeouts_of_duration_max_do_not_overflow() {
+    within(Duration::from_secs(5), "timeouts of Duration::MAX", || {
+        greenhack::run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = greenhack::net::TcpStream::connect_timeout(&addr, Duration::MAX).unwrap();
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::MAX)).unwrap();
+            conn.set_write_timeout(Some(Duration::MAX)).unwrap();
+            let writer = greenhack::spawn(move || {
+                greenhack::sleep(Duration::from_millis(20));
+                (&client).write_all(b"late").unwrap();
+            });
+            let mut buf = [0u8; 4];
+            conn.read_exact(&mut buf).unwrap(); // waits, no deadline
+            assert_eq!(&buf, b"late");
+            conn.write_all(b"ok").unwrap();
+            writer.join().unwrap();
+        })
+    });
+}
