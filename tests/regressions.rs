@@ -245,3 +245,26 @@ fn socket_timeouts_of_duration_max_do_not_overflow() {
         })
     });
 }
+
+/// Issue 15, defect 8: a switch hook that panicked ended the process with a
+/// bare SIGABRT. The process still aborts (see `set_switch_hook`), but
+/// standard error names the hook and carries the panic's message.
+#[test]
+fn a_panicking_switch_hook_aborts_with_a_message() {
+    const TEST: &str = "a_panicking_switch_hook_aborts_with_a_message";
+    if util::is_child(TEST) {
+        fn hook(_: greenhack::debug::SwitchEvent<'_>) {
+            panic!("tracer bug 42");
+        }
+        greenhack::debug::set_switch_hook(Some(hook));
+        greenhack::run(|| greenhack::spawn(|| 1).join().unwrap());
+        unreachable!("the hook panics on the first switch");
+    }
+    let out = util::run_child(TEST);
+    util::assert_aborted(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("greenhack: the switch hook panicked: tracer bug 42"),
+        "stderr does not name the problem:\n{stderr}"
+    );
+}
