@@ -552,7 +552,11 @@ fn exhaust(bin: &str, proto: Proto, report: &mut Report) {
         if lines <= 3 {
             Ok(format!("{lines} log lines"))
         } else {
-            Err(format!("{lines} log lines:\n{err}"))
+            let first: Vec<&str> = err.lines().take(3).collect();
+            Err(format!(
+                "{lines} log lines, starting:\n{}",
+                first.join("\n")
+            ))
         },
     );
 }
