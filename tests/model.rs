@@ -1,0 +1,332 @@
+//! Property tests: random programs of greenlet and reactor operations,
+//! checked against a simple model of what must happen.
+//!
+//! A case is a set of greenlets, each with a short program of steps (yield,
+//! sleep, wait to read a byte from its own socket pair, panic, return a
+//! value), and a script the spawning code plays meanwhile (feed a greenlet
+//! its byte, cancel it, drop its handle, join it, yield, sleep). The model:
+//!
+//! * each greenlet runs a prefix of its program, in order, and stops at its
+//!   first `Panic` or at its end;
+//! * a greenlet nobody cancelled runs its whole program, and its join
+//!   returns its value, or its panic with the payload it panicked with;
+//! * a cancelled one joins as cancelled, unless it had already finished,
+//!   in which case its own outcome stands;
+//! * every greenlet's closure (and what it holds) is dropped exactly once,
+//!   whether it ran, panicked, was cancelled before or during its run, or
+//!   was detached;
+//! * once every greenlet is done, no descriptor is left open.
+//!
+//! `PROPTEST_CASES` sets the number of cases (256 by default; CI runs
+//! 10,000, see `.ci/run`).
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::time::Duration;
+
+use greenhack::JoinHandle;
+use greenhack::net::UnixStream;
+use proptest::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Yield,
+    /// Sleep this many microseconds.
+    Sleep(u8),
+    /// Read one byte from the greenlet's own socket pair.
+    Read,
+    Panic,
+}
+
+#[derive(Clone, Debug)]
+struct Program {
+    steps: Vec<Step>,
+    value: u8,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Feed(usize),
+    Cancel(usize),
+    DropHandle(usize),
+    Join(usize),
+    Yield,
+    Sleep(u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => Just(Step::Yield),
+        2 => (0u8..50).prop_map(Step::Sleep),
+        3 => Just(Step::Read),
+        1 => Just(Step::Panic),
+    ]
+}
+
+fn program() -> impl Strategy<Value = Program> {
+    (prop::collection::vec(step(), 0..5), any::<u8>())
+        .prop_map(|(steps, value)| Program { steps, value })
+}
+
+fn op(n: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..n).prop_map(Op::Feed),
+        2 => (0..n).prop_map(Op::Cancel),
+        1 => (0..n).prop_map(Op::DropHandle),
+        2 => (0..n).prop_map(Op::Join),
+        2 => Just(Op::Yield),
+        1 => (0u8..50).prop_map(Op::Sleep),
+    ]
+}
+
+fn case() -> impl Strategy<Value = (Vec<Program>, Vec<Op>)> {
+    prop::collection::vec(program(), 1..5).prop_flat_map(|progs| {
+        let n = progs.len();
+        (Just(progs), prop::collection::vec(op(n), 0..12))
+    })
+}
+
+/// Counts its drops into a shared cell.
+struct DropCount(Rc<Cell<u32>>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+/// What a greenlet's join returned, in the model's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Value(u8),
+    Panicked(String),
+    Cancelled,
+}
+
+fn outcome(r: Result<u8, greenhack::JoinError>) -> Outcome {
+    match r {
+        Ok(v) => Outcome::Value(v),
+        Err(e) if e.is_cancelled() => Outcome::Cancelled,
+        Err(e) => {
+            let p = e.into_panic();
+            Outcome::Panicked(
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "<non-string payload>".into()),
+            )
+        }
+    }
+}
+
+/// The greenlet's own outcome if it runs to its end.
+fn model_outcome(id: usize, p: &Program) -> (usize, Outcome) {
+    match p.steps.iter().position(|s| matches!(s, Step::Panic)) {
+        Some(i) => (i, Outcome::Panicked(format!("greenlet {id} panics"))),
+        None => (p.steps.len(), Outcome::Value(p.value)),
+    }
+}
+
+struct Live {
+    handle: Option<JoinHandle<u8>>,
+    feeder: UnixStream,
+    fed: usize,
+    cancelled: bool,
+    joined: Option<Outcome>,
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Plays one case; returns an error describing the first mismatch.
+fn play(progs: &[Program], ops: &[Op]) -> Result<(), TestCaseError> {
+    // The thread's reactor (epoll, eventfd) is opened on first use.
+    greenhack::run(greenhack::yield_now);
+    let fds_before = open_fds();
+    let log: Rc<RefCell<Vec<(usize, usize)>>> = Rc::default();
+    let drops: Vec<Rc<Cell<u32>>> = progs.iter().map(|_| Rc::default()).collect();
+    let result = greenhack::run(|| -> Result<Vec<Live>, TestCaseError> {
+        let mut live = Vec::new();
+        for (id, p) in progs.iter().enumerate() {
+            let (a, b) = UnixStream::pair().unwrap();
+            let guard = DropCount(drops[id].clone());
+            let steps = p.steps.clone();
+            let value = p.value;
+            let log = log.clone();
+            let handle = greenhack::spawn(move || {
+                let _guard = guard;
+                let mut reader = a;
+                for (i, s) in steps.into_iter().enumerate() {
+                    log.borrow_mut().push((id, i));
+                    match s {
+                        Step::Yield => greenhack::yield_now(),
+                        Step::Sleep(us) => greenhack::sleep(Duration::from_micros(us.into())),
+                        Step::Read => {
+                            let mut byte = [0u8; 1];
+                            assert_eq!(reader.read(&mut byte).unwrap(), 1);
+                        }
+                        Step::Panic => std::panic::panic_any(format!("greenlet {id} panics")),
+                    }
+                }
+                value
+            });
+            live.push(Live {
+                handle: Some(handle),
+                feeder: b,
+                fed: 0,
+                cancelled: false,
+                joined: None,
+            });
+        }
+        for &op in ops {
+            match op {
+                Op::Feed(i) => {
+                    live[i].feeder.write_all(b"x").ok(); // the reader may be gone
+                    live[i].fed += 1;
+                }
+                Op::Cancel(i) => {
+                    if let Some(h) = &live[i].handle {
+                        h.cancel();
+                        live[i].cancelled = true;
+                    }
+                }
+                Op::DropHandle(i) => drop(live[i].handle.take()),
+                Op::Join(i) => {
+                    // Joining a greenlet that waits for a byte nobody will
+                    // send would hang: feed what its program still reads.
+                    let reads = progs[i]
+                        .steps
+                        .iter()
+                        .filter(|s| matches!(s, Step::Read))
+                        .count();
+                    while live[i].fed < reads {
+                        live[i].feeder.write_all(b"x").ok(); // the reader may be gone
+                        live[i].fed += 1;
+                    }
+                    if let Some(h) = live[i].handle.take() {
+                        live[i].joined = Some(outcome(h.join()));
+                    }
+                }
+                Op::Yield => greenhack::yield_now(),
+                Op::Sleep(us) => greenhack::sleep(Duration::from_micros(us.into())),
+            }
+        }
+        // The end: feed every greenlet what it still reads, join the rest.
+        for (i, l) in live.iter_mut().enumerate() {
+            let reads = progs[i]
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::Read))
+                .count();
+            while l.fed < reads {
+                l.feeder.write_all(b"x").ok(); // the reader may be gone
+                l.fed += 1;
+            }
+        }
+        for l in live.iter_mut() {
+            if let Some(h) = l.handle.take() {
+                l.joined = Some(outcome(h.join()));
+            }
+        }
+        // Detached greenlets finish on their own: wait for their drops.
+        for _ in 0..1000 {
+            if drops.iter().all(|d| d.get() >= 1) {
+                break;
+            }
+            greenhack::sleep(Duration::from_micros(100));
+        }
+        Ok(live)
+    });
+    let live = result?;
+    let log = log.borrow();
+    for (id, p) in progs.iter().enumerate() {
+        let ran: Vec<usize> = log
+            .iter()
+            .filter(|(g, _)| *g == id)
+            .map(|(_, i)| *i)
+            .collect();
+        let (last, own) = model_outcome(id, p);
+        // A prefix of the program, in order, stopping at the first panic.
+        prop_assert!(
+            ran.iter().copied().eq(0..ran.len()),
+            "greenlet {id} ran steps {ran:?}"
+        );
+        let full = (last + 1).min(p.steps.len());
+        prop_assert!(
+            ran.len() <= full,
+            "greenlet {id} ran {ran:?} past its end {full}"
+        );
+        prop_assert_eq!(
+            drops[id].get(),
+            1,
+            "greenlet {}'s closure dropped {} times",
+            id,
+            drops[id].get()
+        );
+        let l = &live[id];
+        if let Some(got) = &l.joined {
+            if l.cancelled {
+                prop_assert!(
+                    *got == Outcome::Cancelled || *got == own,
+                    "greenlet {id}: cancelled, joined with {got:?}, own outcome {own:?}"
+                );
+            } else {
+                prop_assert_eq!(got, &own, "greenlet {} joined wrongly", id);
+            }
+            if *got == own {
+                prop_assert_eq!(
+                    ran.len(),
+                    full,
+                    "greenlet {} finished without running all its steps",
+                    id
+                );
+            }
+        } else if !l.cancelled {
+            // Detached and never cancelled: it ran to its end.
+            prop_assert_eq!(ran.len(), full, "detached greenlet {} stopped early", id);
+        }
+    }
+    drop(live); // closes the feeders
+    prop_assert_eq!(open_fds(), fds_before, "descriptors leaked");
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn greenlets_follow_the_model((progs, ops) in case()) {
+        quiet_expected_panics();
+        play(&progs, &ops)?;
+    }
+}
+
+/// The greenlets' own panics are expected: their messages would drown the
+/// output. Any other panic is reported as usual.
+fn quiet_expected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let expected = info
+                .payload()
+                .downcast_ref::<String>()
+                .is_some_and(|m| m.starts_with("greenlet ") && m.ends_with(" panics"));
+            if !expected {
+                default(info);
+            }
+        }));
+    });
+}
