@@ -17,6 +17,12 @@
 //!   was detached;
 //! * once every greenlet is done, no descriptor is left open.
 //!
+//! A second property drives raw [`Greenlet`](greenhack::greenlet::Greenlet)s
+//! by hand (resume with a value, drop): each resume returns what the model
+//! says (the value suspended, the closure's result, or its panic), and each
+//! closure drops exactly once, whether the greenlet finished, panicked, or
+//! was dropped fresh or suspended.
+//!
 //! `PROPTEST_CASES` sets the number of cases (256 by default; CI runs
 //! 10,000, see `.ci/run`).
 
@@ -311,6 +317,12 @@ proptest! {
         quiet_expected_panics();
         play(&progs, &ops)?;
     }
+
+    #[test]
+    fn raw_greenlets_follow_the_model((progs, ops) in raw_case()) {
+        quiet_expected_panics();
+        play_raw(&progs, &ops)?;
+    }
 }
 
 /// The greenlets' own panics are expected: their messages would drown the
@@ -329,4 +341,119 @@ fn quiet_expected_panics() {
             }
         }));
     });
+}
+
+// ----- raw greenlets -----------------------------------------------------------
+
+/// A raw greenlet's program: at its k-th resume it runs `steps[k]`
+/// (suspending with the input plus the number, or panicking); resumed once
+/// more after its last step, it returns the input plus `ret`.
+#[derive(Clone, Debug)]
+struct RawProgram {
+    steps: Vec<Option<u32>>, // `None`: panic
+    ret: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RawOp {
+    Resume(usize, u32),
+    Drop(usize),
+}
+
+fn raw_case() -> impl Strategy<Value = (Vec<RawProgram>, Vec<RawOp>)> {
+    let step = prop_oneof![6 => (0u32..1000).prop_map(Some), 1 => Just(None)];
+    let prog = (prop::collection::vec(step, 0..5), 0u32..1000)
+        .prop_map(|(steps, ret)| RawProgram { steps, ret });
+    prop::collection::vec(prog, 1..4).prop_flat_map(|progs| {
+        let n = progs.len();
+        let op = prop_oneof![
+            6 => (0..n, 0u32..1000).prop_map(|(i, x)| RawOp::Resume(i, x)),
+            1 => (0..n).prop_map(RawOp::Drop),
+        ];
+        (Just(progs), prop::collection::vec(op, 0..16))
+    })
+}
+
+fn play_raw(progs: &[RawProgram], ops: &[RawOp]) -> Result<(), TestCaseError> {
+    use greenhack::greenlet::{Greenlet, GreenletResult};
+    let drops: Vec<Rc<Cell<u32>>> = progs.iter().map(|_| Rc::default()).collect();
+    let mut gs: Vec<Option<Greenlet<u32, u32, u32>>> = progs
+        .iter()
+        .enumerate()
+        .map(|(id, p)| {
+            let guard = DropCount(drops[id].clone());
+            let p = p.clone();
+            Some(Greenlet::new(move |s, mut x| {
+                let _guard = guard;
+                for step in p.steps {
+                    match step {
+                        Some(c) => x = s.suspend(x + c),
+                        None => std::panic::panic_any(format!("greenlet {id} panics")),
+                    }
+                }
+                x + p.ret
+            }))
+        })
+        .collect();
+    let mut resumes = vec![0usize; progs.len()];
+    let mut finished = vec![false; progs.len()];
+    for &op in ops {
+        match op {
+            RawOp::Resume(i, x) => {
+                let Some(g) = gs[i].as_mut() else { continue };
+                if finished[i] {
+                    continue;
+                }
+                let k = resumes[i];
+                resumes[i] += 1;
+                let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.resume(x)));
+                let p = &progs[i];
+                match (p.steps.get(k), got) {
+                    (Some(Some(c)), Ok(GreenletResult::Yielded(y))) => {
+                        prop_assert_eq!(y, x + c, "greenlet {} resume {}", i, k)
+                    }
+                    (Some(None), Err(payload)) => {
+                        finished[i] = true;
+                        let msg = payload
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .unwrap_or_default();
+                        prop_assert_eq!(msg, format!("greenlet {i} panics"));
+                    }
+                    (None, Ok(GreenletResult::Complete(r))) => {
+                        finished[i] = true;
+                        prop_assert_eq!(r, x + p.ret, "greenlet {} result", i);
+                    }
+                    (want, got) => {
+                        return Err(TestCaseError::fail(format!(
+                            "greenlet {i} resume {k}: step {want:?}, got {:?}",
+                            got.map_err(|_| "a panic")
+                        )));
+                    }
+                }
+                prop_assert_eq!(g.is_finished(), finished[i]);
+                prop_assert_eq!(
+                    drops[i].get(),
+                    u32::from(finished[i]),
+                    "greenlet {} drops",
+                    i
+                );
+            }
+            RawOp::Drop(i) => {
+                drop(gs[i].take());
+                prop_assert_eq!(drops[i].get(), 1, "greenlet {} dropped", i);
+            }
+        }
+    }
+    drop(gs);
+    for (i, d) in drops.iter().enumerate() {
+        prop_assert_eq!(
+            d.get(),
+            1,
+            "greenlet {}'s closure dropped {} times",
+            i,
+            d.get()
+        );
+    }
+    Ok(())
 }
