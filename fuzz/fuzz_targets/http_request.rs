@@ -25,8 +25,7 @@ mod http_protocol;
 const OK: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nHello, world!";
 const OK_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\nconnection: close\r\n\r\nHello, world!";
-const BAD: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const BAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Splits `out` into the protocol's responses; panics on anything else.
 fn responses(mut out: &[u8]) -> Vec<&'static [u8]> {
@@ -54,16 +53,26 @@ fn serve(input: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
         start = end;
         let before = out.len();
         let (consumed, close) = http_protocol::answer(&buf, &mut out);
-        assert!(consumed <= buf.len(), "consumed {consumed} of {}", buf.len());
+        assert!(
+            consumed <= buf.len(),
+            "consumed {consumed} of {}",
+            buf.len()
+        );
         let written = responses(&out[before..]);
         if close {
             // The last response says so, and it is the only close.
             let last = written.last().copied();
-            assert!(last == Some(OK_CLOSE) || last == Some(BAD), "closed without saying so");
+            assert!(
+                last == Some(OK_CLOSE) || last == Some(BAD),
+                "closed without saying so"
+            );
             assert!(written[..written.len() - 1].iter().all(|r| *r == OK));
             return (out, true);
         }
-        assert!(written.iter().all(|r| *r == OK), "a close response without closing");
+        assert!(
+            written.iter().all(|r| *r == OK),
+            "a close response without closing"
+        );
         // Nothing complete was left behind.
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let rest = httparse::Request::new(&mut headers).parse(&buf[consumed..]);
@@ -82,6 +91,10 @@ fuzz_target!(|data: &[u8]| {
     // The same bytes in two reads, cut where the first byte says.
     if let Some(&b) = data.first() {
         let cut = (b as usize * data.len()) / 256;
-        assert_eq!(serve(data, &[cut]), whole, "answers depend on how reads cut the input");
+        assert_eq!(
+            serve(data, &[cut]),
+            whole,
+            "answers depend on how reads cut the input"
+        );
     }
 });
