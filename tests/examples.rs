@@ -32,11 +32,12 @@ fn example_path(name: &str) -> PathBuf {
     if built.iter().any(|b| b == name) {
         return path;
     }
+    // Cargo tags the target directory, and under `--target` also the
+    // triple's directory inside it, with CACHEDIR.TAG.
     let above = profile_dir.parent().unwrap();
-    let (target_dir, triple) = if above.join("CACHEDIR.TAG").exists() {
-        (above, None)
-    } else {
-        (above.parent().unwrap(), above.file_name())
+    let (target_dir, triple) = match above.parent() {
+        Some(root) if root.join("CACHEDIR.TAG").exists() => (root, above.file_name()),
+        _ => (above, None),
     };
     let profile = match profile_dir.file_name().and_then(|p| p.to_str()) {
         Some("debug") => "dev",
