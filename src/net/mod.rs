@@ -281,8 +281,9 @@ impl<S: Source + AsRawFd> Registered<S> {
     /// queued, and no event will announce them. Urgent data raises
     /// `EPOLLPRI`, which the reactor latches for good (`saw_urgent`); a
     /// socket whose peer ever sent urgent data gives up the rule. That
-    /// costs nothing on the normal path (a bit in the slot `is_ready`
-    /// already reads) and is sound: urgent data that arrived before the
+    /// costs no system call (a bit read from the socket's reactor slot,
+    /// on short reads only; an echo request still makes one `recvfrom`
+    /// under strace) and is sound: urgent data that arrived before the
     /// short read either raised an event the loop has already latched
     /// (with `EPOLLPRI`, since the kernel reports the state at delivery)
     /// or one still queued in epoll, which the wait will receive.
