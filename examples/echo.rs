@@ -1,49 +1,41 @@
 //! Echo server: one greenlet per connection, each a plain sequential loop.
 //!
 //! ```text
-//! cargo run --release --example echo -- 127.0.0.1:7000
+//! cargo run --release --example echo -- 127.0.0.1:7000 [--idle-timeout SECS]
 //! ```
 //!
 //! Every connection is served by ordinary blocking-looking code
 //! (`read`, then `write_all`); greenhack's loop switches between them
 //! whenever one would wait.
 //!
+//! The server is fit to face misbehaving clients (`support/server.rs`): a
+//! connection that makes no progress for `--idle-timeout` seconds (default
+//! 60), sending nothing or not reading its echo, is closed; accept errors
+//! are logged at most once a second and back off; out of file descriptors,
+//! new connections are closed at once instead of left waiting.
+//!
 //! `kill -USR1 <pid>` prints a dump of every greenlet — its state, the fd it
 //! waits on, where it was spawned, and its stack — to standard error.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
 
-use greenhack::net::{TcpListener, TcpStream};
+use greenhack::net::TcpStream;
+
+#[path = "support/server.rs"]
+mod server;
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
+    let cfg = server::Config::from_args("echo", "127.0.0.1:7000", false);
     greenhack::run(|| {
         greenhack::debug::dump_on_signal(libc::SIGUSR1)?;
-        let listener = TcpListener::bind(&addr)?;
+        let listener = greenhack::net::TcpListener::bind(&cfg.addr)?;
         println!("echo: listening on {}", listener.local_addr()?);
-        loop {
-            match listener.accept() {
-                Ok((stream, _peer)) => {
-                    // Detached: the handle is not needed, the greenlet ends
-                    // with its connection.
-                    drop(greenhack::spawn(move || serve(stream)));
-                }
-                // Out of file descriptors (or another per-connection error):
-                // report it, keep serving the connections we have.
-                Err(e) => {
-                    eprintln!("echo: accept: {e}");
-                    greenhack::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+        server::serve("echo", &cfg, listener, serve)
     })
 }
 
 /// Echoes until the peer closes; errors end only this connection.
-fn serve(mut stream: TcpStream) {
+fn serve(mut stream: TcpStream, conn: &server::Conn) {
     let _ = stream.set_nodelay(true);
     // On the greenlet's stack. Its size sets the connection's memory: an
     // idle connection costs the pages its stack ever touched (plus ~0.5 KiB
@@ -55,6 +47,7 @@ fn serve(mut stream: TcpStream) {
         match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
+                conn.progress();
                 if stream.write_all(&buf[..n]).is_err() {
                     return;
                 }

@@ -2,7 +2,7 @@
 //! answering every request with "Hello, world!".
 //!
 //! ```text
-//! cargo run --release --example http -- 127.0.0.1:8080
+//! cargo run --release --example http -- 127.0.0.1:8080 [--idle-timeout SECS] [--header-timeout SECS]
 //! wrk -t1 -c50 -d10s http://127.0.0.1:8080/
 //! ```
 //!
@@ -10,45 +10,44 @@
 //! parse it with `httparse`, write the response, repeat. Pipelined requests
 //! are answered in order; `Connection: close` (or HTTP/1.0 without
 //! keep-alive) ends the connection after the response.
+//!
+//! The server is fit to face misbehaving clients (`support/server.rs`): a
+//! request must be complete `--header-timeout` seconds (default 10) after
+//! its first byte, however slowly it trickles in; a connection that makes
+//! no progress for `--idle-timeout` seconds (default 60) is closed; a
+//! request head larger than the 8 KiB buffer gets a 431; accept errors are
+//! logged at most once a second and back off; out of file descriptors, new
+//! connections are closed at once instead of left waiting.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
 
 use greenhack::net::{TcpListener, TcpStream};
 
 #[path = "support/http_protocol.rs"]
 mod http_protocol;
+#[path = "support/server.rs"]
+mod server;
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let cfg = server::Config::from_args("http", "127.0.0.1:8080", true);
     greenhack::run(|| {
-        let listener = TcpListener::bind(&addr)?;
+        let listener = TcpListener::bind(&cfg.addr)?;
         println!("http: listening on {}", listener.local_addr()?);
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => drop(greenhack::spawn(move || {
-                    if let Err(e) = serve(stream) {
-                        if !matches!(
-                            e.kind(),
-                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                        ) {
-                            eprintln!("http: {e}");
-                        }
-                    }
-                })),
-                Err(e) => {
-                    eprintln!("http: accept: {e}");
-                    greenhack::sleep(Duration::from_millis(10));
+        server::serve("http", &cfg, listener, |stream, conn| {
+            if let Err(e) = serve(stream, conn) {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) {
+                    eprintln!("http: {e}");
                 }
             }
-        }
+        })
     })
 }
 
 /// Serves one connection until the peer closes or asks to.
-fn serve(mut stream: TcpStream) -> io::Result<()> {
+fn serve(mut stream: TcpStream, conn: &server::Conn) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; 8192];
     let mut filled = 0;
@@ -65,12 +64,22 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
         }
         buf.copy_within(consumed..filled, 0);
         filled -= consumed;
+        // What is left is the start of a request: it has until the header
+        // timeout to complete.
+        conn.request_pending(filled > 0);
         if filled == buf.len() {
-            return Ok(()); // a request larger than our buffer: give up on it
+            // A request head larger than our buffer: refuse it and close.
+            return stream.write_all(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+                  content-length: 0\r\nconnection: close\r\n\r\n",
+            );
         }
         match stream.read(&mut buf[filled..])? {
             0 => return Ok(()),
-            n => filled += n,
+            n => {
+                conn.progress();
+                filled += n;
+            }
         }
     }
 }

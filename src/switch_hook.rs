@@ -34,6 +34,15 @@ static SWITCH_HOOK: AtomicUsize = AtomicUsize::new(0);
 /// switch of every thread: before each resume and after each suspend or
 /// finish, on the resumer's side. The hook must not switch greenlets itself.
 ///
+/// # Panics in the hook
+///
+/// A hook that panics aborts the process, after printing
+/// `greenhack: the switch hook panicked: <message>` to standard error. The
+/// panic cannot unwind into the code that switched (the switch is half
+/// done), and quietly disabling the hook would leave a tracer or profiler
+/// reporting numbers that silently stopped being true; a hook that can fail
+/// should catch its own errors.
+///
 /// Unset, the cost is a relaxed load and a well-predicted branch per
 /// direction (see README, "Switch variants"). The `cpu_accounting` example
 /// uses it to account CPU time per greenlet.
@@ -75,5 +84,26 @@ pub(crate) fn call_switch_hook(kind: SwitchKind, id: u64, name: Option<&str>) {
     // `fn(SwitchEvent)` by `set_switch_hook`.
     let hook: fn(SwitchEvent<'_>) =
         unsafe { std::mem::transmute::<usize, fn(SwitchEvent<'_>)>(hook) };
-    hook(SwitchEvent { kind, id, name });
+    let event = SwitchEvent { kind, id, name };
+    // A panic must not unwind from here: the switch is half done (issue 15,
+    // defect 8: it aborted with no message, or resumed a running greenlet).
+    if let Err(payload) = std::panic::catch_unwind(move || hook(event)) {
+        hook_panicked(&*payload);
+    }
+}
+
+/// Reports a panic of the switch hook and aborts (see `set_switch_hook`).
+#[cold]
+#[inline(never)]
+fn hook_panicked(payload: &(dyn std::any::Any + Send)) -> ! {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a non-string payload)");
+    eprintln!(
+        "greenhack: the switch hook panicked: {msg}\n\
+         greenhack: a switch hook must not panic (the switch it reports is half done); aborting"
+    );
+    std::process::abort()
 }

@@ -26,13 +26,26 @@ use crate::reactor::Reactor;
 /// assert!(start.elapsed() >= Duration::from_millis(20));
 /// ```
 ///
+/// A `duration` too long for `Instant` to represent (`Duration::MAX`)
+/// sleeps forever, as `std::thread::sleep` does; cancelling the greenlet
+/// still ends it.
+///
 /// # Panics
 ///
 /// Inside an `as_async` that a foreign executor polls: greenhack's timers
 /// need greenhack's loop. The message names the executor-native
 /// alternative, `exempt(tokio::time::sleep(d))`.
 pub fn sleep(duration: Duration) {
-    sleep_until(Instant::now() + duration)
+    match Instant::now().checked_add(duration) {
+        Some(deadline) => sleep_until(deadline),
+        // issue 15 (defect 7): past the end of `Instant` is never; no timer.
+        None => crate::pair::wait_loop(
+            "greenhack::sleep",
+            std::future::pending::<()>(),
+            "tokio::time::sleep(d)",
+            crate::wait::Wait::Future("greenhack::sleep(forever)"),
+        ),
+    }
 }
 
 /// Sleeps until `deadline`; returns at once if it has passed.

@@ -214,6 +214,28 @@ impl Timeouts {
     }
 }
 
+/// A stream socket type, and whether a short read proves its receive buffer
+/// drained (the short-read rule of [`Registered::read_stream`]).
+pub(crate) trait StreamSource {
+    /// True if a read returning fewer bytes than asked means no more bytes
+    /// were queued, except where the reactor can tell otherwise.
+    const SHORT_READ_DRAINS: bool;
+}
+
+/// TCP stops short only at the urgent mark, which the reactor detects
+/// (`EPOLLPRI`).
+impl StreamSource for mio::net::TcpStream {
+    const SHORT_READ_DRAINS: bool = true;
+}
+
+/// A Unix stream stops short after bytes that carried descriptors
+/// (`SCM_RIGHTS`) and, with `SO_PASSCRED`, at every change of writer,
+/// with more bytes queued and no event to come; nothing cheap tells those
+/// reads apart, so every read tries the socket first.
+impl StreamSource for mio::net::UnixStream {
+    const SHORT_READ_DRAINS: bool = false;
+}
+
 impl<S: Source + AsRawFd> Registered<S> {
     /// Registers `source` (which must be in non-blocking mode) with this
     /// thread's reactor.
@@ -282,14 +304,33 @@ impl<S: Source + AsRawFd> Registered<S> {
     /// Sound for stream sockets under edge-triggered epoll, where any data
     /// arriving after the read raises a new event (tokio applies the same
     /// rule).
+    ///
+    /// Except at TCP's urgent mark: Linux `recv` stops short there (in
+    /// both `SO_OOBINLINE` modes) with the bytes after the mark already
+    /// queued, and no event will announce them. Urgent data raises
+    /// `EPOLLPRI`, which the reactor latches for good (`saw_urgent`); a
+    /// socket whose peer ever sent urgent data gives up the rule. That
+    /// costs no system call (a bit read from the socket's reactor slot,
+    /// on short reads only; an echo request still makes one `recvfrom`
+    /// under strace) and is sound: urgent data that arrived before the
+    /// short read either raised an event the loop has already latched
+    /// (with `EPOLLPRI`, since the kernel reports the state at delivery)
+    /// or one still queued in epoll, which the wait will receive.
+    ///
+    /// Unix streams never use the rule (see [`StreamSource`]).
     pub(crate) fn read_stream(
         &self,
         len: usize,
         op: impl FnMut(&S) -> io::Result<usize>,
-    ) -> io::Result<usize> {
+    ) -> io::Result<usize>
+    where
+        S: StreamSource,
+    {
         let known_empty = self.drained.get() && !self.reactor.is_ready(self.token, Direction::Read);
         let r = self.io_from(Direction::Read, known_empty, op);
-        let short = matches!(r, Ok(n) if n > 0 && n < len);
+        let short = S::SHORT_READ_DRAINS
+            && matches!(r, Ok(n) if n > 0 && n < len)
+            && !self.reactor.saw_urgent(self.token);
         self.drained.set(short);
         if short {
             self.reactor.mark_drained(self.token, Direction::Read);

@@ -30,6 +30,10 @@ const WRITABLE: u8 = 2;
 const READ_CLOSED: u8 = 4;
 const WRITE_CLOSED: u8 = 8;
 const ERROR: u8 = 16;
+/// Sticky, never cleared: the peer sent TCP urgent data (`EPOLLPRI`), so
+/// `recv` may stop short at the urgent mark with more bytes behind it, and a
+/// short read no longer proves the buffer drained (issue 15, defect 4).
+const URGENT: u8 = 32;
 
 /// Which way an operation goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +96,9 @@ impl IoSlot {
         if event.is_error() {
             bits |= ERROR;
         }
+        if event.is_priority() {
+            bits |= URGENT;
+        }
         self.readiness |= bits;
         if bits & Direction::Read.ready_mask() != 0 {
             wakers.append(&mut self.readers);
@@ -120,10 +127,10 @@ impl Reactor {
             ..IoSlot::default()
         });
         let token = Token(index + 1);
-        if let Err(e) =
-            self.registry
-                .register(source, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        // PRIORITY reports TCP urgent data, latched as `URGENT` for
+        // `saw_urgent`; no other socket type raises it.
+        let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
+        if let Err(e) = self.registry.register(source, token, interest) {
             self.io.borrow_mut().remove(index);
             return Err(e);
         }
@@ -152,6 +159,16 @@ impl Reactor {
             .borrow_mut()
             .get_mut(token.0 - 1)
             .is_none_or(|slot| slot.readiness & dir.ready_mask() != 0)
+    }
+
+    /// True once an event reported urgent data (`EPOLLPRI`) on the source:
+    /// from then on a short read does not prove the receive buffer drained,
+    /// since `recv` stops at the urgent mark.
+    pub(crate) fn saw_urgent(&self, token: Token) -> bool {
+        self.io
+            .borrow()
+            .get(token.0 - 1)
+            .is_some_and(|slot| slot.readiness & URGENT != 0)
     }
 
     /// Forgets latched readiness in `dir` without an operation having seen
