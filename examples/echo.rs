@@ -1,8 +1,11 @@
 //! Echo server: one greenlet per connection, each a plain sequential loop.
 //!
 //! ```text
-//! cargo run --release --example echo -- 127.0.0.1:7000 [--idle-timeout SECS]
+//! cargo run --release --example echo -- 127.0.0.1:7000 [--threads N] [--idle-timeout SECS]
 //! ```
+//!
+//! `--threads N` (default: every CPU) runs N loops, one per thread, each
+//! with its own `SO_REUSEPORT` listener on the address.
 //!
 //! Every connection is served by ordinary blocking-looking code
 //! (`read`, then `write_all`); greenhack's loop switches between them
@@ -23,13 +26,16 @@ use greenhack::net::TcpStream;
 
 #[path = "support/server.rs"]
 mod server;
+#[path = "support/threads.rs"]
+mod threads;
 
 fn main() -> io::Result<()> {
     let cfg = server::Config::from_args("echo", "127.0.0.1:7000", false);
-    greenhack::run(|| {
-        greenhack::debug::dump_on_signal(libc::SIGUSR1)?;
-        let listener = greenhack::net::TcpListener::bind(&cfg.addr)?;
-        println!("echo: listening on {}", listener.local_addr()?);
+    let (addr, threads) = (cfg.addr.clone(), cfg.threads);
+    threads::serve("echo", &addr, threads, move |listener| {
+        if greenhack::runtime::Handle::try_current().is_some_and(|h| h.index() == 0) {
+            greenhack::debug::dump_on_signal(libc::SIGUSR1)?; // one loop dumps
+        }
         server::serve("echo", &cfg, listener, serve)
     })
 }

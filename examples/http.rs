@@ -2,9 +2,12 @@
 //! answering every request with "Hello, world!".
 //!
 //! ```text
-//! cargo run --release --example http -- 127.0.0.1:8080 [--idle-timeout SECS] [--header-timeout SECS]
+//! cargo run --release --example http -- 127.0.0.1:8080 [--threads N] [--idle-timeout SECS] [--header-timeout SECS]
 //! wrk -t1 -c50 -d10s http://127.0.0.1:8080/
 //! ```
+//!
+//! `--threads N` (default: every CPU) runs N loops, one per thread, each
+//! with its own `SO_REUSEPORT` listener on the address.
 //!
 //! The handler is sequential code: read until a full request is buffered,
 //! parse it with `httparse`, write the response, repeat. Pipelined requests
@@ -21,18 +24,19 @@
 
 use std::io::{self, Read, Write};
 
-use greenhack::net::{TcpListener, TcpStream};
+use greenhack::net::TcpStream;
 
 #[path = "support/http_protocol.rs"]
 mod http_protocol;
 #[path = "support/server.rs"]
 mod server;
+#[path = "support/threads.rs"]
+mod threads;
 
 fn main() -> io::Result<()> {
     let cfg = server::Config::from_args("http", "127.0.0.1:8080", true);
-    greenhack::run(|| {
-        let listener = TcpListener::bind(&cfg.addr)?;
-        println!("http: listening on {}", listener.local_addr()?);
+    let (addr, threads) = (cfg.addr.clone(), cfg.threads);
+    threads::serve("http", &addr, threads, move |listener| {
         server::serve("http", &cfg, listener, |stream, conn| {
             if let Err(e) = serve(stream, conn) {
                 if !matches!(

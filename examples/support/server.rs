@@ -54,10 +54,13 @@ pub struct Config {
     /// Cancel a connection whose request is incomplete this long after its
     /// first byte (`None` where the protocol has no requests to bound).
     pub header_timeout: Option<Duration>,
+    /// How many loops (threads) serve; `None`: one per CPU the process may
+    /// use (see `support/threads.rs`).
+    pub threads: Option<usize>,
 }
 
 impl Config {
-    /// Parses `[ADDR] [--idle-timeout SECS] [--header-timeout SECS]` (the
+    /// Parses `[ADDR] [--threads N] [--idle-timeout SECS] [--header-timeout SECS]` (the
     /// latter only if `headers`); on a bad command line prints the usage
     /// and exits with status 2.
     pub fn from_args(name: &str, default_addr: &str, headers: bool) -> Config {
@@ -65,10 +68,11 @@ impl Config {
             addr: default_addr.to_string(),
             idle_timeout: Some(Duration::from_secs(60)),
             header_timeout: headers.then_some(Duration::from_secs(10)),
+            threads: None,
         };
         let usage = format!(
-            "usage: {name} [ADDR] [--idle-timeout SECS]{} (default ADDR {default_addr}; \
-             SECS may be fractional, 0 disables)",
+            "usage: {name} [ADDR] [--threads N] [--idle-timeout SECS]{} (default ADDR \
+             {default_addr}, N every CPU; SECS may be fractional, 0 disables)",
             if headers {
                 " [--header-timeout SECS]"
             } else {
@@ -94,6 +98,15 @@ impl Config {
             match arg.as_str() {
                 "--idle-timeout" => cfg.idle_timeout = secs(),
                 "--header-timeout" if headers => cfg.header_timeout = secs(),
+                "--threads" => {
+                    let v = args
+                        .next()
+                        .unwrap_or_else(|| fail("--threads needs a value"));
+                    match v.parse::<usize>() {
+                        Ok(n) if n > 0 => cfg.threads = Some(n),
+                        _ => fail(&format!("--threads: {v:?} is not a positive number")),
+                    }
+                }
                 "-h" | "--help" => {
                     println!("{usage}");
                     std::process::exit(0)

@@ -10,11 +10,9 @@
 //! mod threads;
 //!
 //! fn main() -> io::Result<()> {
-//!     threads::serve("echo", "127.0.0.1:7000", accept_loop)
-//! }
-//!
-//! fn accept_loop(listener: TcpListener) -> io::Result<()> {
-//!     loop { /* accept, spawn a greenlet per connection */ }
+//!     threads::serve("echo", "127.0.0.1:7000", None, |listener| {
+//!         loop { /* accept, spawn a greenlet per connection */ }
+//!     })
 //! }
 //! ```
 //!
@@ -28,29 +26,26 @@ use std::sync::mpsc;
 use greenhack::net::{TcpListener, TcpSocket};
 use greenhack::runtime::Builder;
 
-#[path = "args.rs"]
-mod args;
-
 /// The listen backlog of each loop's listener: a burst of a few hundred
 /// connects (the benchmark's 500 connections) must not overflow it, or the
 /// overflowing clients stall for a second (std's 128 does).
 const BACKLOG: u32 = 1024;
 
-/// Parses `[ADDR] [--threads N]`, binds ADDR with one `SO_REUSEPORT`
-/// listener per loop, prints `{name}: listening on ADDR` once all of them
-/// listen, and runs `accept_loop` on every loop until one fails; returns
-/// that failure.
+/// Binds `addr` with one `SO_REUSEPORT` listener per loop (`threads` loops,
+/// default one per CPU), prints `{name}: listening on ADDR` once all of
+/// them listen, and runs `accept_loop` on every loop until one fails;
+/// returns that failure.
 pub fn serve(
     name: &'static str,
-    default_addr: &str,
-    accept_loop: fn(TcpListener) -> io::Result<()>,
+    addr: &str,
+    threads: Option<usize>,
+    accept_loop: impl Fn(TcpListener) -> io::Result<()> + Send + Sync + 'static,
 ) -> io::Result<()> {
-    let args = args::server_args(default_addr);
-    let threads = match args.threads {
+    let threads = match threads {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let addr = resolve(&args.addr)?;
+    let addr = resolve(addr)?;
     // A port 0 must become one port for every loop: a bound, non-listening
     // member of the group reserves it (and receives no connections).
     let reserve = TcpSocket::new_for_addr(addr)?;
