@@ -60,7 +60,11 @@ macro_rules! greenlet_local {
 }
 
 /// A greenlet-local key, declared with
-/// [`greenlet_local!`](crate::greenlet_local); see the [module docs](self).
+/// [`greenlet_local!`](crate::greenlet_local): one value per greenlet (and
+/// one for a plain thread's own stack), made by the initialiser on first
+/// use, dropped when the greenlet ends, not inherited by the greenlets it
+/// spawns, and visible to the futures it `exempt`s while they run in its
+/// polls.
 pub struct GreenletLocal<T: 'static> {
     init: fn() -> T,
 }

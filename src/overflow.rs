@@ -90,6 +90,7 @@ const ALT_STACK_SIZE: usize = 64 * 1024;
 fn ensure_alt_stack() {
     // SAFETY: querying the current alternate stack.
     let mut current: libc::stack_t = unsafe { mem::zeroed() };
+    // SAFETY: a null new stack only queries; `current` is writable.
     if unsafe { libc::sigaltstack(ptr::null(), &mut current) } != 0 {
         return;
     }

@@ -22,7 +22,7 @@
 //! greenlet) see strict stack order, and concurrent pairs on one executor
 //! never see each other's state. `exempt` also checks that it runs on the
 //! stack of the pair it found, so code on any other stack (a raw
-//! [`Greenlet`](crate::greenlet::Greenlet) inside a pair) is never suspended
+//! [`Greenlet`] inside a pair) is never suspended
 //! through the wrong greenlet.
 
 use std::cell::Cell;
@@ -62,7 +62,7 @@ enum Driver {
 }
 
 /// One pair's state; lives on its greenlet's stack.
-struct Pair {
+pub(super) struct Pair {
     suspender: *const Suspender<Resume, ()>,
     resume: Cell<Resume>,
     /// The greenlet's stack, to recognise code running on it.
@@ -107,15 +107,15 @@ impl<T: Copy + 'static> Drop for Restore<T> {
 impl Pair {
     /// Polls `fut` with the poller's context; suspends while it is pending.
     /// `what` is recorded for `debug::dump` while suspended.
-    fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
+    pub(super) fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
         let mut fut = pin!(fut);
         // The timer of the innermost-expiring timeout scope, armed when the
         // future is first pending.
         let mut scope_timer: Option<(Scope, crate::time::Sleep)> = None;
         loop {
+            let Resume { cx, driver } = self.resume.get();
             // SAFETY: the context was passed by the poll that resumed us,
             // which is still running (we are inside it).
-            let Resume { cx, driver } = self.resume.get();
             let cx = unsafe { &mut *cx };
             // The future is polled by this pair: an AsAsync inside it is
             // driven by greenhack's loop exactly when this pair is.
@@ -343,7 +343,7 @@ impl<T> fmt::Debug for AsAsync<T> {
 // ----- the one wait -------------------------------------------------------------
 
 /// Where the calling code runs: the one decision every wait makes.
-enum Place {
+pub(super) enum Place {
     /// On the greenlet of a pair.
     Pair(&'static Pair),
     /// Outside any greenlet, where blocking the thread is fine: greenhack's
@@ -372,7 +372,7 @@ pub(crate) enum Refusal {
     NoLoop,
 }
 
-fn place() -> Place {
+pub(super) fn place() -> Place {
     if let Some(pair) = current_pair() {
         return Place::Pair(pair);
     }

@@ -1200,6 +1200,7 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     // SAFETY: all-zero is a valid (empty) cpu_set_t; `CPU_SET` writes a bit
     // below its capacity (`cpu` came from `allowed_cpus`).
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, `cpu` is below the set's capacity.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is this thread.
     let r = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };

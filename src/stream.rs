@@ -1,5 +1,5 @@
 //! Streams read as iterators: [`exempt_iter`] turns any
-//! [`Stream`](futures_core::Stream) into an [`Iterator`] whose `next` waits
+//! [`Stream`] into an [`Iterator`] whose `next` waits
 //! through [`exempt`](crate::exempt) (the Python library's `exempt_it`).
 
 use std::fmt;

@@ -86,12 +86,12 @@ macro_rules! impl_async_io {
                 let unfilled = unsafe { buf.unfilled_mut() };
                 let (ptr, len) = (unfilled.as_mut_ptr(), unfilled.len());
                 match self.reg.poll_read_stream(cx, len, |s| {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(s);
                     // SAFETY: `ptr` is valid for writes of `len` bytes (the
                     // unfilled part of `buf`, which outlives this call and
                     // is not otherwise accessed meanwhile); `read(2)`
                     // writes at most `len` bytes there and reads none.
-                    let n =
-                        unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(s), ptr.cast(), len) };
+                    let n = unsafe { libc::read(fd, ptr.cast(), len) };
                     if n < 0 {
                         Err(std::io::Error::last_os_error())
                     } else {

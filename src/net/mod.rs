@@ -630,7 +630,7 @@ fn pending_for<T>(cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
 
 /// One attempt of a socket operation: `None` if it would block (wait for
 /// readiness, then try again); `EINTR` is retried at once, as std does.
-fn try_op<R>(mut op: impl FnMut() -> io::Result<R>) -> Option<io::Result<R>> {
+pub(super) fn try_op<R>(mut op: impl FnMut() -> io::Result<R>) -> Option<io::Result<R>> {
     loop {
         match op() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,

@@ -109,8 +109,8 @@ impl TcpSocket {
         // SAFETY: `socket` takes no pointers; a non-negative result is a
         // new descriptor that nothing else owns.
         let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-        // SAFETY: `fd` was just returned by `socket`, open and unowned.
         Ok(TcpSocket {
+            // SAFETY: `fd` was just returned by `socket`, open and unowned.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -68,7 +68,7 @@ impl Direction {
 
 /// One registered I/O source.
 #[derive(Default)]
-pub(super) struct IoSlot {
+pub(crate) struct IoSlot {
     /// The registered fd, for `debug::dump`'s "waiting for fd N".
     fd: RawFd,
     readiness: u8,
@@ -79,7 +79,7 @@ pub(super) struct IoSlot {
 impl IoSlot {
     /// Latches what `event` reports and moves the waiters it ends into
     /// `wakers` (called by the turn, which wakes them after its borrows end).
-    pub(super) fn latch(&mut self, event: &mio::event::Event, wakers: &mut Vec<Waker>) {
+    pub(crate) fn latch(&mut self, event: &mio::event::Event, wakers: &mut Vec<Waker>) {
         let mut bits = 0;
         if event.is_readable() {
             bits |= READABLE;

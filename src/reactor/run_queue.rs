@@ -227,7 +227,7 @@ impl Reactor {
 }
 
 /// The waker of a task: its slot and generation.
-struct TaskWaker {
+pub(crate) struct TaskWaker {
     index: u32,
     generation: u32,
     shared: Arc<Shared>,

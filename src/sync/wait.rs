@@ -15,7 +15,7 @@
 //! would block it.
 //!
 //! A deadline is a timer armed at the first `Pending`: on greenhack's loop
-//! the reactor's own ([`Sleep`](crate::time::Sleep)); when parking,
+//! the reactor's own ([`Sleep`]); when parking,
 //! `park_timeout`; under another executor (whose timers greenhack cannot
 //! name) a shared timer thread that wakes the waker at the deadline.
 

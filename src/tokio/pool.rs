@@ -3,7 +3,7 @@
 //! `current_thread` runtime.
 //!
 //! A multi-thread runtime (axum, tonic, hyper on `#[tokio::main]`) moves its
-//! tasks between threads, so it cannot poll an [`AsAsync`](crate::AsAsync),
+//! tasks between threads, so it cannot poll an [`AsAsync`],
 //! whose greenlet's stack belongs to one thread. [`spawn_sync`] sends the
 //! closure instead: to the least-loaded worker of a [`Pool`], where it runs
 //! as a greenlet beside thousands of others, with greenhack's sockets,
