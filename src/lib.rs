@@ -287,3 +287,8 @@ pub use runtime::Runtime;
 pub use stream::{ExemptIter, exempt_iter};
 pub use task::{JoinError, JoinHandle, spawn};
 pub use time::{Elapsed, sleep, sleep_until, timeout, timeout_at, yield_now};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
