@@ -22,9 +22,8 @@
 //!     let (tx, rx) = tokio::sync::oneshot::channel();
 //!     greenhack::spawn(move || tx.send(2).unwrap());
 //!     a.join().unwrap() + greenhack::exempt(rx).unwrap()
-//! })?;
+//! });
 //! assert_eq!(out, 3);
-//! # Ok::<(), std::io::Error>(())
 //! ```
 //!
 //! [`run`] is the scoped form, [`start_loop`] the one for programs that keep
@@ -43,8 +42,6 @@
 //! fails with tokio's "there is no reactor running" panic; greenhack adds a
 //! note naming this module to that message.
 
-use std::io;
-
 mod pool;
 pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sync};
 
@@ -54,20 +51,26 @@ pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sy
 /// finished; then drops the runtime. Like [`crate::run`], with tokio's
 /// futures usable everywhere inside.
 ///
-/// # Errors
-///
-/// The tokio runtime could not be built (its `epoll` or `eventfd`).
-///
 /// # Panics
 ///
-/// If called inside a tokio runtime (tokio refuses to start a runtime from
-/// within one) or from inside a greenlet; where tokio already runs, use
-/// [`as_async`](crate::as_async): greenhack hosts itself there.
-pub fn run<T>(f: impl FnOnce() -> T) -> io::Result<T> {
-    let rt = ::tokio::runtime::Builder::new_current_thread()
+/// If the tokio runtime cannot be built (no `epoll` or `eventfd`: as
+/// `#[tokio::main]` does; [`run_with`] takes a runtime you built), or if
+/// called inside a tokio runtime (tokio refuses to start a runtime from
+/// within one): where tokio already runs, use
+/// [`as_async`](crate::as_async), which hosts greenhack's loop there.
+pub fn run<T>(f: impl FnOnce() -> T) -> T {
+    run_with(build_runtime(), f)
+}
+
+/// A `current_thread` runtime with I/O and time enabled.
+fn build_runtime() -> ::tokio::runtime::Runtime {
+    match ::tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    Ok(run_with(rt, f))
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("greenhack: cannot build the tokio runtime: {e}"),
+    }
 }
 
 /// [`run`] with a runtime you built (a `current_thread` one; the
@@ -95,26 +98,22 @@ pub fn run_with<T>(rt: ::tokio::runtime::Runtime, f: impl FnOnce() -> T) -> T {
 /// and time enabled) underneath: [`crate::start_loop`] plus tokio. Idempotent.
 ///
 /// ```
-/// greenhack::tokio::start_loop()?;
+/// greenhack::tokio::start_loop();
 /// let h = greenhack::spawn(|| greenhack::exempt(async { 2 }));
 /// greenhack::exempt(tokio::time::sleep(std::time::Duration::from_millis(1)));
 /// assert_eq!(h.join().unwrap(), 2);
-/// # Ok::<(), std::io::Error>(())
 /// ```
 ///
-/// # Errors
+/// # Panics
 ///
-/// The tokio runtime could not be built.
-pub fn start_loop() -> io::Result<()> {
+/// As [`run`].
+pub fn start_loop() {
     if !crate::reactor::hosted::HostRuntime::is_installed() {
-        let rt = ::tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = build_runtime();
         let handle = rt.handle().clone();
         std::mem::forget(crate::reactor::hosted::HostRuntime::install(rt));
         // For the rest of the thread, as the runtime is.
         std::mem::forget(handle.enter());
     }
     crate::start_loop();
-    Ok(())
 }

@@ -134,8 +134,7 @@ fn tokio_and_greenhack_on_one_thread_with_tokio_run() {
         let echoed = echo_over_greenhack_sockets();
         assert_eq!(std::thread::current().id(), thread);
         (client.join().unwrap(), got, echoed)
-    })
-    .unwrap();
+    });
     assert_eq!(out.0, *b"ping");
     assert_eq!(out.1, [0, 1, 2]);
     assert_eq!(out.2, b"hello");
@@ -153,7 +152,6 @@ fn tokio_run_waits_for_spawned_greenlets() {
                 d.set(d.get() + 1);
             }));
         }
-    })
-    .unwrap();
+    });
     assert_eq!(done.get(), 10);
 }
