@@ -77,6 +77,9 @@ impl Future for YieldNow {
             return Poll::Ready(());
         }
         self.0 = true;
+        if let Some(reactor) = Reactor::try_current() {
+            reactor.note_yield();
+        }
         cx.waker().wake_by_ref();
         Poll::Pending
     }

@@ -73,6 +73,12 @@ use slab::Slab;
 /// The token of the cross-thread waker; I/O tokens are slot index + 1.
 const WAKE_TOKEN: Token = Token(0);
 
+/// While tasks stay ready, the standalone loop turns (a non-blocking
+/// `epoll_wait`, due timers, wakes from other threads) once per this many
+/// rounds of the ready queue: tokio's `event_interval` default. I/O and
+/// timers wait at most that many rounds behind busy greenlets.
+const EVENT_INTERVAL: u32 = 61;
+
 /// The part of a reactor other threads may touch.
 struct Shared {
     /// Tasks woken from other threads: (slot, generation).
@@ -105,6 +111,8 @@ pub(crate) struct Reactor {
     explicit_loop: Cell<bool>,
     /// Woken when the last task finishes (`run` waits for that).
     idle_waiters: RefCell<Vec<Waker>>,
+    /// A greenlet yielded since the last turn: the next round turns.
+    yielded: Cell<bool>,
 }
 
 thread_local! {
@@ -186,6 +194,7 @@ impl Reactor {
             }),
             explicit_loop: Cell::new(false),
             idle_waiters: RefCell::new(Vec::new()),
+            yielded: Cell::new(false),
             hosted: hosted::HostLink::default(),
         })
     }
@@ -243,6 +252,12 @@ impl Reactor {
         // Phase 5: wake, with no borrow held: a waker may run arbitrary code.
         wakers.into_iter().for_each(Waker::wake);
         Ok(woke)
+    }
+
+    /// Records a `yield_now`: the loop turns (looks for I/O, timers) before
+    /// the yielder runs again, so a yield loop never starves I/O.
+    pub(crate) fn note_yield(&self) {
+        self.yielded.set(true);
     }
 
     /// True when a task is queued to run.
@@ -329,6 +344,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let waker = Waker::from(main.clone());
     let mut cx = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
+    let mut busy_rounds = 0u32;
     loop {
         if main.woken.swap(false, Ordering::Acquire) {
             if let Poll::Ready(v) = loop_poll(|| future.as_mut().poll(&mut cx)) {
@@ -337,6 +353,19 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         }
         reactor.run_ready();
         let busy = main.woken.load(Ordering::Acquire) || reactor.has_ready();
+        // While greenlets keep each other busy (a channel ping-pong, a lock
+        // handed on), a non-blocking `epoll_wait` between every round would
+        // be a system call per hand-off; look for events every
+        // EVENT_INTERVAL busy rounds instead, as tokio does.
+        // A greenlet that yielded asks for exactly that turn (`yield_now`
+        // lets I/O in, as tokio's does).
+        let yielded = reactor.yielded.replace(false);
+        if busy && !yielded {
+            busy_rounds += 1;
+            if busy_rounds % EVENT_INTERVAL != 0 {
+                continue;
+            }
+        }
         let timeout = if busy {
             Some(Duration::ZERO)
         } else {
