@@ -25,8 +25,8 @@
  *   in   rax  this side's resume address (a label right after the stub's jmp)
  *        rsi  where to store this side's stack pointer
  *        rdx  the other side's saved stack pointer
- *        rdi  the value handed over; never touched, so it arrives unchanged in
- *             rdi on the other side
+ *        rdi, r8  the two words handed over (kind and payload); never
+ *             touched, so they arrive unchanged on the other side
  *   out  rbx, rbp: the other side's, restored from its frame
  *        rax: this side's saved stack pointer (what it stored in [rsi]), so
  *             the resumer gets the greenlet's in a register on suspend
@@ -146,7 +146,8 @@
         add     rsp, 8
 #endif
         /* Continue after the other side's stub, or in greenhack_trampoline
-         * for a fresh greenlet. rdi still holds the value handed over. */
+         * for a fresh greenlet. rdi and r8 still hold the words handed
+         * over. */
         jmp     rcx
         .cfi_endproc
         .size   \name, . - \name
@@ -164,10 +165,13 @@
  *   rbp  the address of the closure, popped from the fresh frame
  *   rsi  the address of the parent link (the resumer's `mov [rsi], rsp`
  *        just filled it)
- *   rdi  the value handed over by the first resume
+ *   rdi  the kind handed over by the first resume
+ *   r8   the payload handed over by the first resume
+ *   rax  the resumer's saved sp (not needed)
  *
- * It calls entry(rdi = value, rsi = &parent link, rdx = &closure), which never
- * returns: a finished greenlet leaves through greenhack_switch_out.
+ * It calls entry(rdi = kind, rsi = &parent link, rdx = &closure, rcx =
+ * payload), which never returns: a finished greenlet leaves through
+ * greenhack_switch_out.
  *
  * Its unwind information is what makes a backtrace taken inside a greenlet
  * continue into the code that resumed it: the CFA is computed from the parent
@@ -210,8 +214,9 @@ greenhack_trampoline:
         /* Call the entry with push + jmp rather than `call`: the entry never
          * returns, and a `call` would leave a return-stack-buffer entry that
          * the resumer's next `ret` would pop and mispredict. */
-        lea     rcx, [rip + greenhack_trampoline_return]
-        push    rcx
+        mov     rcx, r8
+        lea     rax, [rip + greenhack_trampoline_return]
+        push    rax
         jmp     rbx
         .globl  greenhack_trampoline_return
         .hidden greenhack_trampoline_return

@@ -19,8 +19,9 @@ use super::EntryFn;
 
 unsafe extern "C" {
     // Custom convention, see asm/x86_64.S: rax = resume address,
-    // rsi = where to save our sp, rdx = sp to switch to, rdi = value; the
-    // other side receives rdi and, in rax, our saved sp.
+    // rsi = where to save our sp, rdx = sp to switch to, rdi and r8 = the
+    // two words handed over; the other side receives rdi and r8 and, in
+    // rax, our saved sp.
     // Entered by jmp; never called.
     fn greenhack_switch_in();
     fn greenhack_switch_out();
@@ -123,19 +124,24 @@ pub(crate) fn trampoline_return() -> usize {
     core::ptr::addr_of!(greenhack_trampoline_return) as usize
 }
 
-/// Resumes the greenlet whose saved stack pointer is `sp`, handing it
-/// `value`. Our own stack pointer is stored in `*parent_link` for the
-/// greenlet to switch back to. Returns the value the greenlet hands back and
-/// the greenlet's saved stack pointer (the value it also stored in its
-/// save slot).
+/// Resumes the greenlet whose saved stack pointer is `sp`, handing it the
+/// words `kind` and `payload`. Our own stack pointer is stored in
+/// `*parent_link` for the greenlet to switch back to. Returns the two words
+/// the greenlet hands back and the greenlet's saved stack pointer (the value
+/// it also stored in its save slot).
 ///
 /// # Safety
 ///
 /// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
 /// this thread and `parent_link` the parent-link slot of that same greenlet.
 #[inline(always)]
-pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> (usize, usize) {
-    let (out, their_sp): (usize, usize);
+pub(crate) unsafe fn switch_in(
+    kind: usize,
+    payload: usize,
+    parent_link: *mut usize,
+    sp: usize,
+) -> (usize, usize, usize) {
+    let (kind_out, payload_out, their_sp): (usize, usize, usize);
     // SAFETY: the caller guarantees `sp` is a valid suspended context; the
     // routine saves rbx/rbp/rip and the operands declare every other register
     // clobbered, so all state the compiler relies on survives.
@@ -144,14 +150,15 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             // Our resume address, then hand over to the routine.
             "lea rax, [rip + 2f]",
             "jmp {switch}",
-            // The greenlet switched back: rdi holds its value, rbx/rbp are
-            // ours again. The trampoline's CFI points unwinders at this very
+            // The greenlet switched back: rdi and r8 hold its words, rbx/rbp
+            // are ours again. The trampoline's CFI points unwinders at this very
             // address (signal-frame lookup, no -1): keep an instruction of
             // this function after it.
             "2:",
             "nop",
             switch = sym greenhack_switch_in,
-            inlateout("rdi") value => out,
+            inlateout("rdi") kind => kind_out,
+            inlateout("r8") payload => payload_out,
             lateout("rax") their_sp,
             in("rsi") parent_link,
             in("rdx") sp,
@@ -159,21 +166,26 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             clobber_abi("sysv64"),
         );
     }
-    (out, their_sp)
+    (kind_out, payload_out, their_sp)
 }
 
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
-/// handing it `value`. Returns the value of the next resume and the
-/// resumer's saved stack pointer.
+/// handing it the words `kind` and `payload`. Returns the two words of the
+/// next resume and the resumer's saved stack pointer.
 ///
 /// # Safety
 ///
 /// Must run on a greenlet's stack, with `sp` the current value of its parent
 /// link.
 #[inline(always)]
-pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (usize, usize) {
-    let (out, their_sp): (usize, usize);
+pub(crate) unsafe fn switch_out(
+    kind: usize,
+    payload: usize,
+    save: *mut usize,
+    sp: usize,
+) -> (usize, usize, usize) {
+    let (kind_out, payload_out, their_sp): (usize, usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
@@ -182,7 +194,8 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (u
             "jmp {switch}",
             "2:",
             switch = sym greenhack_switch_out,
-            inlateout("rdi") value => out,
+            inlateout("rdi") kind => kind_out,
+            inlateout("r8") payload => payload_out,
             lateout("rax") their_sp,
             in("rsi") save,
             in("rdx") sp,
@@ -190,7 +203,7 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (u
             clobber_abi("sysv64"),
         );
     }
-    (out, their_sp)
+    (kind_out, payload_out, their_sp)
 }
 
 /// Starts loading the cache line holding `addr` into every cache level and

@@ -238,7 +238,9 @@ impl Reactor {
         }
         #[cfg(not(feature = "tokio"))]
         {
-            let _ = (host, host_cx, &mut slot);
+            // [switch] was `(host, host_cx, &mut slot)`: a second borrow of
+            // `slot` that broke the build without the `tokio` feature.
+            let _ = (host, host_cx);
             false
         }
     }
