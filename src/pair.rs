@@ -93,23 +93,34 @@ impl<T: Copy + 'static> Drop for Restore<T> {
 impl Pair {
     /// Polls `fut` with the poller's context; suspends while it is pending.
     /// `what` is recorded for `debug::dump` while suspended.
+    // [switch] The first poll inline, the rest out of line in
+    // `wait_pending`: a ready future costs a user crate's loop a poll, not a
+    // call (exempt(ready) was 2.0x stackful's `wait` in a user crate).
+    #[inline]
     fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
         let mut fut = pin!(fut);
+        // SAFETY: the context was passed by the poll that resumed us, which
+        // is still running (we are inside it).
+        let Resume { cx, driver } = self.resume.get();
+        let cx = unsafe { &mut *cx };
+        // The future is polled by this pair: an AsAsync inside it is driven
+        // by greenhack's loop exactly when this pair is.
+        let polled = if driver == Driver::Loop {
+            reactor::loop_poll(|| fut.as_mut().poll(cx))
+        } else {
+            fut.as_mut().poll(cx)
+        };
+        match polled {
+            Poll::Ready(v) => v,
+            Poll::Pending => self.wait_pending(fut, what),
+        }
+    }
+
+    // [switch] The loop of `wait` after a first poll found `fut` pending
+    // (the loop of the old `wait`, rotated: suspend first, then poll).
+    #[inline(never)]
+    fn wait_pending<F: Future>(&self, mut fut: Pin<&mut F>, what: Wait) -> F::Output {
         loop {
-            // SAFETY: the context was passed by the poll that resumed us,
-            // which is still running (we are inside it).
-            let Resume { cx, driver } = self.resume.get();
-            let cx = unsafe { &mut *cx };
-            // The future is polled by this pair: an AsAsync inside it is
-            // driven by greenhack's loop exactly when this pair is.
-            let polled = if driver == Driver::Loop {
-                reactor::loop_poll(|| fut.as_mut().poll(cx))
-            } else {
-                fut.as_mut().poll(cx)
-            };
-            if let Poll::Ready(v) = polled {
-                return v;
-            }
             if std::thread::panicking() {
                 // A wait inside a `Drop` during an unwind (a panic, or this
                 // greenlet being cancelled): switching away would let every
@@ -126,6 +137,17 @@ impl Pair {
             header.wait.set(Wait::Nothing);
             self.resume.set(next);
             CURRENT.with(|c| c.set(self));
+            // SAFETY: as in `wait`.
+            let Resume { cx, driver } = self.resume.get();
+            let cx = unsafe { &mut *cx };
+            let polled = if driver == Driver::Loop {
+                reactor::loop_poll(|| fut.as_mut().poll(cx))
+            } else {
+                fut.as_mut().poll(cx)
+            };
+            if let Poll::Ready(v) = polled {
+                return v;
+            }
         }
     }
 }
@@ -345,10 +367,19 @@ pub(crate) enum Refusal {
     NoLoop,
 }
 
+// [switch] `#[inline]`, the outside-a-greenlet half split off: `place` is
+// on the path of every wait.
+#[inline]
 fn place() -> Place {
     if let Some(pair) = current_pair() {
         return Place::Pair(pair);
     }
+    place_outside()
+}
+
+// [switch] split off `place`, out of line.
+#[inline(never)]
+fn place_outside() -> Place {
     if on_foreign_executor() {
         return Place::ForeignThread;
     }
@@ -377,16 +408,25 @@ pub(crate) fn check(needs: Needs) -> Result<(), Refusal> {
 /// `debug::dump` while suspended.
 #[inline]
 pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Output, (F, Refusal)> {
-    match place() {
-        Place::Pair(pair) => {
-            if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
-                return Err((fut, Refusal::NoLoop));
-            }
-            Ok(pair.wait(fut, what))
+    // [switch] The greenlet case inline, the rest out of line (`wait_outside`),
+    // so that `exempt` inlines into a user crate's code.
+    if let Some(pair) = current_pair() {
+        if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
+            return Err((fut, Refusal::NoLoop));
         }
+        return Ok(pair.wait(fut, what));
+    }
+    wait_outside(fut)
+}
+
+// [switch] `wait` outside any greenlet, out of line.
+#[inline(never)]
+fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
+    match place_outside() {
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
         Place::Thread => Ok(reactor::block_on(fut)),
         Place::ForeignThread => Err((fut, Refusal::ForeignThread)),
+        Place::Pair(_) => unreachable!("greenhack: place_outside found a pair"),
     }
 }
 
@@ -429,8 +469,17 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
 pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {
     match try_exempt(fut) {
         Ok(v) => v,
-        Err(e) => panic!("{e}"),
+        Err(e) => exempt_refused(e),
     }
+}
+
+// [switch] `exempt`'s panic, out of line: formatting it inline made
+// `exempt` too big to inline into a user crate's loop.
+#[cold]
+#[track_caller]
+#[inline(never)]
+fn exempt_refused<F>(e: ExemptError<F>) -> ! {
+    panic!("{e}")
 }
 
 /// Like [`exempt`], but where `exempt` would panic, returns the future in

@@ -245,7 +245,11 @@ fn local() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
     (rt, tokio::task::LocalSet::new())
 }
 
-fn gh_bridge<const PAD: usize, F: Future<Output = u64> + 'static>(mk: fn(u64) -> F) -> Runner {
+fn gh_bridge<const PAD: usize, F, M>(mk: M) -> Runner
+where
+    F: Future<Output = u64> + 'static,
+    M: Fn(u64) -> F + Copy + 'static,
+{
     let (rt, set) = local();
     Box::new(move |n| {
         set.block_on(&rt, async move {
@@ -265,7 +269,11 @@ fn gh_bridge<const PAD: usize, F: Future<Output = u64> + 'static>(mk: fn(u64) ->
     })
 }
 
-fn sf_bridge<const PAD: usize, F: Future<Output = u64> + 'static>(mk: fn(u64) -> F) -> Runner {
+fn sf_bridge<const PAD: usize, F, M>(mk: M) -> Runner
+where
+    F: Future<Output = u64> + 'static,
+    M: Fn(u64) -> F + Copy + 'static,
+{
     let (rt, set) = local();
     Box::new(move |n| {
         set.block_on(&rt, async move {
@@ -285,23 +293,17 @@ fn sf_bridge<const PAD: usize, F: Future<Output = u64> + 'static>(mk: fn(u64) ->
     })
 }
 
-fn ready_fut(i: u64) -> std::future::Ready<u64> {
-    ready(i)
-}
-fn yield_once(i: u64) -> YieldOnce {
-    YieldOnce(i, false)
-}
 fn gh_ready<const PAD: usize>() -> Runner {
-    gh_bridge::<PAD, _>(ready_fut)
+    gh_bridge::<PAD, _, _>(ready)
 }
 fn sf_ready<const PAD: usize>() -> Runner {
-    sf_bridge::<PAD, _>(ready_fut)
+    sf_bridge::<PAD, _, _>(ready)
 }
 fn gh_yield<const PAD: usize>() -> Runner {
-    gh_bridge::<PAD, _>(yield_once)
+    gh_bridge::<PAD, _, _>(|i| YieldOnce(i, false))
 }
 fn sf_yield<const PAD: usize>() -> Runner {
-    sf_bridge::<PAD, _>(yield_once)
+    sf_bridge::<PAD, _, _>(|i| YieldOnce(i, false))
 }
 
 // ---------------------------------------------------------------------------
