@@ -28,8 +28,9 @@
  *        rdi, r8  the two words handed over (kind and payload); never
  *             touched, so they arrive unchanged on the other side
  *   out  rbx, rbp: the other side's, restored from its frame
- *        rax: this side's saved stack pointer (what it stored in [rsi]), so
- *             the resumer gets the greenlet's in a register on suspend
+ *        rax: on suspend (greenhack_switch_out), this side's saved stack
+ *             pointer (what it stored in [rsi]), so the resumer gets the
+ *             greenlet's in a register; on resume, garbage
  *        rcx: clobbered (holds the resume address we jump to)
  *
  *   Everything else the ABI calls callee-saved (r12-r15) is declared clobbered
@@ -104,12 +105,13 @@
 #define FRAME_SIZE 0x18
 #endif
 
-/* The switch. One macro, two names (see above). */
-.macro GREENHACK_SWITCH name
+/* The switch. One macro, two names (see above); `hand_sp` is 1 for the
+ * suspend direction only, where the resumer wants the greenlet's sp. */
+.macro GREENHACK_SWITCH name, hand_sp
         .globl  \name
         .hidden \name
         .type   \name, @function
-        /* Each copy starts a 64-byte line (it is 17 bytes; 41 with the FP
+        /* Each copy starts a 64-byte line (it is at most 17 bytes; 41 with the FP
          * control words), so it never straddles two: with 16-byte alignment
          * the flat round trip moved between 2.43 and 2.66 ns as unrelated code
          * changes shifted the routines across a line boundary. */
@@ -127,13 +129,17 @@
         push    rbx
         push    rax
         push    rbp
-        /* Publish where this side stopped: into the greenlet's parent link on
-         * resume, into the greenlet's saved-sp slot on suspend. Hand the
-         * same value to the other side in rax (free again: its resume
+        /* Publish where this side stopped, in the greenlet's link (the
+         * parent link while it runs, its saved sp while it is suspended:
+         * see StackHeader::parent_link in src/stack.rs). On suspend, hand
+         * the same value to the other side in rax (free again: its resume
          * address is pushed), so a resumer learns where the greenlet stopped
-         * without reading it back from memory. */
+         * without reading it back from memory. A greenlet has no use for
+         * its resumer's sp: on resume, rax keeps the resume address. */
         mov     [rsi], rsp
+.if \hand_sp
         mov     rax, rsp
+.endif
         /* Cross over to the other stack. */
         mov     rsp, rdx
         /* Pop the other side's frame: mirror image of the pushes above. */
@@ -153,8 +159,8 @@
         .size   \name, . - \name
 .endm
 
-        GREENHACK_SWITCH greenhack_switch_in
-        GREENHACK_SWITCH greenhack_switch_out
+        GREENHACK_SWITCH greenhack_switch_in, 0
+        GREENHACK_SWITCH greenhack_switch_out, 1
 
 /*
  * greenhack_trampoline: the first instruction a greenlet runs.
@@ -167,7 +173,7 @@
  *        just filled it)
  *   rdi  the kind handed over by the first resume
  *   r8   the payload handed over by the first resume
- *   rax  the resumer's saved sp (not needed)
+ *   rax  garbage (the resumer's resume address)
  *
  * It calls entry(rdi = kind, rsi = &parent link, rdx = &closure, rcx =
  * payload), which never returns: a finished greenlet leaves through

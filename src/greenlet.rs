@@ -683,7 +683,7 @@ impl<I, Y> Suspender<I, Y> {
             // holds the resumer's frame, saved by its switch_in; our own sp
             // replaces it there. Our frame (and `slot`) stays put until we
             // are resumed.
-            let (kind, back, _) = unsafe {
+            let (kind, back) = unsafe {
                 arch::switch_out(
                     YIELD,
                     payload,

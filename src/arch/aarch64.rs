@@ -173,7 +173,7 @@ pub(crate) unsafe fn switch_in(
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
 /// handing it the words `kind` and `payload`. Returns the two words of the
-/// next resume and the resumer's saved stack pointer.
+/// next resume.
 ///
 /// # Safety
 ///
@@ -185,8 +185,8 @@ pub(crate) unsafe fn switch_out(
     payload: usize,
     save: *mut usize,
     sp: usize,
-) -> (usize, usize, usize) {
-    let (kind_out, payload_out, their_sp): (usize, usize, usize);
+) -> (usize, usize) {
+    let (kind_out, payload_out): (usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
@@ -197,7 +197,7 @@ pub(crate) unsafe fn switch_out(
             switch = sym greenhack_switch_out,
             inlateout("x0") kind => kind_out,
             inlateout("x4") payload => payload_out,
-            lateout("x3") their_sp,
+            lateout("x3") _,
             in("x1") save,
             in("x2") sp,
             lateout("x20") _, lateout("x21") _, lateout("x22") _,
@@ -209,7 +209,7 @@ pub(crate) unsafe fn switch_out(
             clobber_abi("C"),
         );
     }
-    (kind_out, payload_out, their_sp)
+    (kind_out, payload_out)
 }
 
 /// Starts loading the cache line holding `addr` into every cache level and

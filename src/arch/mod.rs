@@ -8,7 +8,7 @@
 //! * `switch_in(kind, payload, parent_link, sp) -> (kind, payload, their
 //!   sp)`: resume the greenlet whose saved stack pointer is `sp`, storing
 //!   ours in `*parent_link`;
-//! * `switch_out(kind, payload, save, sp) -> (kind, payload, their sp)`:
+//! * `switch_out(kind, payload, save, sp) -> (kind, payload)`:
 //!   suspend, storing our stack pointer in `*save`, and continue the side
 //!   whose saved pointer is `sp`;
 //! * `trampoline_return()`: the code address that roots a greenlet's

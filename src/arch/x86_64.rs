@@ -172,7 +172,7 @@ pub(crate) unsafe fn switch_in(
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
 /// handing it the words `kind` and `payload`. Returns the two words of the
-/// next resume and the resumer's saved stack pointer.
+/// next resume.
 ///
 /// # Safety
 ///
@@ -184,8 +184,8 @@ pub(crate) unsafe fn switch_out(
     payload: usize,
     save: *mut usize,
     sp: usize,
-) -> (usize, usize, usize) {
-    let (kind_out, payload_out, their_sp): (usize, usize, usize);
+) -> (usize, usize) {
+    let (kind_out, payload_out): (usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
@@ -196,14 +196,14 @@ pub(crate) unsafe fn switch_out(
             switch = sym greenhack_switch_out,
             inlateout("rdi") kind => kind_out,
             inlateout("r8") payload => payload_out,
-            lateout("rax") their_sp,
+            lateout("rax") _,
             in("rsi") save,
             in("rdx") sp,
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
             clobber_abi("sysv64"),
         );
     }
-    (kind_out, payload_out, their_sp)
+    (kind_out, payload_out)
 }
 
 /// Starts loading the cache line holding `addr` into every cache level and
