@@ -761,9 +761,7 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
         return None;
     }
     let mut control = Control { backtrace: None };
-    let Some(sp) = header.saved_sp() else {
-        return None;
-    };
+    let sp = header.saved_sp()?;
     let asan = crate::asan::before_resume(header);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! +---------------------+  <- top (page aligned)
-//! | StackHeader         |  parent link, saved sp, name, list links
+//! | StackHeader         |  link (parent or saved sp), name, list links
 //! +---------------------+
 //! | usable stack ...    |  grows down; pages are committed on first touch
 //! |                     |

@@ -241,7 +241,9 @@ impl Future for YieldOnce {
 }
 
 fn local() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     (rt, tokio::task::LocalSet::new())
 }
 
@@ -330,9 +332,21 @@ macro_rules! layouts {
 
 fn cases() -> Vec<Case> {
     vec![
-        Case { name: "flat", peer: "corosensei", layouts: layouts!(gh_flat, co_flat) },
-        Case { name: "nested", peer: "corosensei", layouts: layouts!(gh_nested, co_nested) },
-        Case { name: "create", peer: "corosensei", layouts: layouts!(gh_create, co_create) },
+        Case {
+            name: "flat",
+            peer: "corosensei",
+            layouts: layouts!(gh_flat, co_flat),
+        },
+        Case {
+            name: "nested",
+            peer: "corosensei",
+            layouts: layouts!(gh_nested, co_nested),
+        },
+        Case {
+            name: "create",
+            peer: "corosensei",
+            layouts: layouts!(gh_create, co_create),
+        },
         Case {
             name: "exempt_ready",
             peer: "stackful",
@@ -383,7 +397,11 @@ fn main() {
     };
     let reps = get("--reps", 41) as usize;
     let sample = Duration::from_micros(get("--sample-us", 500));
-    let only: Vec<&String> = args.iter().skip(1).filter(|a| !a.starts_with("--") && a.parse::<u64>().is_err()).collect();
+    let only: Vec<&String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--") && a.parse::<u64>().is_err())
+        .collect();
     let label = std::env::var("GREENHACK_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
 
     let mut cases = cases();
@@ -420,8 +438,13 @@ fn main() {
             }
         }
     }
-    println!("# profile {label}: {reps} interleaved rounds, {} us samples, fastest round per layout", sample.as_micros());
-    println!("# row profile case peer pad greenhack_ns peer_ns ratio (fastest rounds) greenhack_median_ns peer_median_ns");
+    println!(
+        "# profile {label}: {reps} interleaved rounds, {} us samples, fastest round per layout",
+        sample.as_micros()
+    );
+    println!(
+        "# row profile case peer pad greenhack_ns peer_ns ratio (fastest rounds) greenhack_median_ns peer_median_ns"
+    );
     let mut summary = Vec::new();
     for (ci, c) in cases.iter().enumerate() {
         let mut ratios = Vec::new();
@@ -443,7 +466,14 @@ fn main() {
             prs.push(mp);
         }
         let worst = ratios.iter().cloned().fold(0.0, f64::max);
-        summary.push((c.name, c.peer, median(&mut ghs), median(&mut prs), median(&mut ratios), worst));
+        summary.push((
+            c.name,
+            c.peer,
+            median(&mut ghs),
+            median(&mut prs),
+            median(&mut ratios),
+            worst,
+        ));
     }
     println!();
     println!("| {label} | greenhack ns | peer ns | median ratio | worst layout |");
