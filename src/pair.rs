@@ -61,16 +61,27 @@ enum Driver {
 }
 
 /// One pair's state; lives on its greenlet's stack.
+// [switch] `repr(C)`, `stack` first: `NO_PAIR` stands in for "no pair".
+#[repr(C)]
 struct Pair {
-    suspender: *const Suspender<Resume, ()>,
-    resume: Cell<Resume>,
     /// The greenlet's stack, to recognise code running on it.
     stack: Range<usize>,
+    suspender: *const Suspender<Resume, ()>,
+    resume: Cell<Resume>,
 }
 
+// [switch] What CURRENT points at when no pair's greenlet runs: an empty
+// stack range that no address is inside, read where a `Pair`'s `stack`
+// would be. `current_pair` then needs no null test: one branch fewer on the
+// path of every `exempt`.
+static NO_PAIR: Range<usize> = 0..0;
+
+/// CURRENT's value when no pair's greenlet runs (see `NO_PAIR`).
+const NONE: *const Pair = ptr::addr_of!(NO_PAIR).cast();
+
 thread_local! {
-    /// The pair whose greenlet runs now, or null.
-    static CURRENT: Cell<*const Pair> = const { Cell::new(ptr::null()) };
+    /// The pair whose greenlet runs now, or `NONE`.
+    static CURRENT: Cell<*const Pair> = const { Cell::new(NONE) };
 }
 
 /// True when code runs on the greenlet of a pair: `exempt` would poll in
@@ -156,14 +167,13 @@ impl Pair {
 #[inline]
 fn current_pair() -> Option<&'static Pair> {
     let p = CURRENT.with(|c| c.get());
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: CURRENT points at a Pair on a live greenlet stack: it is
-    // cleared or restored whenever that greenlet suspends or finishes.
-    let pair = unsafe { &*p };
+    // SAFETY: CURRENT points at a Pair on a live greenlet stack (it is
+    // cleared or restored whenever that greenlet suspends or finishes), or
+    // at NO_PAIR, which is laid out as a Pair's first field.
+    let stack = unsafe { &*(p as *const Range<usize>) };
     let here = crate::asan::stack_address(&p as *const _ as usize);
-    pair.stack.contains(&here).then_some(pair)
+    // SAFETY: inside the range, so not NO_PAIR (empty): a Pair.
+    stack.contains(&here).then(|| unsafe { &*p })
 }
 
 /// Runs the sync closure `f` on a new greenlet; the returned future resumes
@@ -322,7 +332,7 @@ impl<T> Drop for AsAsync<T> {
     fn drop(&mut self) {
         // The unwinding greenlet is resumed by this drop, not by a poll:
         // it is in no pair while its destructors run.
-        let _restore = Restore(&CURRENT, CURRENT.with(|c| c.replace(ptr::null())));
+        let _restore = Restore(&CURRENT, CURRENT.with(|c| c.replace(NONE)));
         self.greenlet = None;
     }
 }
