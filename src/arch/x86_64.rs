@@ -1,15 +1,20 @@
-//! x86_64 System V: the asm! stubs around `asm/x86_64.S`.
+//! x86_64 System V: the switch, inline at each call site, and the Rust face
+//! of `asm/x86_64.S` (the trampoline, and the drawings of the saved frame
+//! and of the convention the switch follows).
 //!
-//! The routines in the `.S` file save only rbx, rbp and the resume address;
-//! the stubs here declare every other register the ABI calls callee-saved
-//! (r12–r15) as clobbered, together with everything `clobber_abi("sysv64")`
-//! covers. The compiler then spills only what is live across a switch, and
-//! can hoist those spills out of a loop — the effect that makes
-//! inline-asm switches (corosensei) cheap, kept with an out-of-line routine.
+//! The switch saves only rbx, rbp and the resume address; the asm! blocks
+//! declare every other register the ABI calls callee-saved (r12–r15)
+//! clobbered, together with everything `clobber_abi("sysv64")` covers. The
+//! compiler then spills only what is live across a switch, and can hoist
+//! those spills out of a loop.
 //!
-//! The stubs are `#[inline(always)]`: the resume label must sit in the caller
-//! of `resume`/`suspend` for the indirect jump back to be predicted per call
-//! site, and a call frame around the stub would add a `call`/`ret` pair whose
+//! The switches are `#[inline(always)]` and their instructions sit in the
+//! asm! blocks themselves, not in a routine jumped to: the resume label and
+//! the indirect `jmp` into the other side are then per call site, where the
+//! branch predictor learns each one's target, and a round trip takes two
+//! taken branches fewer (the flat round trip in a user crate went from ~10
+//! to ~9 cycles; the `.S` routines they replace were jumped to, never
+//! called). A call frame around them would add a `call`/`ret` pair whose
 //! `ret` crosses the switch.
 
 use core::arch::asm;
@@ -18,13 +23,6 @@ use core::mem::{offset_of, size_of};
 use super::EntryFn;
 
 unsafe extern "C" {
-    // Custom convention, see asm/x86_64.S: rax = resume address,
-    // rsi = where to save our sp, rdx = sp to switch to, rdi and r8 = the
-    // two words handed over; the other side receives rdi and r8 and, in
-    // rax, our saved sp.
-    // Entered by jmp; never called.
-    fn greenhack_switch_in();
-    fn greenhack_switch_out();
     // The first code a fresh greenlet runs; only ever a saved resume address.
     fn greenhack_trampoline();
     // The label after the trampoline's jump into the entry function.
@@ -124,6 +122,61 @@ pub(crate) fn trampoline_return() -> usize {
     core::ptr::addr_of!(greenhack_trampoline_return) as usize
 }
 
+// The switch (convention and frame: see asm/x86_64.S). In: rax = free,
+// rsi = where to store our sp, rdx = the other side's saved sp, rdi and
+// r8 = the two words handed over, which no instruction touches. Pushes our
+// frame (rbx, resume address, rbp; with `fp-control`, MXCSR and the x87
+// control word above them), publishes our sp, pops the other side's frame
+// and jumps to its resume address; `$hand_sp` is "mov rax, rsp" on suspend
+// (the resumer wants the greenlet's sp) and empty on resume.
+macro_rules! switch_asm {
+    ($hand_sp:literal) => {
+        concat!(
+            "lea rax, [rip + 2f]\n",
+            fp_save!(),
+            "push rbx\n",
+            "push rax\n",
+            "push rbp\n",
+            "mov [rsi], rsp\n",
+            $hand_sp,
+            "mov rsp, rdx\n",
+            "pop rbp\n",
+            "pop rcx\n",
+            "pop rbx\n",
+            fp_restore!(),
+            "jmp rcx\n",
+            "2:\n",
+        )
+    };
+}
+
+// The floating-point control words, in the frame's top word (FRAME_SIZE
+// 0x20 in asm/x86_64.S), with the `fp-control` feature only.
+#[cfg(feature = "fp-control")]
+macro_rules! fp_save {
+    () => {
+        "sub rsp, 8\nstmxcsr [rsp]\nfnstcw [rsp + 4]\n"
+    };
+}
+#[cfg(feature = "fp-control")]
+macro_rules! fp_restore {
+    () => {
+        "ldmxcsr [rsp]\nfldcw [rsp + 4]\nadd rsp, 8\n"
+    };
+}
+#[cfg(not(feature = "fp-control"))]
+macro_rules! fp_save {
+    () => {
+        ""
+    };
+}
+#[cfg(not(feature = "fp-control"))]
+macro_rules! fp_restore {
+    () => {
+        ""
+    };
+}
+
 /// Resumes the greenlet whose saved stack pointer is `sp`, handing it the
 /// words `kind` and `payload`. Our own stack pointer is stored in
 /// `*parent_link` for the greenlet to switch back to. Returns the two words
@@ -143,20 +196,18 @@ pub(crate) unsafe fn switch_in(
 ) -> (usize, usize, usize) {
     let (kind_out, payload_out, their_sp): (usize, usize, usize);
     // SAFETY: the caller guarantees `sp` is a valid suspended context; the
-    // routine saves rbx/rbp/rip and the operands declare every other register
-    // clobbered, so all state the compiler relies on survives.
+    // switch saves rbx/rbp/rip and the operands declare every other register
+    // clobbered, so all state the compiler relies on survives. Without
+    // `nostack`, nothing live lies below rsp, where the frame is pushed.
     unsafe {
         asm!(
-            // Our resume address, then hand over to the routine.
-            "lea rax, [rip + 2f]",
-            "jmp {switch}",
-            // The greenlet switched back: rdi and r8 hold its words, rbx/rbp
-            // are ours again. The trampoline's CFI points unwinders at this very
-            // address (signal-frame lookup, no -1): keep an instruction of
-            // this function after it.
-            "2:",
+            switch_asm!(""),
+            // The greenlet switched back (at the label ending the switch):
+            // rdi and r8 hold its words, rbx/rbp are ours again. The
+            // trampoline's CFI points unwinders at this very address
+            // (signal-frame lookup, no -1): keep an instruction of this
+            // function after it.
             "nop",
-            switch = sym greenhack_switch_in,
             inlateout("rdi") kind => kind_out,
             inlateout("r8") payload => payload_out,
             lateout("rax") their_sp,
@@ -190,10 +241,7 @@ pub(crate) unsafe fn switch_out(
     // `switch_in`, which is suspended while we run.
     unsafe {
         asm!(
-            "lea rax, [rip + 2f]",
-            "jmp {switch}",
-            "2:",
-            switch = sym greenhack_switch_out,
+            switch_asm!("mov rax, rsp\n"),
             inlateout("rdi") kind => kind_out,
             inlateout("r8") payload => payload_out,
             lateout("rax") _,
