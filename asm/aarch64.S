@@ -22,9 +22,10 @@
  *   in   x3   this side's resume address (`adr x3, 2f` in the stub)
  *        x1   where to store this side's stack pointer
  *        x2   the other side's saved stack pointer
- *        x0   the value handed over; never touched, so it arrives unchanged in
- *             x0 on the other side (x0 is also the first argument register,
- *             which is what the trampoline needs)
+ *        x0, x4  the two words handed over (kind and payload); never
+ *             touched, so they arrive unchanged on the other side (x0 is
+ *             also the first argument register, which is what the
+ *             trampoline needs; it moves x4 to x3)
  *   out  x19, x29: the other side's, restored from its frame
  *        x3: this side's saved stack pointer (what it stored in [x1]), so
  *            the resumer gets the greenlet's in a register on suspend
@@ -160,7 +161,8 @@
         .cfi_same_value x29
         .cfi_same_value x19
         /* Continue after the other side's stub, or in greenhack_trampoline
-         * for a fresh greenlet. x0 still holds the value handed over. */
+         * for a fresh greenlet. x0 and x4 still hold the words handed
+         * over. */
         br      x16
         .cfi_endproc
         .size   \name, . - \name
@@ -178,10 +180,12 @@
  *   x29  the address of the closure, loaded from the fresh frame
  *   x1   the address of the parent link (the resumer's `str x3, [x1]`
  *        just filled it)
- *   x0   the value handed over by the first resume
+ *   x0   the kind handed over by the first resume
+ *   x4   the payload handed over by the first resume
+ *   x3   the resumer's saved sp (not needed)
  *
- * It calls entry(x0 = value, x1 = &parent link, x2 = &closure), which never
- * returns. The CFA and the resumer's registers are found as on x86_64.
+ * It calls entry(x0 = kind, x1 = &parent link, x2 = &closure, x3 =
+ * payload), which never returns. The CFA and the resumer's registers are found as on x86_64.
  */
         .globl  greenhack_trampoline
         .hidden greenhack_trampoline
@@ -226,6 +230,7 @@ greenhack_trampoline:
          * entry never returns, and a `bl` would push a return-stack entry
          * that the resumer's next `ret` would pop and mispredict. The entry
          * saves lr in its frame record, chained to the root one above. */
+        mov     x3, x4
         adr     x30, greenhack_trampoline_return
         br      x19
         .globl  greenhack_trampoline_return

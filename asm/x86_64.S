@@ -1,41 +1,39 @@
 /*
  * greenhack context switch — x86_64, System V ABI, ELF, GNU as (Intel syntax).
  *
- * Two routines live here:
+ * The switch itself is inline at each call site: the `switch_asm!` asm!
+ * blocks of src/arch/x86_64.rs (resume: leave the resumer's stack, enter a
+ * greenlet's; suspend: the way back). One routine lives here:
  *
- *   greenhack_switch_in    resume: leave the resumer's stack, enter a greenlet's
- *   greenhack_switch_out   suspend: leave a greenlet's stack, enter its resumer's
  *   greenhack_trampoline   where a fresh greenlet starts on its first resume
  *
- * greenhack_switch_in and greenhack_switch_out are the same instructions under two
- * names. They are separate copies only so that each ends in its own indirect
- * `jmp`: the branch predictor keys its target on the jump's address, and one
- * copy always jumps into greenlets while the other always jumps back into
- * resumers, so neither has to learn an alternating pattern.
+ * and this file draws, for both, the switch's convention and saved frame.
  *
  * ---------------------------------------------------------------------------
- * Calling convention (custom; reached only from the asm! stubs in
- * src/arch/x86_64.rs, never called from C):
+ * The switch's convention (custom; inline asm, never called):
  *
- *   entered by `jmp`, left by `jmp`: no `call` and no `ret`, so the CPU's
- *   return-stack buffer is never pushed or popped by a switch. A `ret` into the
- *   other stack would pop an entry pushed on this one and mispredict (~7 ns);
- *   a pair of `jmp`s is predicted by the indirect-branch predictor instead.
+ *   no `call` and no `ret`: the switch pushes its resume address and leaves
+ *   by an indirect `jmp`, so the CPU's return-stack buffer is never pushed
+ *   or popped by a switch. A `ret` into the other stack would pop an entry
+ *   pushed on this one and mispredict (~7 ns); each call site's `jmp` is
+ *   predicted by the indirect-branch predictor instead.
  *
- *   in   rax  this side's resume address (a label right after the stub's jmp)
+ *   in   rax  free: takes this side's resume address (the label ending the
+ *             asm! block)
  *        rsi  where to store this side's stack pointer
  *        rdx  the other side's saved stack pointer
- *        rdi  the value handed over; never touched, so it arrives unchanged in
- *             rdi on the other side
+ *        rdi, r8  the two words handed over (kind and payload); never
+ *             touched, so they arrive unchanged on the other side
  *   out  rbx, rbp: the other side's, restored from its frame
- *        rax: this side's saved stack pointer (what it stored in [rsi]), so
- *             the resumer gets the greenlet's in a register on suspend
+ *        rax: on suspend, this side's saved stack pointer (what it stored
+ *             in [rsi]), so the resumer gets the greenlet's in a register;
+ *             on resume, garbage
  *        rcx: clobbered (holds the resume address we jump to)
  *
  *   Everything else the ABI calls callee-saved (r12-r15) is declared clobbered
- *   by the asm! stub, so the compiler spills only what is live across the
+ *   by the asm! block, so the compiler spills only what is live across the
  *   switch. rbx and rbp cannot be declared clobbered in Rust inline asm (LLVM
- *   reserves them), so they are saved here.
+ *   reserves them), so the switch saves them in its frame.
  *
  * MXCSR and the x87 control word are callee-saved by the ABI. By default they
  * are NOT saved: Rust code never changes them, and the serialising
@@ -44,12 +42,12 @@
  * variants"). corosensei and libco make the same choice; boost.context and
  * CPython's greenlet make the other. A program whose greenlets change the
  * rounding mode or denormal flushing (fesetround, DAZ/FTZ) enables
- * `fp-control`, which defines GREENHACK_FP_CONTROL here and adds one word to
- * the frame.
+ * `fp-control`, which defines GREENHACK_FP_CONTROL here (and adds the save
+ * and restore to `switch_asm!`) and adds one word to the frame.
  *
  * ---------------------------------------------------------------------------
  * The saved frame. A suspended side's stack pointer points at three words;
- * offsets are the ones the code below uses:
+ * offsets are the ones `switch_asm!` and the trampoline use:
  *
  *      word  offset  holds
  *      ----  ------  ------------------------------------------------------
@@ -58,7 +56,7 @@
  *        2    0x10   rbx
  *       (3    0x18   MXCSR (low 4 bytes), x87 CW (next 2): fp-control only)
  *                    ...         <- FRAME_SIZE (0x18, or 0x20 with
- *                                   fp-control): the stub's rsp before the
+ *                                   fp-control): the asm! block's rsp before the
  *                                   switch, the CFA the trampoline computes
  *
  * Stack top of a greenlet (the StackHeader of src/stack.rs, highest addresses
@@ -79,7 +77,7 @@
  *      | resumer frames ...    |
  *      +-----------------------+  <- CFA of the trampoline frame
  *      | rbx                   |
- *      | resume rip            |  (after `jmp greenhack_switch_in` in the stub)
+ *      | resume rip            |  (the label ending the resume asm! block)
  *      | rbp                   |  <- parent link points here
  *      +-----------------------+
  *
@@ -104,70 +102,22 @@
 #define FRAME_SIZE 0x18
 #endif
 
-/* The switch. One macro, two names (see above). */
-.macro GREENHACK_SWITCH name
-        .globl  \name
-        .hidden \name
-        .type   \name, @function
-        /* Each copy starts a 64-byte line (it is 17 bytes; 41 with the FP
-         * control words), so it never straddles two: with 16-byte alignment
-         * the flat round trip moved between 2.43 and 2.66 ns as unrelated code
-         * changes shifted the routines across a line boundary. */
-        .balign 64
-\name:
-        .cfi_startproc
-#ifdef GREENHACK_FP_CONTROL
-        /* The floating-point control words, in the frame's top word. */
-        sub     rsp, 8
-        stmxcsr [rsp]
-        fnstcw  [rsp + 4]
-#endif
-        /* Push this side's frame: rbx, resume address, rbp (the last two form
-         * a frame record, so rsp now points at a valid rbp chain link). */
-        push    rbx
-        push    rax
-        push    rbp
-        /* Publish where this side stopped: into the greenlet's parent link on
-         * resume, into the greenlet's saved-sp slot on suspend. Hand the
-         * same value to the other side in rax (free again: its resume
-         * address is pushed), so a resumer learns where the greenlet stopped
-         * without reading it back from memory. */
-        mov     [rsi], rsp
-        mov     rax, rsp
-        /* Cross over to the other stack. */
-        mov     rsp, rdx
-        /* Pop the other side's frame: mirror image of the pushes above. */
-        pop     rbp
-        pop     rcx
-        pop     rbx
-#ifdef GREENHACK_FP_CONTROL
-        ldmxcsr [rsp]
-        fldcw   [rsp + 4]
-        add     rsp, 8
-#endif
-        /* Continue after the other side's stub, or in greenhack_trampoline
-         * for a fresh greenlet. rdi still holds the value handed over. */
-        jmp     rcx
-        .cfi_endproc
-        .size   \name, . - \name
-.endm
-
-        GREENHACK_SWITCH greenhack_switch_in
-        GREENHACK_SWITCH greenhack_switch_out
-
 /*
  * greenhack_trampoline: the first instruction a greenlet runs.
  *
- * Entered from greenhack_switch_in on the first resume, with:
+ * Entered from the resume switch (`switch_in`) on the first resume, with:
  *   rsp  16-byte aligned, just below the closure (init_stack guarantees it)
  *   rbx  the Rust entry function, popped from the fresh frame
  *   rbp  the address of the closure, popped from the fresh frame
  *   rsi  the address of the parent link (the resumer's `mov [rsi], rsp`
  *        just filled it)
- *   rdi  the value handed over by the first resume
+ *   rdi  the kind handed over by the first resume
+ *   r8   the payload handed over by the first resume
+ *   rax  garbage (the resumer's resume address)
  *
- * It calls entry(rdi = value, rsi = &parent link, rdx = &closure), which never
- * returns: a finished greenlet leaves through greenhack_switch_out.
+ * It calls entry(rdi = kind, rsi = &parent link, rdx = &closure, rcx =
+ * payload), which never returns: a finished greenlet leaves through a
+ * suspend switch.
  *
  * Its unwind information is what makes a backtrace taken inside a greenlet
  * continue into the code that resumed it: the CFA is computed from the parent
@@ -200,7 +150,7 @@ greenhack_trampoline:
          *   0x76 0x00   DW_OP_breg6 (rbp) + 0; gdb mishandles DW_OP_reg6 here
          *   0x06        DW_OP_deref: load the parent link = resumer's sp
          *   0x23 N      DW_OP_plus_uconst FRAME_SIZE (0x18 or 0x20): skip the
-         *               saved frame (the CFA is the stub's rsp before it) */
+         *               saved frame (the CFA is the asm! block's rsp before it) */
         .cfi_escape 0x0f, 0x05, 0x76, 0x00, 0x06, 0x23, FRAME_SIZE
         /* The resumer's registers, as offsets from that CFA (see the saved
          * frame grid): rbx at word 2, rip at word 1, rbp at word 0. */
@@ -210,8 +160,9 @@ greenhack_trampoline:
         /* Call the entry with push + jmp rather than `call`: the entry never
          * returns, and a `call` would leave a return-stack-buffer entry that
          * the resumer's next `ret` would pop and mispredict. */
-        lea     rcx, [rip + greenhack_trampoline_return]
-        push    rcx
+        mov     rcx, r8
+        lea     rax, [rip + greenhack_trampoline_return]
+        push    rax
         jmp     rbx
         .globl  greenhack_trampoline_return
         .hidden greenhack_trampoline_return

@@ -12,11 +12,14 @@
 //! What each switch is, on x86_64 (aarch64 differs in registers, not in
 //! kind):
 //!
-//! * **greenhack** — our own `asm/` routine behind `#[inline(always)]`
-//!   `asm!` stubs, entered and left by `jmp`: it never pushes or pops a
-//!   return-stack-buffer entry, and the stubs let the compiler spill only
-//!   what is live, as corosensei's do. Without the `fp-control` feature
-//!   (`cargo bench`'s default) it saves no floating-point control state.
+//! * **greenhack** — our own switch, inline asm at the call site
+//!   (`#[inline(always)]`; on aarch64 a routine in `asm/` behind inline
+//!   stubs), left by an indirect `jmp`: it never pushes or pops a
+//!   return-stack-buffer entry, and the compiler spills only what is live,
+//!   as with corosensei's. Values that fit a word cross in a register.
+//!   Without the `fp-control` feature (`cargo bench`'s default) it saves no
+//!   floating-point control state. `scripts/bench-external` measures the
+//!   same shapes from a separate crate, under both release profiles.
 //! * **corosensei** (0.3) — inline asm at the call site: the compiler sees
 //!   a switch that clobbers the callee-saved registers and spills only what
 //!   is live. Resume is a `call`, suspend a `ret`. `Coroutine::resume(x)`

@@ -95,32 +95,76 @@ impl<Y, R> GreenletResult<Y, R> {
     }
 }
 
-/// Where a greenlet is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Created, never resumed: the closure sits on the stack.
-    Fresh,
-    /// Waiting in `suspend`.
-    Suspended,
-    /// Returned, panicked or unwound; the stack went back to the pool.
-    Finished,
+// The switch protocol. Every switch hands the other side two words, in
+// registers (see `arch`): a kind and a payload.
+//
+// * Into a greenlet, the kind is `RESUME` (the payload carries the resume
+//   value), `UNWIND` (its owner is dropping it: unwind the stack), or a
+//   pointer to a `Control` request tagged with `CONTROL_TAG`.
+// * Out of a greenlet, the kind is `YIELD` (the payload carries the
+//   suspended value) or, once it finished, a pointer to the `Outcome<R>` on
+//   its stack: `Suspender` knows `Y` but not `R`, so only the
+//   `Greenlet<I, Y, R>` reads it.
+//
+// A value travels in the payload register itself when it fits in a word
+// (`()`, integers, pointers, references, most `Option`s of those), and
+// otherwise as a pointer to a slot on the sender's stack, which stays valid
+// while the sender is suspended. In a register, nothing is stored and
+// loaded back on either side: a store-to-load round trip per direction was
+// on the critical path of every switch.
+
+/// Into a greenlet: resume with the payload's value.
+const RESUME: usize = 0;
+/// Into a greenlet: its owner drops it; unwind.
+const UNWIND: usize = 2;
+/// Into a greenlet: the low bit marks a pointer to a `Control` request.
+/// Pointers to `Control` are word-aligned, so the bit is free.
+const CONTROL_TAG: usize = 1;
+/// Out of a greenlet: suspended with the payload's value. Any other kind is
+/// a pointer to its `Outcome`.
+const YIELD: usize = 0;
+
+/// True if a `T` travels in the payload register rather than behind a
+/// pointer.
+const fn in_register<T>() -> bool {
+    size_of::<T>() <= size_of::<usize>() && align_of::<T>() <= align_of::<usize>()
 }
 
-/// Sent into a greenlet by a switch.
-enum ToGreenlet<I> {
-    /// `resume(value)`.
-    Resume(I),
-    /// The owner is dropping the greenlet: unwind.
-    Unwind,
+/// Packs `value` into a payload word: its bytes, or the address of `slot`
+/// after moving it there.
+///
+/// # Safety
+///
+/// `slot` must stay put until the receiver has `unpack`ed the word, which
+/// it must do exactly once.
+#[inline(always)]
+unsafe fn pack<T>(slot: &mut MaybeUninit<T>, value: T) -> usize {
+    if in_register::<T>() {
+        let mut word = 0usize;
+        // SAFETY: T fits in a usize and is no more aligned (checked above).
+        unsafe { ptr::write(&mut word as *mut usize as *mut T, value) };
+        word
+    } else {
+        slot.write(value);
+        slot.as_ptr() as usize
+    }
 }
 
-/// Sent out of a greenlet by a switch. `Suspender` knows `Y` but not `R`,
-/// so the final outcome travels behind a type-erased pointer that only the
-/// `Greenlet<I, Y, R>` (which knows `R`) reads.
-enum FromGreenlet<Y> {
-    Yield(Y),
-    /// Points to an `Outcome<R>` on the finished greenlet's stack.
-    Done(*const ()),
+/// Moves the value out of a payload word made by [`pack`].
+///
+/// # Safety
+///
+/// `word` came from `pack::<T>`, whose slot (if used) is still in place;
+/// each word is unpacked once.
+#[inline(always)]
+unsafe fn unpack<T>(word: usize) -> T {
+    if in_register::<T>() {
+        // SAFETY: the word holds a T's bytes, written by `pack`.
+        unsafe { ptr::read(&word as *const usize as *const T) }
+    } else {
+        // SAFETY: the word is the address of the sender's slot.
+        unsafe { ptr::read(word as *const T) }
+    }
 }
 
 /// How a greenlet's closure ended.
@@ -131,48 +175,13 @@ enum Outcome<R> {
     Unwound,
 }
 
-// Messages are read field by field (`take`), not with one `ptr::read` of
-// the whole enum: the sender wrote the tag and the payload with separate
-// stores, and a wider load spanning both cannot be forwarded from the store
-// buffer (a stall of ~12 cycles on every switch, measured on the bench).
-
-impl<I> ToGreenlet<I> {
-    /// # Safety
-    ///
-    /// `p` points to an initialised message that is read only this once.
-    #[inline(always)]
-    unsafe fn take(p: *const ToGreenlet<I>) -> ToGreenlet<I> {
-        // SAFETY: per the contract; the payload is moved out exactly once.
-        unsafe {
-            match &*p {
-                ToGreenlet::Resume(v) => ToGreenlet::Resume(ptr::read(v)),
-                ToGreenlet::Unwind => ToGreenlet::Unwind,
-            }
-        }
-    }
-}
-
-impl<Y> FromGreenlet<Y> {
-    /// # Safety
-    ///
-    /// As `ToGreenlet::take`.
-    #[inline(always)]
-    unsafe fn take(p: *const FromGreenlet<Y>) -> FromGreenlet<Y> {
-        // SAFETY: per the contract.
-        unsafe {
-            match &*p {
-                FromGreenlet::Yield(v) => FromGreenlet::Yield(ptr::read(v)),
-                FromGreenlet::Done(o) => FromGreenlet::Done(*o),
-            }
-        }
-    }
-}
-
 impl<R> Outcome<R> {
     /// # Safety
     ///
-    /// As `ToGreenlet::take`.
+    /// `p` points to an initialised outcome that is read only this once.
     unsafe fn take(p: *const Outcome<R>) -> Outcome<R> {
+        // Read field by field rather than with one `ptr::read` of the whole
+        // enum: the tag and the payload were written by separate stores.
         // SAFETY: per the contract.
         unsafe {
             match &*p {
@@ -305,26 +314,16 @@ impl Builder {
         // with room for F (checked above) and the initial frame. The stack
         // now owns the closure; `f` is MaybeUninit, so it is not dropped here.
         let sp = unsafe { arch::init_stack(stack.frames_top(), entry::<I, Y, R, F>, f.as_ptr()) };
-        header.saved_sp.set(sp);
+        header.parent_link.set(sp);
         Ok(Greenlet {
             header: stack.header_ptr(),
             sp,
             stack: Some(stack),
-            state: State::Fresh,
             name,
             id,
             _marker: PhantomData,
         })
     }
-}
-
-/// The saved stack pointer in the header, after a backtrace request made
-/// the greenlet suspend again elsewhere (see `capture_backtrace`).
-#[cold]
-#[inline(never)]
-fn resync_sp(header: &StackHeader) -> usize {
-    header.sp_moved.set(false);
-    header.saved_sp.get()
 }
 
 #[cold]
@@ -351,11 +350,10 @@ pub struct Greenlet<I, Y, R> {
     /// The greenlet's saved stack pointer while it is suspended, as its last
     /// switch handed it back in a register: a resume reads it from here, one
     /// load from `self`, rather than through the header (two dependent
-    /// loads, the longest chain of a round trip). The header's `saved_sp`
-    /// stays the authority: a backtrace request (`debug::dump`) makes the
-    /// greenlet suspend again elsewhere and sets the header's `sp_moved`.
+    /// loads, the longest chain of a round trip); 0 once finished. A
+    /// backtrace request (`debug::dump`) runs the greenlet, but it suspends
+    /// again at the very same place, so the value stays current.
     sp: usize,
-    state: State,
     /// Owned here, pointed to by the stack header for messages.
     name: Option<Box<str>>,
     id: u64,
@@ -397,39 +395,40 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     // ~22 to ~34 ns and the flat one from ~2.3 to ~3.8 ns.
     #[inline(always)]
     pub fn resume(&mut self, input: I) -> GreenletResult<Y, R> {
-        if self.state == State::Finished {
-            self.resumed_after_finish();
+        // Read first and tested here (0 once finished), so that the read
+        // stays at the head of the caller's loop, where the compiler can
+        // forward the value from the previous iteration: see `switch`.
+        let sp = self.sp;
+        if sp == 0 {
+            resumed_after_finish(self.name(), self.id);
         }
-        match self.switch(ToGreenlet::Resume(input)) {
-            FromGreenlet::Yield(y) => {
-                self.state = State::Suspended;
-                GreenletResult::Yielded(y)
-            }
-            FromGreenlet::Done(outcome) => match self.take_outcome(outcome) {
+        let mut slot = MaybeUninit::uninit();
+        // SAFETY: `slot` stays put until the greenlet, which unpacks the
+        // word first thing, switches back.
+        let payload = unsafe { pack(&mut slot, input) };
+        let (kind, payload) = self.switch(sp, RESUME, payload);
+        if kind == YIELD {
+            // SAFETY: the greenlet's `suspend` packed a Y; its slot, if it
+            // used one, is on its stack, suspended.
+            GreenletResult::Yielded(unsafe { unpack::<Y>(payload) })
+        } else {
+            match self.take_outcome(kind) {
                 Outcome::Return(r) => GreenletResult::Complete(r),
                 Outcome::Panic(payload) => panic::resume_unwind(payload),
                 Outcome::Unwound => unreachable!("greenhack: unwound without being dropped"),
-            },
+            }
         }
-    }
-
-    #[cold]
-    #[track_caller]
-    fn resumed_after_finish(&self) -> ! {
-        panic!(
-            "greenhack: resumed {}, which has finished",
-            Label(self.name(), self.id)
-        )
     }
 
     /// True once the closure has returned or panicked.
     pub fn is_finished(&self) -> bool {
-        self.state == State::Finished
+        self.sp == 0
     }
 
     /// True once the greenlet has been resumed at least once.
     pub fn is_started(&self) -> bool {
-        self.state != State::Fresh
+        // A fresh greenlet's saved frame resumes in the trampoline.
+        self.sp == 0 || !arch::is_fresh_frame(self.sp)
     }
 
     /// The name given by [`Builder::name`].
@@ -465,88 +464,127 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         self.header_ref().map(|h| self.sp..h.top())
     }
 
-    /// One switch in and back out: hands `msg` over, returns the reply.
-    /// A `Done` reply must go to `take_outcome` before anything else.
+    /// One switch in and back out: hands `(kind, payload)` over, returns the
+    /// greenlet's `(kind, payload)`. A kind other than `YIELD` must go to
+    /// `take_outcome` before anything else.
+    ///
+    /// The hot path makes no call and passes no pointer to `self` anywhere:
+    /// a set switch hook is tested by one predicted branch up front and
+    /// served by [`switch_slow`]. A call that received a pointer derived
+    /// from `self` would let every later opaque operation (the switch
+    /// itself) write through it, so the compiler would have to reload
+    /// `self.sp` from memory at the next resume, a store-to-load round trip
+    /// on the critical path of a caller's resume loop. As it is, `self.sp`
+    /// stays in a register across such a loop.
     #[inline(always)]
-    fn switch(&mut self, msg: ToGreenlet<I>) -> FromGreenlet<Y> {
+    fn switch(&mut self, sp: usize, kind: usize, payload: usize) -> (usize, usize) {
         debug_assert!(self.stack.is_some(), "greenhack: switch without a stack");
         // SAFETY: `header` points into `self.stack`, which is Some while the
         // greenlet is not finished (callers check).
         let header = unsafe { &*self.header };
-        // Our copy of the saved sp is current unless a backtrace request ran
-        // the greenlet, which flags the header: a flag, tested by a predicted
-        // branch, so the header is not on the switch's critical path (an
-        // equality test of the two values would be: the compiler may then
-        // use either). Clear the header's copy before leaving: if anything
-        // went wrong between here and the greenlet's next suspend, a stale
-        // sp must not be resumable.
-        let sp = if header.sp_moved.get() {
-            resync_sp(header)
-        } else {
-            self.sp
-        };
+        if crate::switch_hook::switch_hook() != 0 {
+            let (kind, payload, greenlet_sp) =
+                switch_slow(header, sp, kind, payload, self.id, self.name());
+            self.sp = greenlet_sp;
+            return (kind, payload);
+        }
         debug_assert_eq!(
-            header.saved_sp.get(),
-            sp,
+            header.saved_sp(),
+            Some(sp),
             "greenhack: greenlet resumed while running"
         );
-        header.saved_sp.set(0);
-        let msg = Aligned(MaybeUninit::new(msg));
-        if crate::switch_hook::switch_hook() != 0 {
-            self.report_switch(crate::switch_hook::SwitchKind::Resume);
-        }
+        // No mark that it runs: the switch overwrites its saved sp in the
+        // header with ours (see `StackHeader::parent_link`).
         let asan = crate::asan::before_resume(header);
         // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
-        // suspended (state != Finished): the one `build` or its last switch
-        // out gave us, or, if a backtrace request moved it since, the
-        // header's (every switch out of a greenlet writes the header; the
-        // debug assertion above checks the two agree). The parent link is
-        // its own. The greenlet reads `msg` exactly once before switching
-        // back; our frame stays put while it runs.
-        let (reply, greenlet_sp) =
-            unsafe { arch::switch_in(msg.0.as_ptr() as usize, header.parent_link.as_ptr(), sp) };
+        // suspended (not finished): the one `build` or its last switch out
+        // gave us (the debug assertion above checks it against the
+        // header's). The parent link is its own. The greenlet unpacks the
+        // payload before switching back; our frame stays put while it runs.
+        let (kind, payload, greenlet_sp) =
+            unsafe { arch::switch_in(kind, payload, header.parent_link.as_ptr(), sp) };
         self.sp = greenlet_sp;
         crate::asan::after_resume(asan);
-        // SAFETY: the greenlet handed us a pointer to a FromGreenlet<Y> on
-        // its stack, written once for us to read once.
-        let reply = unsafe { FromGreenlet::take(reply as *const FromGreenlet<Y>) };
-        if crate::switch_hook::switch_hook() != 0 {
-            self.report_switch(match reply {
-                FromGreenlet::Yield(_) => crate::switch_hook::SwitchKind::Suspend,
-                FromGreenlet::Done(_) => crate::switch_hook::SwitchKind::Finish,
-            });
-        }
-        reply
+        (kind, payload)
     }
 
-    /// Calls the switch hook; out of line, so the switch path only tests
-    /// whether a hook is set.
-    #[cold]
-    #[inline(never)]
-    fn report_switch(&self, kind: crate::switch_hook::SwitchKind) {
-        crate::switch_hook::call_switch_hook(kind, self.id, self.name());
+    /// Marks the greenlet finished and reads its outcome off its stack,
+    /// giving the stack back to the pool (in [`finish`], out of line).
+    #[inline(always)]
+    fn take_outcome(&mut self, outcome: usize) -> Outcome<R> {
+        self.sp = 0;
+        finish(self.stack.take(), outcome)
     }
+}
 
-    /// Reads the outcome of a finished greenlet off its stack, then gives
-    /// the stack back to the pool. Out of line: inlined, it makes `resume`
-    /// too big to inline (the switch bench's flat case went 2.3 -> 3.6 ns).
-    #[inline(never)]
-    fn take_outcome(&mut self, outcome: *const ()) -> Outcome<R> {
-        // SAFETY: entry::<I, Y, R, F> wrote an Outcome<R> there, on a stack
-        // that stays mapped until the recycle below.
-        let outcome = unsafe { Outcome::take(outcome as *const Outcome<R>) };
-        self.state = State::Finished;
-        if let Some(s) = self.stack.take() {
-            s.recycle();
-        }
-        outcome
+/// Reads the outcome of a finished greenlet off its stack, then gives the
+/// stack back to the pool. Out of line: inlined, it makes `resume` too big
+/// to inline (the switch bench's flat case went 2.3 -> 3.6 ns).
+#[inline(never)]
+fn finish<R>(stack: Option<Stack>, outcome: usize) -> Outcome<R> {
+    // SAFETY: entry::<I, Y, R, F> wrote an Outcome<R> there, on a stack
+    // that stays mapped until the recycle below.
+    let outcome = unsafe { Outcome::take(outcome as *const Outcome<R>) };
+    if let Some(s) = stack {
+        s.recycle();
     }
+    outcome
+}
+
+#[cold]
+#[inline(never)]
+fn resumed_after_finish(name: Option<&str>, id: u64) -> ! {
+    panic!("greenhack: resumed {}, which has finished", Label(name, id))
+}
+
+/// [`Greenlet::switch`] when a switch hook is set: reports the switch to
+/// the hook. Returns the greenlet's kind, payload and new saved sp.
+///
+/// Out of line, with a switch stub of its own, and a free function: no call
+/// on the switch path receives a pointer to the `Greenlet` (see
+/// `Greenlet::switch`).
+#[cold]
+#[inline(never)]
+fn switch_slow(
+    header: &StackHeader,
+    sp: usize,
+    kind: usize,
+    payload: usize,
+    id: u64,
+    name: Option<&str>,
+) -> (usize, usize, usize) {
+    debug_assert_eq!(
+        header.saved_sp(),
+        Some(sp),
+        "greenhack: greenlet resumed while running"
+    );
+    report_switch(crate::switch_hook::SwitchKind::Resume, id, name);
+    let asan = crate::asan::before_resume(header);
+    // SAFETY: as in `Greenlet::switch`.
+    let (kind, payload, greenlet_sp) =
+        unsafe { arch::switch_in(kind, payload, header.parent_link.as_ptr(), sp) };
+    crate::asan::after_resume(asan);
+    let event = if kind == YIELD {
+        crate::switch_hook::SwitchKind::Suspend
+    } else {
+        crate::switch_hook::SwitchKind::Finish
+    };
+    report_switch(event, id, name);
+    (kind, payload, greenlet_sp)
+}
+
+/// Calls the switch hook; out of line, so the switch path only tests
+/// whether a hook is set.
+#[cold]
+#[inline(never)]
+fn report_switch(kind: crate::switch_hook::SwitchKind, id: u64, name: Option<&str>) {
+    crate::switch_hook::call_switch_hook(kind, id, name);
 }
 
 impl<I, Y, R> Drop for Greenlet<I, Y, R> {
     #[inline]
     fn drop(&mut self) {
-        if self.state != State::Finished {
+        if self.sp != 0 {
             self.drop_unfinished();
         }
     }
@@ -560,13 +598,15 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         // Fresh or suspended: unwind the stack so every destructor on it runs
         // (for a fresh greenlet, the closure's).
         // SAFETY: not finished, so the stack and its header are live.
-        unsafe { &*self.header }.unwinding.set(true);
-        let outcome = match self.switch(ToGreenlet::Unwind) {
-            FromGreenlet::Done(outcome) => self.take_outcome(outcome),
-            FromGreenlet::Yield(_) => {
-                unreachable!("greenhack: greenlet kept running after being dropped")
-            }
-        };
+        let header = unsafe { &*self.header };
+        header.unwinding.set(true);
+        let (kind, _) = self.switch(self.sp, UNWIND, 0);
+        if kind == YIELD {
+            // It caught the forced unwind and suspended again: it can be
+            // neither resumed nor freed.
+            abort_kept_running(header, "suspended again");
+        }
+        let outcome = self.take_outcome(kind);
         match outcome {
             Outcome::Unwound => {}
             // A destructor on the greenlet's stack panicked while unwinding,
@@ -590,7 +630,16 @@ impl<I, Y, R> fmt::Debug for Greenlet<I, Y, R> {
         f.debug_struct("Greenlet")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("state", &self.state)
+            .field(
+                "state",
+                &if self.is_finished() {
+                    "finished"
+                } else if self.is_started() {
+                    "suspended"
+                } else {
+                    "fresh"
+                },
+            )
             .finish()
     }
 }
@@ -621,34 +670,35 @@ impl<I, Y> Suspender<I, Y> {
         // SAFETY: the header lives at the top of our own stack, which is
         // mapped while we run.
         let header = unsafe { &*self.header };
-        if header.unwinding.get() {
-            abort_kept_running(header, "suspended again");
-        }
-        let msg = MaybeUninit::new(FromGreenlet::Yield(value));
-        let asan = crate::asan::before_suspend(header);
-        // SAFETY: we run on the greenlet's stack and the parent link holds
-        // the resumer's frame, saved by its switch_in. Our frame (and `msg`)
-        // stays put until we are resumed.
-        let (back, _) = unsafe {
-            arch::switch_out(
-                msg.as_ptr() as usize,
-                header.saved_sp.as_ptr(),
-                header.parent_link.get(),
-            )
-        };
-        crate::asan::after_suspend(header, asan);
-        // A debugger-style request (a backtrace for `debug::dump`) rather
-        // than a resume: serve it and wait for the real resume.
-        let back = if back & CONTROL_TAG != 0 {
-            serve_control(header, back)
-        } else {
-            back
-        };
-        // SAFETY: the resumer handed us a pointer to a ToGreenlet<I> on its
-        // stack, written once for us to read once.
-        match unsafe { ToGreenlet::take(back as *const ToGreenlet<I>) } {
-            ToGreenlet::Resume(input) => input,
-            ToGreenlet::Unwind => panic::resume_unwind(Box::new(ForcedUnwind)),
+        let mut slot = MaybeUninit::uninit();
+        // SAFETY: `slot` stays put until we are resumed; the resumer unpacks
+        // the word first thing.
+        let payload = unsafe { pack(&mut slot, value) };
+        // Each turn of this loop suspends from the same frame, so our saved
+        // stack pointer is the same every time: a control request served in
+        // between leaves the resumer's copy of it current.
+        loop {
+            let asan = crate::asan::before_suspend(header);
+            // SAFETY: we run on the greenlet's stack and the parent link
+            // holds the resumer's frame, saved by its switch_in; our own sp
+            // replaces it there. Our frame (and `slot`) stays put until we
+            // are resumed.
+            let (kind, back) = unsafe {
+                arch::switch_out(
+                    YIELD,
+                    payload,
+                    header.parent_link.as_ptr(),
+                    header.parent_link.get(),
+                )
+            };
+            crate::asan::after_suspend(header, asan);
+            if kind == RESUME {
+                // SAFETY: the resumer packed an I for us to unpack once.
+                return unsafe { unpack::<I>(back) };
+            }
+            // Dropped (unwinds from here), or a debugger-style request (a
+            // backtrace for `debug::dump`): served, then suspend again.
+            serve(kind);
         }
     }
 
@@ -678,37 +728,29 @@ impl<I, Y> fmt::Debug for Suspender<I, Y> {
     }
 }
 
-/// Messages into a greenlet are at least this aligned, so a pointer to one
-/// never has its low bit set; a value with the bit set is a control request.
-#[repr(C, align(8))]
-struct Aligned<T>(MaybeUninit<T>);
-
-/// Marks a value handed to a suspended greenlet as a `Control` request.
-const CONTROL_TAG: usize = 1;
-
 /// A request served by a suspended greenlet without resuming its code.
 pub(crate) struct Control {
     /// Filled by the greenlet: its backtrace, captured on its own stack.
     pub(crate) backtrace: Option<std::backtrace::Backtrace>,
 }
 
-/// Serves control requests until a real resume arrives; returns it.
+/// Serves a kind other than `RESUME` that reached a suspended greenlet:
+/// unwinds for `UNWIND`, and otherwise fills in the tagged `Control`
+/// request and returns, for the greenlet to suspend again.
 #[cold]
 #[inline(never)]
-fn serve_control(header: &StackHeader, mut value: usize) -> usize {
-    while value & CONTROL_TAG != 0 {
-        // SAFETY: the requester passed a pointer to a Control on its stack,
-        // tagged; it stays valid until we switch back.
-        let control = unsafe { &mut *((value & !CONTROL_TAG) as *mut Control) };
-        control.backtrace = Some(std::backtrace::Backtrace::force_capture());
-        let asan = crate::asan::before_suspend(header);
-        // SAFETY: as in `Suspender::suspend`: the requester resumed us with
-        // switch_in, so the parent link holds its frame.
-        (value, _) =
-            unsafe { arch::switch_out(0, header.saved_sp.as_ptr(), header.parent_link.get()) };
-        crate::asan::after_suspend(header, asan);
+fn serve(kind: usize) {
+    if kind == UNWIND {
+        panic::resume_unwind(Box::new(ForcedUnwind));
     }
-    value
+    debug_assert!(
+        kind & CONTROL_TAG != 0,
+        "greenhack: bad switch kind {kind:#x}"
+    );
+    // SAFETY: the requester passed a pointer to a Control on its stack,
+    // tagged; it stays valid until we switch back.
+    let control = unsafe { &mut *((kind & !CONTROL_TAG) as *mut Control) };
+    control.backtrace = Some(std::backtrace::Backtrace::force_capture());
 }
 
 /// Captures the backtrace of the suspended greenlet owning `header` by
@@ -719,22 +761,26 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
         return None;
     }
     let mut control = Control { backtrace: None };
-    let sp = header.saved_sp.replace(0);
+    let sp = header.saved_sp()?;
     let asan = crate::asan::before_resume(header);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.
-    let (_, new_sp) = unsafe {
+    let (_, _, new_sp) = unsafe {
         arch::switch_in(
             (&mut control as *mut Control as usize) | CONTROL_TAG,
+            0,
             header.parent_link.as_ptr(),
             sp,
         )
     };
     crate::asan::after_resume(asan);
-    // It suspended again from inside `serve_control`, deeper than where its
-    // owner last saw it stop: tell the owner's next resume.
+    // `suspend` suspends again from the same frame: its owner's copy of the
+    // saved sp is still right. Resuming a wrong one would run the greenlet
+    // anywhere, so this is checked in release builds too (off the switch
+    // path: backtrace requests only).
     if new_sp != sp {
-        header.sp_moved.set(true);
+        eprintln!("greenhack: a backtrace request moved a greenlet's saved stack pointer");
+        std::process::abort();
     }
     control.backtrace
 }
@@ -744,10 +790,16 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
 ///
 /// # Safety
 ///
-/// Called only by `greenhack_trampoline` with: `first` a pointer to a
-/// `ToGreenlet<I>` to read once, `parent_link` the parent-link slot at offset
-/// 0 of this stack's header, `obj` the closure placed by `init_stack`.
-unsafe extern "C" fn entry<I, Y, R, F>(first: usize, parent_link: *mut usize, obj: *mut u8) -> !
+/// Called only by `greenhack_trampoline` with the first resume's `kind` and
+/// `payload` (`RESUME` with a packed `I` to unpack once, or `UNWIND`),
+/// `parent_link` the parent-link slot at offset 0 of this stack's header,
+/// and `obj` the closure placed by `init_stack`.
+unsafe extern "C" fn entry<I, Y, R, F>(
+    kind: usize,
+    parent_link: *mut usize,
+    obj: *mut u8,
+    payload: usize,
+) -> !
 where
     F: FnOnce(&Suspender<I, Y>, I) -> R,
 {
@@ -756,49 +808,47 @@ where
     crate::asan::first_entry(unsafe { &*header });
     // SAFETY: per the contract above; the closure is moved off its slot
     // exactly once.
-    let (f, first) = unsafe {
-        (
-            ptr::read(obj as *mut F),
-            ToGreenlet::take(first as *const ToGreenlet<I>),
-        )
-    };
-    let outcome: Outcome<R> = match first {
-        ToGreenlet::Unwind => match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
+    let f = unsafe { ptr::read(obj as *mut F) };
+    let outcome: Outcome<R> = if kind == UNWIND {
+        match panic::catch_unwind(AssertUnwindSafe(|| drop(f))) {
             Ok(()) => Outcome::Unwound,
             Err(p) => Outcome::Panic(p),
-        },
-        ToGreenlet::Resume(input) => {
-            let suspender = Suspender {
-                header,
-                _marker: PhantomData,
-            };
-            let result = panic::catch_unwind(AssertUnwindSafe(|| f(&suspender, input)));
-            // SAFETY: the header is at the top of this stack.
-            let header = unsafe { &*header };
-            match result {
-                Ok(r) if header.unwinding.get() => {
-                    drop(r);
-                    abort_kept_running(header, "returned normally")
-                }
-                Ok(r) => Outcome::Return(r),
-                Err(p) if p.is::<ForcedUnwind>() => Outcome::Unwound,
-                Err(p) => Outcome::Panic(p),
+        }
+    } else {
+        debug_assert_eq!(kind, RESUME, "greenhack: bad first switch kind");
+        // SAFETY: per the contract above.
+        let input = unsafe { unpack::<I>(payload) };
+        let suspender = Suspender {
+            header,
+            _marker: PhantomData,
+        };
+        let result = panic::catch_unwind(AssertUnwindSafe(|| f(&suspender, input)));
+        // SAFETY: the header is at the top of this stack.
+        let header = unsafe { &*header };
+        match result {
+            Ok(r) if header.unwinding.get() => {
+                drop(r);
+                abort_kept_running(header, "returned normally")
             }
+            Ok(r) => Outcome::Return(r),
+            Err(p) if p.is::<ForcedUnwind>() => Outcome::Unwound,
+            Err(p) => Outcome::Panic(p),
         }
     };
     // Everything this frame owned is gone but `outcome`, which the resumer
     // reads from here before it recycles the stack.
     let outcome = MaybeUninit::new(outcome);
-    let reply = MaybeUninit::new(FromGreenlet::<Y>::Done(outcome.as_ptr().cast()));
     // SAFETY: the header is at the top of this stack.
     let header = unsafe { &*header };
     crate::asan::before_exit(header);
     // SAFETY: as in `Suspender::suspend`; this greenlet is never resumed
-    // again (its owner marks it finished on reading a final reply).
+    // again (its owner marks it finished on reading a final reply, whose
+    // kind is the outcome's non-null address).
     unsafe {
         arch::switch_out(
-            reply.as_ptr() as usize,
-            header.saved_sp.as_ptr(),
+            outcome.as_ptr() as usize,
+            0,
+            header.parent_link.as_ptr(),
             header.parent_link.get(),
         );
     }

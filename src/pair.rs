@@ -62,18 +62,29 @@ enum Driver {
 }
 
 /// One pair's state; lives on its greenlet's stack.
+// `repr(C)`, `stack` first: `NO_PAIR` stands in for "no pair".
+#[repr(C)]
 pub(super) struct Pair {
-    suspender: *const Suspender<Resume, ()>,
-    resume: Cell<Resume>,
     /// The greenlet's stack, to recognise code running on it.
     stack: Range<usize>,
+    suspender: *const Suspender<Resume, ()>,
+    resume: Cell<Resume>,
     /// Its greenlet-locals and timeout scopes.
     logical: Logical,
 }
 
+// What CURRENT points at when no pair's greenlet runs: an empty
+// stack range that no address is inside, read where a `Pair`'s `stack`
+// would be. `current_pair` then needs no null test: one branch fewer on the
+// path of every `exempt`.
+static NO_PAIR: Range<usize> = 0..0;
+
+/// CURRENT's value when no pair's greenlet runs (see `NO_PAIR`).
+const NONE: *const Pair = ptr::addr_of!(NO_PAIR).cast();
+
 thread_local! {
-    /// The pair whose greenlet runs now, or null.
-    static CURRENT: Cell<*const Pair> = const { Cell::new(ptr::null()) };
+    /// The pair whose greenlet runs now, or `NONE`.
+    static CURRENT: Cell<*const Pair> = const { Cell::new(NONE) };
     /// The logical thread of code outside any greenlet.
     static THREAD_LOGICAL: Logical = Logical::default();
 }
@@ -107,26 +118,37 @@ impl<T: Copy + 'static> Drop for Restore<T> {
 impl Pair {
     /// Polls `fut` with the poller's context; suspends while it is pending.
     /// `what` is recorded for `debug::dump` while suspended.
+    // The first poll inline, the rest out of line in
+    // `wait_pending`: a ready future costs a user crate's loop a poll, not a
+    // call (exempt(ready) was 2.0x stackful's `wait` in a user crate).
+    #[inline]
     pub(super) fn wait<F: Future>(&self, fut: F, what: Wait) -> F::Output {
         let mut fut = pin!(fut);
+        let Resume { cx, driver } = self.resume.get();
+        // SAFETY: the context was passed by the poll that resumed us, which
+        // is still running (we are inside it).
+        let cx = unsafe { &mut *cx };
+        // The future is polled by this pair: an AsAsync inside it is driven
+        // by greenhack's loop exactly when this pair is.
+        let polled = if driver == Driver::Loop {
+            reactor::loop_poll(|| fut.as_mut().poll(cx))
+        } else {
+            fut.as_mut().poll(cx)
+        };
+        match polled {
+            Poll::Ready(v) => v,
+            Poll::Pending => self.wait_pending(fut, what),
+        }
+    }
+
+    // The loop of `wait` after a first poll found `fut` pending
+    // (the loop of the old `wait`, rotated: suspend first, then poll).
+    #[inline(never)]
+    fn wait_pending<F: Future>(&self, mut fut: Pin<&mut F>, what: Wait) -> F::Output {
         // The timer of the innermost-expiring timeout scope, armed when the
         // future is first pending.
         let mut scope_timer: Option<(Scope, crate::time::Sleep)> = None;
         loop {
-            let Resume { cx, driver } = self.resume.get();
-            // SAFETY: the context was passed by the poll that resumed us,
-            // which is still running (we are inside it).
-            let cx = unsafe { &mut *cx };
-            // The future is polled by this pair: an AsAsync inside it is
-            // driven by greenhack's loop exactly when this pair is.
-            let polled = if driver == Driver::Loop {
-                reactor::loop_poll(|| fut.as_mut().poll(cx))
-            } else {
-                fut.as_mut().poll(cx)
-            };
-            if let Poll::Ready(v) = polled {
-                return v;
-            }
             if std::thread::panicking() {
                 // A wait inside a `Drop` during an unwind (a panic, or this
                 // greenlet being cancelled): switching away would let every
@@ -134,7 +156,11 @@ impl Pair {
                 // cancellation could not end a greenlet that is mid-unwind.
                 return reactor::block_on_alone(fut);
             }
+            // Still inside the poll that saw `fut` pending.
+            let Resume { cx, driver } = self.resume.get();
             if !self.logical.has_no_scope() && driver != Driver::Foreign {
+                // SAFETY: as in `wait`.
+                let cx = unsafe { &mut *cx };
                 let (scope, timer) = scope_timer.get_or_insert_with(|| {
                     let scope = self.logical.earliest_scope().expect("a scope is open");
                     (scope, crate::time::Sleep::new(scope.deadline))
@@ -152,6 +178,17 @@ impl Pair {
             header.wait.set(Wait::Nothing);
             self.resume.set(next);
             CURRENT.with(|c| c.set(self));
+            let Resume { cx, driver } = self.resume.get();
+            // SAFETY: as in `wait`.
+            let cx = unsafe { &mut *cx };
+            let polled = if driver == Driver::Loop {
+                reactor::loop_poll(|| fut.as_mut().poll(cx))
+            } else {
+                fut.as_mut().poll(cx)
+            };
+            if let Poll::Ready(v) = polled {
+                return v;
+            }
         }
     }
 }
@@ -160,14 +197,13 @@ impl Pair {
 #[inline]
 fn current_pair() -> Option<&'static Pair> {
     let p = CURRENT.with(|c| c.get());
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: CURRENT points at a Pair on a live greenlet stack: it is
-    // cleared or restored whenever that greenlet suspends or finishes.
-    let pair = unsafe { &*p };
+    // SAFETY: CURRENT points at a Pair on a live greenlet stack (it is
+    // cleared or restored whenever that greenlet suspends or finishes), or
+    // at NO_PAIR, which is laid out as a Pair's first field.
+    let stack = unsafe { &*(p as *const Range<usize>) };
     let here = crate::asan::stack_address(&p as *const _ as usize);
-    pair.stack.contains(&here).then_some(pair)
+    // SAFETY: inside the range, so not NO_PAIR (empty): a Pair.
+    stack.contains(&here).then(|| unsafe { &*p })
 }
 
 /// Runs the sync closure `f` on a new greenlet; the returned future resumes
@@ -327,7 +363,7 @@ impl<T> Drop for AsAsync<T> {
     fn drop(&mut self) {
         // The unwinding greenlet is resumed by this drop, not by a poll:
         // it is in no pair while its destructors run.
-        let _restore = Restore(&CURRENT, CURRENT.with(|c| c.replace(ptr::null())));
+        let _restore = Restore(&CURRENT, CURRENT.with(|c| c.replace(NONE)));
         self.greenlet = None;
     }
 }
@@ -372,10 +408,19 @@ pub(crate) enum Refusal {
     NoLoop,
 }
 
+// `#[inline]`, the outside-a-greenlet half split off: `place` is
+// on the path of every wait.
+#[inline]
 pub(super) fn place() -> Place {
     if let Some(pair) = current_pair() {
         return Place::Pair(pair);
     }
+    place_outside()
+}
+
+// split off `place`, out of line.
+#[inline(never)]
+fn place_outside() -> Place {
     if on_foreign_executor() {
         return Place::ForeignThread;
     }
@@ -404,13 +449,21 @@ pub(crate) fn check(needs: Needs) -> Result<(), Refusal> {
 /// `debug::dump` while suspended.
 #[inline]
 pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Output, (F, Refusal)> {
-    match place() {
-        Place::Pair(pair) => {
-            if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
-                return Err((fut, Refusal::NoLoop));
-            }
-            Ok(pair.wait(fut, what))
+    // The greenlet case inline, the rest out of line (`wait_outside`),
+    // so that `exempt` inlines into a user crate's code.
+    if let Some(pair) = current_pair() {
+        if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
+            return Err((fut, Refusal::NoLoop));
         }
+        return Ok(pair.wait(fut, what));
+    }
+    wait_outside(fut)
+}
+
+// `wait` outside any greenlet, out of line.
+#[inline(never)]
+fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
+    match place_outside() {
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
         Place::Thread => match THREAD_LOGICAL.with(Logical::earliest_scope) {
             None => Ok(reactor::block_on(fut)),
@@ -423,6 +476,7 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
             }
         },
         Place::ForeignThread => Err((fut, Refusal::ForeignThread)),
+        Place::Pair(_) => unreachable!("greenhack: place_outside found a pair"),
     }
 }
 
@@ -465,8 +519,17 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
 pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {
     match try_exempt(fut) {
         Ok(v) => v,
-        Err(e) => panic!("{e}"),
+        Err(e) => exempt_refused(e),
     }
+}
+
+// `exempt`'s panic, out of line: formatting it inline made
+// `exempt` too big to inline into a user crate's loop.
+#[cold]
+#[track_caller]
+#[inline(never)]
+fn exempt_refused<F>(e: ExemptError<F>) -> ! {
+    panic!("{e}")
 }
 
 /// Like [`exempt`], but where `exempt` would panic, returns the future in

@@ -375,3 +375,62 @@ fn deep_recursion_within_the_stack_works() {
         .unwrap();
     assert_eq!(g.resume(5000).into_complete(), Some(2500));
 }
+
+/// Counts its drops: a value moved across a switch must be dropped exactly
+/// once, on the side that received it.
+struct Tagged(Rc<Cell<u32>>, u8);
+
+impl Drop for Tagged {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn values_in_and_out_of_the_payload_register_are_moved_exactly_once() {
+    // A value that fits a word travels in a register, a larger one behind
+    // a pointer to the sender's stack: each kind, each way, with a
+    // destructor counting that it runs once, where the value ended up.
+    let drops = Rc::new(Cell::new(0));
+
+    let d = drops.clone();
+    let mut small = Greenlet::new(move |s, first: Option<Box<Tagged>>| {
+        assert_eq!(first.as_ref().map(|c| c.1), Some(1));
+        drop(first);
+        let next = s.suspend(Some(Box::new(Tagged(d, 2))));
+        assert!(next.is_none());
+        7u8
+    });
+    let y = small.resume(Some(Box::new(Tagged(drops.clone(), 1))));
+    assert_eq!(drops.get(), 1);
+    let y = y.into_yielded().flatten().unwrap();
+    assert_eq!((y.1, drops.get()), (2, 1));
+    drop(y);
+    assert_eq!(drops.get(), 2);
+    assert_eq!(small.resume(None).into_complete(), Some(7));
+
+    let mut big = Greenlet::new(|s, (c, a): (Tagged, [u64; 3])| {
+        let (c, a) = s.suspend((c, a.map(|x| x + 1)));
+        let id = c.1;
+        drop(c);
+        (id, a)
+    });
+    let (c, a) = big
+        .resume((Tagged(drops.clone(), 3), [7, 8, 9]))
+        .into_yielded()
+        .unwrap();
+    assert_eq!((c.1, a, drops.get()), (3, [8, 9, 10], 2));
+    assert_eq!(big.resume((c, a)).into_complete(), Some((3, [8, 9, 10])));
+    assert_eq!(drops.get(), 3);
+}
+
+#[test]
+fn started_and_finished_follow_the_greenlets_life() {
+    let mut g = Greenlet::new(|s, ()| s.suspend(1u8));
+    assert!(!g.is_started() && !g.is_finished());
+    assert_eq!(g.resume(()).into_yielded(), Some(1));
+    assert!(g.is_started() && !g.is_finished());
+    assert_eq!(g.resume(()).into_complete(), Some(()));
+    assert!(g.is_started() && g.is_finished());
+    assert!(g.stack_range().is_none());
+}

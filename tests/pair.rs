@@ -300,3 +300,34 @@ fn start_loop_then_spawn_from_plain_code() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn exempt_on_a_raw_greenlet_inside_as_async_waits_there_not_on_the_pair() {
+    // A raw Greenlet resumed from a pair's greenlet runs on a stack of its
+    // own: its exempt must not suspend the pair's greenlet (whose stack it
+    // is not on), but wait where it is, as outside any greenlet.
+    struct PendingOnce(bool);
+    impl std::future::Future for PendingOnce {
+        type Output = u32;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<u32> {
+            if std::mem::replace(&mut self.0, true) {
+                std::task::Poll::Ready(5)
+            } else {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        }
+    }
+    let v = futures_executor::block_on(as_async(|| {
+        let before = exempt(PendingOnce(false));
+        let mut raw = greenhack::greenlet::Greenlet::<(), (), u32>::new(|_, ()| {
+            exempt(std::future::ready(1)) + exempt(PendingOnce(false))
+        });
+        let inner = raw.resume(()).into_complete();
+        (before, inner)
+    }));
+    assert_eq!(v, (5, Some(6)));
+}

@@ -96,33 +96,53 @@ fn a_row_stream_read_as_an_iterator() {
 }
 
 /// On greenhack's own loop, while the iterator waits for the stream's next
-/// item, other greenlets run.
+/// item, other greenlets run: item 1 can only be produced once another
+/// greenlet has run (it waits for that greenlet's signal), so without that
+/// the test would hang rather than pass.
 #[test]
 fn other_greenlets_run_while_the_iterator_waits() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let (a, b) = (log.clone(), log.clone());
+    let (tx, rx) = greenhack::sync::oneshot::channel::<()>();
+    let rx = Rc::new(RefCell::new(Some(rx)));
     greenhack::run(|| {
         let _reader = greenhack::spawn(move || {
-            // Each item takes 5 ms to produce: a greenlet that sleeps,
-            // awaited as a future.
-            let slow = stream::unfold(0, |i| async move {
-                if i == 3 {
-                    return None;
+            // Each item is produced by a greenlet, awaited as a future; item
+            // 1 waits for the other greenlet's signal.
+            let slow = stream::unfold(0, move |i| {
+                let rx = rx.clone();
+                async move {
+                    if i == 3 {
+                        return None;
+                    }
+                    let producer = greenhack::spawn(move || {
+                        greenhack::sleep(Duration::from_millis(1));
+                        if i == 1 {
+                            let rx = rx.borrow_mut().take().expect("item 1 is made once");
+                            rx.recv().expect("the other greenlet signals");
+                        }
+                        i
+                    });
+                    Some((producer.await.unwrap(), i + 1))
                 }
-                let producer = greenhack::spawn(move || {
-                    greenhack::sleep(Duration::from_millis(5));
-                    i
-                });
-                Some((producer.await.unwrap(), i + 1))
             });
             for i in greenhack::exempt_iter(slow) {
                 a.borrow_mut().push(format!("item {i}"));
             }
         });
         let _other = greenhack::spawn(move || {
-            greenhack::sleep(Duration::from_millis(7));
+            greenhack::yield_now();
             b.borrow_mut().push("other".to_string());
+            tx.send(()).unwrap();
         });
     });
-    assert_eq!(*log.borrow(), ["item 0", "other", "item 1", "item 2"]);
+    let log = log.borrow();
+    let items: Vec<_> = log.iter().filter(|l| l.starts_with("item")).collect();
+    assert_eq!(items, ["item 0", "item 1", "item 2"]);
+    let other = log
+        .iter()
+        .position(|l| l == "other")
+        .expect("the other greenlet ran");
+    let item1 = log.iter().position(|l| l == "item 1").unwrap();
+    assert!(other < item1, "{log:?}");
 }

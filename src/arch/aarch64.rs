@@ -117,19 +117,24 @@ pub(crate) fn trampoline_return() -> usize {
     core::ptr::addr_of!(greenhack_trampoline_return) as usize
 }
 
-/// Resumes the greenlet whose saved stack pointer is `sp`, handing it
-/// `value`. Our own stack pointer is stored in `*parent_link` for the
-/// greenlet to switch back to. Returns the value the greenlet hands back and
-/// the greenlet's saved stack pointer (the value it also stored in its
-/// save slot).
+/// Resumes the greenlet whose saved stack pointer is `sp`, handing it the
+/// words `kind` and `payload`. Our own stack pointer is stored in
+/// `*parent_link` for the greenlet to switch back to. Returns the two words
+/// the greenlet hands back and the greenlet's saved stack pointer (the value
+/// it also stored in its save slot).
 ///
 /// # Safety
 ///
 /// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
 /// this thread and `parent_link` the parent-link slot of that same greenlet.
 #[inline(always)]
-pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> (usize, usize) {
-    let (out, their_sp): (usize, usize);
+pub(crate) unsafe fn switch_in(
+    kind: usize,
+    payload: usize,
+    parent_link: *mut usize,
+    sp: usize,
+) -> (usize, usize, usize) {
+    let (kind_out, payload_out, their_sp): (usize, usize, usize);
     // SAFETY: the caller guarantees `sp` is a valid suspended context; the
     // routine saves x19/x29/pc and the operands declare every other register
     // clobbered (x16, which the routine uses, by `clobber_abi`), so
@@ -141,14 +146,15 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             // Our resume address, then hand over to the routine.
             "adr x3, 2f",
             "b {switch}",
-            // The greenlet switched back: x0 holds its value, x19/x29 are
-            // ours again. The trampoline's CFI points unwinders at this very
+            // The greenlet switched back: x0 and x4 hold its words, x19/x29
+            // are ours again. The trampoline's CFI points unwinders at this very
             // address (signal-frame lookup, no -1): keep an instruction of
             // this function after it.
             "2:",
             "nop",
             switch = sym greenhack_switch_in,
-            inlateout("x0") value => out,
+            inlateout("x0") kind => kind_out,
+            inlateout("x4") payload => payload_out,
             lateout("x3") their_sp,
             in("x1") parent_link,
             in("x2") sp,
@@ -161,21 +167,26 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             clobber_abi("C"),
         );
     }
-    (out, their_sp)
+    (kind_out, payload_out, their_sp)
 }
 
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
-/// handing it `value`. Returns the value of the next resume and the
-/// resumer's saved stack pointer.
+/// handing it the words `kind` and `payload`. Returns the two words of the
+/// next resume.
 ///
 /// # Safety
 ///
 /// Must run on a greenlet's stack, with `sp` the current value of its parent
 /// link.
 #[inline(always)]
-pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (usize, usize) {
-    let (out, their_sp): (usize, usize);
+pub(crate) unsafe fn switch_out(
+    kind: usize,
+    payload: usize,
+    save: *mut usize,
+    sp: usize,
+) -> (usize, usize) {
+    let (kind_out, payload_out): (usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
@@ -184,8 +195,9 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (u
             "b {switch}",
             "2:",
             switch = sym greenhack_switch_out,
-            inlateout("x0") value => out,
-            lateout("x3") their_sp,
+            inlateout("x0") kind => kind_out,
+            inlateout("x4") payload => payload_out,
+            lateout("x3") _,
             in("x1") save,
             in("x2") sp,
             lateout("x20") _, lateout("x21") _, lateout("x22") _,
@@ -197,7 +209,7 @@ pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (u
             clobber_abi("C"),
         );
     }
-    (out, their_sp)
+    (kind_out, payload_out)
 }
 
 /// Starts loading the cache line holding `addr` into every cache level and

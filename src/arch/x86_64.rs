@@ -1,15 +1,20 @@
-//! x86_64 System V: the asm! stubs around `asm/x86_64.S`.
+//! x86_64 System V: the switch, inline at each call site, and the Rust face
+//! of `asm/x86_64.S` (the trampoline, and the drawings of the saved frame
+//! and of the convention the switch follows).
 //!
-//! The routines in the `.S` file save only rbx, rbp and the resume address;
-//! the stubs here declare every other register the ABI calls callee-saved
-//! (r12–r15) as clobbered, together with everything `clobber_abi("sysv64")`
-//! covers. The compiler then spills only what is live across a switch, and
-//! can hoist those spills out of a loop — the effect that makes
-//! inline-asm switches (corosensei) cheap, kept with an out-of-line routine.
+//! The switch saves only rbx, rbp and the resume address; the asm! blocks
+//! declare every other register the ABI calls callee-saved (r12–r15)
+//! clobbered, together with everything `clobber_abi("sysv64")` covers. The
+//! compiler then spills only what is live across a switch, and can hoist
+//! those spills out of a loop.
 //!
-//! The stubs are `#[inline(always)]`: the resume label must sit in the caller
-//! of `resume`/`suspend` for the indirect jump back to be predicted per call
-//! site, and a call frame around the stub would add a `call`/`ret` pair whose
+//! The switches are `#[inline(always)]` and their instructions sit in the
+//! asm! blocks themselves, not in a routine jumped to: the resume label and
+//! the indirect `jmp` into the other side are then per call site, where the
+//! branch predictor learns each one's target, and a round trip takes two
+//! taken branches fewer (the flat round trip in a user crate went from ~10
+//! to ~9 cycles; the `.S` routines they replace were jumped to, never
+//! called). A call frame around them would add a `call`/`ret` pair whose
 //! `ret` crosses the switch.
 
 use core::arch::asm;
@@ -18,12 +23,6 @@ use core::mem::{offset_of, size_of};
 use super::EntryFn;
 
 unsafe extern "C" {
-    // Custom convention, see asm/x86_64.S: rax = resume address,
-    // rsi = where to save our sp, rdx = sp to switch to, rdi = value; the
-    // other side receives rdi and, in rax, our saved sp.
-    // Entered by jmp; never called.
-    fn greenhack_switch_in();
-    fn greenhack_switch_out();
     // The first code a fresh greenlet runs; only ever a saved resume address.
     fn greenhack_trampoline();
     // The label after the trampoline's jump into the entry function.
@@ -123,35 +122,94 @@ pub(crate) fn trampoline_return() -> usize {
     core::ptr::addr_of!(greenhack_trampoline_return) as usize
 }
 
-/// Resumes the greenlet whose saved stack pointer is `sp`, handing it
-/// `value`. Our own stack pointer is stored in `*parent_link` for the
-/// greenlet to switch back to. Returns the value the greenlet hands back and
-/// the greenlet's saved stack pointer (the value it also stored in its
-/// save slot).
+// The switch (convention and frame: see asm/x86_64.S). In: rax = free,
+// rsi = where to store our sp, rdx = the other side's saved sp, rdi and
+// r8 = the two words handed over, which no instruction touches. Pushes our
+// frame (rbx, resume address, rbp; with `fp-control`, MXCSR and the x87
+// control word above them), publishes our sp, pops the other side's frame
+// and jumps to its resume address; `$hand_sp` is "mov rax, rsp" on suspend
+// (the resumer wants the greenlet's sp) and empty on resume.
+macro_rules! switch_asm {
+    ($hand_sp:literal) => {
+        concat!(
+            "lea rax, [rip + 2f]\n",
+            fp_save!(),
+            "push rbx\n",
+            "push rax\n",
+            "push rbp\n",
+            "mov [rsi], rsp\n",
+            $hand_sp,
+            "mov rsp, rdx\n",
+            "pop rbp\n",
+            "pop rcx\n",
+            "pop rbx\n",
+            fp_restore!(),
+            "jmp rcx\n",
+            "2:\n",
+        )
+    };
+}
+
+// The floating-point control words, in the frame's top word (FRAME_SIZE
+// 0x20 in asm/x86_64.S), with the `fp-control` feature only.
+#[cfg(feature = "fp-control")]
+macro_rules! fp_save {
+    () => {
+        "sub rsp, 8\nstmxcsr [rsp]\nfnstcw [rsp + 4]\n"
+    };
+}
+#[cfg(feature = "fp-control")]
+macro_rules! fp_restore {
+    () => {
+        "ldmxcsr [rsp]\nfldcw [rsp + 4]\nadd rsp, 8\n"
+    };
+}
+#[cfg(not(feature = "fp-control"))]
+macro_rules! fp_save {
+    () => {
+        ""
+    };
+}
+#[cfg(not(feature = "fp-control"))]
+macro_rules! fp_restore {
+    () => {
+        ""
+    };
+}
+
+/// Resumes the greenlet whose saved stack pointer is `sp`, handing it the
+/// words `kind` and `payload`. Our own stack pointer is stored in
+/// `*parent_link` for the greenlet to switch back to. Returns the two words
+/// the greenlet hands back and the greenlet's saved stack pointer (the value
+/// it also stored in its save slot).
 ///
 /// # Safety
 ///
 /// `sp` must be the saved stack pointer of a suspended (or fresh) greenlet of
 /// this thread and `parent_link` the parent-link slot of that same greenlet.
 #[inline(always)]
-pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize) -> (usize, usize) {
-    let (out, their_sp): (usize, usize);
+pub(crate) unsafe fn switch_in(
+    kind: usize,
+    payload: usize,
+    parent_link: *mut usize,
+    sp: usize,
+) -> (usize, usize, usize) {
+    let (kind_out, payload_out, their_sp): (usize, usize, usize);
     // SAFETY: the caller guarantees `sp` is a valid suspended context; the
-    // routine saves rbx/rbp/rip and the operands declare every other register
-    // clobbered, so all state the compiler relies on survives.
+    // switch saves rbx/rbp/rip and the operands declare every other register
+    // clobbered, so all state the compiler relies on survives. Without
+    // `nostack`, nothing live lies below rsp, where the frame is pushed.
     unsafe {
         asm!(
-            // Our resume address, then hand over to the routine.
-            "lea rax, [rip + 2f]",
-            "jmp {switch}",
-            // The greenlet switched back: rdi holds its value, rbx/rbp are
-            // ours again. The trampoline's CFI points unwinders at this very
-            // address (signal-frame lookup, no -1): keep an instruction of
-            // this function after it.
-            "2:",
+            switch_asm!(""),
+            // The greenlet switched back (at the label ending the switch):
+            // rdi and r8 hold its words, rbx/rbp are ours again. The
+            // trampoline's CFI points unwinders at this very address
+            // (signal-frame lookup, no -1): keep an instruction of this
+            // function after it.
             "nop",
-            switch = sym greenhack_switch_in,
-            inlateout("rdi") value => out,
+            inlateout("rdi") kind => kind_out,
+            inlateout("r8") payload => payload_out,
             lateout("rax") their_sp,
             in("rsi") parent_link,
             in("rdx") sp,
@@ -159,38 +217,41 @@ pub(crate) unsafe fn switch_in(value: usize, parent_link: *mut usize, sp: usize)
             clobber_abi("sysv64"),
         );
     }
-    (out, their_sp)
+    (kind_out, payload_out, their_sp)
 }
 
 /// Suspends the running greenlet: stores our stack pointer in `*save` and
 /// continues the side whose saved stack pointer is `sp` (the parent link),
-/// handing it `value`. Returns the value of the next resume and the
-/// resumer's saved stack pointer.
+/// handing it the words `kind` and `payload`. Returns the two words of the
+/// next resume.
 ///
 /// # Safety
 ///
 /// Must run on a greenlet's stack, with `sp` the current value of its parent
 /// link.
 #[inline(always)]
-pub(crate) unsafe fn switch_out(value: usize, save: *mut usize, sp: usize) -> (usize, usize) {
-    let (out, their_sp): (usize, usize);
+pub(crate) unsafe fn switch_out(
+    kind: usize,
+    payload: usize,
+    save: *mut usize,
+    sp: usize,
+) -> (usize, usize) {
+    let (kind_out, payload_out): (usize, usize);
     // SAFETY: as for `switch_in`; `sp` is the resumer's frame saved by its
     // `switch_in`, which is suspended while we run.
     unsafe {
         asm!(
-            "lea rax, [rip + 2f]",
-            "jmp {switch}",
-            "2:",
-            switch = sym greenhack_switch_out,
-            inlateout("rdi") value => out,
-            lateout("rax") their_sp,
+            switch_asm!("mov rax, rsp\n"),
+            inlateout("rdi") kind => kind_out,
+            inlateout("r8") payload => payload_out,
+            lateout("rax") _,
             in("rsi") save,
             in("rdx") sp,
             lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
             clobber_abi("sysv64"),
         );
     }
-    (out, their_sp)
+    (kind_out, payload_out)
 }
 
 /// Starts loading the cache line holding `addr` into every cache level and
