@@ -31,8 +31,8 @@ mod threads;
 
 fn main() -> io::Result<()> {
     let cfg = server::Config::from_args("echo", "127.0.0.1:7000", false);
-    let (addr, threads) = (cfg.addr.clone(), cfg.threads);
-    threads::serve("echo", &addr, threads, move |listener| {
+    let (addr, threads, hosted) = (cfg.addr.clone(), cfg.threads, cfg.hosted);
+    threads::serve("echo", &addr, threads, hosted, move |listener| {
         if greenhack::runtime::Handle::try_current().is_some_and(|h| h.index() == 0) {
             greenhack::debug::dump_on_signal(libc::SIGUSR1)?; // one loop dumps
         }

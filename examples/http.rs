@@ -35,8 +35,8 @@ mod threads;
 
 fn main() -> io::Result<()> {
     let cfg = server::Config::from_args("http", "127.0.0.1:8080", true);
-    let (addr, threads) = (cfg.addr.clone(), cfg.threads);
-    threads::serve("http", &addr, threads, move |listener| {
+    let (addr, threads, hosted) = (cfg.addr.clone(), cfg.threads, cfg.hosted);
+    threads::serve("http", &addr, threads, hosted, move |listener| {
         server::serve("http", &cfg, listener, |stream, conn| {
             if let Err(e) = serve(stream, conn) {
                 if !matches!(

@@ -108,8 +108,14 @@ impl Drop for KillOnDrop {
 /// Starts a server example on an ephemeral port; returns it and its address
 /// (parsed from its "listening on" line).
 fn start_server(name: &str) -> (KillOnDrop, String) {
+    start_server_with(name, &[])
+}
+
+/// [`start_server`] with more command line arguments.
+fn start_server_with(name: &str, args: &[&str]) -> (KillOnDrop, String) {
     let mut child = example(name)
         .arg("127.0.0.1:0")
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -203,7 +209,18 @@ fn echo_example_echoes_for_concurrent_clients() {
 
 #[test]
 fn http_example_keeps_alive_and_pipelines() {
-    let (_server, addr) = start_server("http");
+    http_keeps_alive_and_pipelines(&[]);
+}
+
+/// The same server with its loop hosted inside tokio (issue 11).
+#[cfg(feature = "tokio")]
+#[test]
+fn http_example_hosted_in_tokio_keeps_alive_and_pipelines() {
+    http_keeps_alive_and_pipelines(&["--hosted"]);
+}
+
+fn http_keeps_alive_and_pipelines(args: &[&str]) {
+    let (_server, addr) = start_server_with("http", args);
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Two pipelined requests on one connection, then a third after reading.

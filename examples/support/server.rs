@@ -57,6 +57,10 @@ pub struct Config {
     /// How many loops (threads) serve; `None`: one per CPU the process may
     /// use (see `support/threads.rs`).
     pub threads: Option<usize>,
+    /// Run the loop hosted inside a tokio `current_thread` runtime
+    /// (`greenhack::tokio::run`; feature `tokio`), to measure hosted mode
+    /// against standalone.
+    pub hosted: bool,
 }
 
 impl Config {
@@ -69,10 +73,11 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(60)),
             header_timeout: headers.then_some(Duration::from_secs(10)),
             threads: None,
+            hosted: false,
         };
         let usage = format!(
-            "usage: {name} [ADDR] [--threads N] [--idle-timeout SECS]{} (default ADDR \
-             {default_addr}, N every CPU; SECS may be fractional, 0 disables)",
+            "usage: {name} [ADDR] [--threads N | --hosted] [--idle-timeout SECS]{} (default \
+             ADDR {default_addr}, N every CPU; SECS may be fractional, 0 disables)",
             if headers {
                 " [--header-timeout SECS]"
             } else {
@@ -98,6 +103,7 @@ impl Config {
             match arg.as_str() {
                 "--idle-timeout" => cfg.idle_timeout = secs(),
                 "--header-timeout" if headers => cfg.header_timeout = secs(),
+                "--hosted" => cfg.hosted = true,
                 "--threads" => {
                     let v = args
                         .next()

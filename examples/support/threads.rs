@@ -10,7 +10,7 @@
 //! mod threads;
 //!
 //! fn main() -> io::Result<()> {
-//!     threads::serve("echo", "127.0.0.1:7000", None, |listener| {
+//!     threads::serve("echo", "127.0.0.1:7000", None, false, |listener| {
 //!         loop { /* accept, spawn a greenlet per connection */ }
 //!     })
 //! }
@@ -34,13 +34,19 @@ const BACKLOG: u32 = 1024;
 /// Binds `addr` with one `SO_REUSEPORT` listener per loop (`threads` loops,
 /// default one per CPU), prints `{name}: listening on ADDR` once all of
 /// them listen, and runs `accept_loop` on every loop until one fails;
-/// returns that failure.
+/// returns that failure. With `hosted`: one loop, on this thread, hosted
+/// inside a tokio `current_thread` runtime (`greenhack::tokio::run`; needs
+/// the `tokio` feature).
 pub fn serve(
     name: &'static str,
     addr: &str,
     threads: Option<usize>,
+    hosted: bool,
     accept_loop: impl Fn(TcpListener) -> io::Result<()> + Send + Sync + 'static,
 ) -> io::Result<()> {
+    if hosted {
+        return serve_hosted(name, addr, accept_loop);
+    }
     let threads = match threads {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -68,6 +74,35 @@ pub fn serve(
     drop(reserve);
     println!("{name}: listening on {addr}");
     rt.join().map_err(io::Error::other)
+}
+
+#[cfg(feature = "tokio")]
+fn serve_hosted(
+    name: &'static str,
+    addr: &str,
+    accept_loop: impl Fn(TcpListener) -> io::Result<()>,
+) -> io::Result<()> {
+    let addr = resolve(addr)?;
+    greenhack::tokio::run(|| {
+        let listener = listen(addr)?;
+        println!(
+            "{name} (hosted in tokio): listening on {}",
+            listener.local_addr()?
+        );
+        accept_loop(listener)
+    })
+}
+
+#[cfg(not(feature = "tokio"))]
+fn serve_hosted(
+    name: &'static str,
+    _addr: &str,
+    _accept_loop: impl Fn(TcpListener) -> io::Result<()>,
+) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{name}: --hosted needs the tokio feature (cargo run --features tokio ...)"),
+    ))
 }
 
 /// One loop's listener on the group's address.
