@@ -147,7 +147,7 @@ impl Pair {
     fn wait_pending<F: Future>(&self, mut fut: Pin<&mut F>, what: Wait) -> F::Output {
         // The timer of the innermost-expiring timeout scope, armed when the
         // future is first pending.
-        let mut scope_timer: Option<(Scope, crate::time::Sleep)> = None;
+        let mut scope_timer: Option<(Scope, reactor::Sleep)> = None;
         loop {
             if std::thread::panicking() {
                 // A wait inside a `Drop` during an unwind (a panic, or this
@@ -163,7 +163,7 @@ impl Pair {
                 let cx = unsafe { &mut *cx };
                 let (scope, timer) = scope_timer.get_or_insert_with(|| {
                     let scope = self.logical.earliest_scope().expect("a scope is open");
-                    (scope, crate::time::Sleep::new(scope.deadline))
+                    (scope, reactor::Sleep::new(scope.deadline))
                 });
                 if pin!(timer).poll(cx).is_ready() {
                     crate::logical::raise_elapsed(*scope);
@@ -469,7 +469,7 @@ fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
             None => Ok(reactor::block_on(fut)),
             Some(scope) => {
                 let fut = pin!(fut);
-                match reactor::block_on(crate::time::Deadline::new(fut, scope.deadline)) {
+                match reactor::block_on(reactor::Deadline::new(fut, scope.deadline)) {
                     Some(v) => Ok(v),
                     None => crate::logical::raise_elapsed(scope),
                 }

@@ -9,11 +9,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::reactor::Reactor;
+use crate::reactor::{Reactor, Sleep};
 
 /// Puts the current greenlet (or thread) to sleep for at least `duration`;
 /// other greenlets of the loop run meanwhile.
@@ -82,77 +81,6 @@ impl Future for YieldNow {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-}
-
-/// A timer on the thread's reactor, as a future.
-pub(crate) struct Sleep {
-    deadline: Instant,
-    /// The registration, once polled.
-    key: Option<(Instant, u64)>,
-    reactor: Rc<Reactor>,
-}
-
-impl Sleep {
-    pub(crate) fn new(deadline: Instant) -> Sleep {
-        Sleep {
-            deadline,
-            key: None,
-            reactor: Reactor::current(),
-        }
-    }
-}
-
-impl Future for Sleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
-            if let Some(key) = self.key.take() {
-                self.reactor.remove_timer(key);
-            }
-            return Poll::Ready(());
-        }
-        let key = self.reactor.add_timer(self.deadline, cx.waker(), self.key);
-        self.key = Some(key);
-        Poll::Pending
-    }
-}
-
-impl Drop for Sleep {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.reactor.remove_timer(key);
-        }
-    }
-}
-
-/// `inner`, or `None` once `deadline` passes first.
-pub(crate) struct Deadline<F> {
-    inner: F,
-    timer: Sleep,
-}
-
-impl<F: Future> Deadline<F> {
-    pub(crate) fn new(inner: F, deadline: Instant) -> Deadline<F> {
-        Deadline {
-            inner,
-            timer: Sleep::new(deadline),
-        }
-    }
-}
-
-impl<F: Future + Unpin> Future for Deadline<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(v) = Pin::new(&mut self.inner).poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        match Pin::new(&mut self.timer).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
     }
 }
 

@@ -154,8 +154,8 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use mio::event::Source;
 
+use crate::reactor::Deadline;
 use crate::reactor::{Direction, Reactor};
-use crate::time::Deadline;
 use crate::wait::Wait;
 
 mod addr;

@@ -182,7 +182,7 @@ impl UnixStream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let until = Instant::now() + delay;
                     crate::pair::wait_io(
-                        crate::time::Sleep::new(until),
+                        crate::reactor::Sleep::new(until),
                         crate::wait::Wait::Sleep(until),
                     )?;
                     delay = (delay * 2).min(Duration::from_millis(50));

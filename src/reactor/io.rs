@@ -310,7 +310,7 @@ mod tests {
         for _ in 0..20 {
             let deadline = Instant::now() + Duration::from_millis(1);
             let timed =
-                crate::time::Deadline::new(reactor.readiness(token, Direction::Read), deadline);
+                super::super::Deadline::new(reactor.readiness(token, Direction::Read), deadline);
             assert_eq!(super::super::block_on(timed), None, "nothing was written");
         }
         let readers = reactor

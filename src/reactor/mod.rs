@@ -69,6 +69,7 @@ pub(crate) use io::Direction;
 use run_queue::TaskSlot;
 pub(crate) use run_queue::{Footprint, TaskFuture};
 use slab::Slab;
+pub(crate) use timers::{Deadline, Sleep};
 
 /// The token of the cross-thread waker; I/O tokens are slot index + 1.
 const WAKE_TOKEN: Token = Token(0);

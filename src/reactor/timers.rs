@@ -1,9 +1,13 @@
 //! Timers: deadlines ordered in a map, each with the waker to wake when it
 //! passes. The turn fires every deadline at or before now; the earliest one
-//! bounds how long the turn may wait.
+//! bounds how long the turn may wait. [`Sleep`] is a timer as a future, and
+//! [`Deadline`] bounds another future with one: the waits of the layers
+//! above (`sleep`, socket timeouts, `timeout` scopes) are built from them.
 
 use std::collections::BTreeMap;
-use std::task::Waker;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::Reactor;
@@ -82,5 +86,76 @@ impl Reactor {
         let deadline = self.timers.borrow().earliest()?;
         // mio rounds a sub-millisecond timeout up, never down to a spin.
         Some(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// A timer on the thread's reactor, as a future.
+pub(crate) struct Sleep {
+    deadline: Instant,
+    /// The registration, once polled.
+    key: Option<(Instant, u64)>,
+    reactor: std::rc::Rc<Reactor>,
+}
+
+impl Sleep {
+    pub(crate) fn new(deadline: Instant) -> Sleep {
+        Sleep {
+            deadline,
+            key: None,
+            reactor: Reactor::current(),
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            if let Some(key) = self.key.take() {
+                self.reactor.remove_timer(key);
+            }
+            return Poll::Ready(());
+        }
+        let key = self.reactor.add_timer(self.deadline, cx.waker(), self.key);
+        self.key = Some(key);
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.reactor.remove_timer(key);
+        }
+    }
+}
+
+/// `inner`, or `None` once `deadline` passes first.
+pub(crate) struct Deadline<F> {
+    inner: F,
+    timer: Sleep,
+}
+
+impl<F: Future> Deadline<F> {
+    pub(crate) fn new(inner: F, deadline: Instant) -> Deadline<F> {
+        Deadline {
+            inner,
+            timer: Sleep::new(deadline),
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = Pin::new(&mut self.inner).poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

@@ -28,7 +28,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::Instant;
 
-use crate::time::Sleep;
+use crate::reactor::Sleep;
 
 /// Waits until `fut` completes.
 pub(crate) fn wait<F: Future + Unpin>(fut: F) -> F::Output {
