@@ -1,8 +1,10 @@
 //! The stall detector: a loop stuck in one greenlet is reported from
 //! outside, by name, within twice the threshold.
 
+mod util;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,9 @@ const CHILD_ENV: &str = "GREENHACK_STALL_CHILD";
 /// stuck greenlet within 2 × its threshold of the `lock()` call.
 #[test]
 fn the_std_mutex_hang_is_named() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    // Through GREENHACK_TEST_RUNNER when set: under qemu-user the binary
+    // cannot exec itself directly.
+    let mut child = util::command(&std::env::current_exe().unwrap())
         .args([
             "--exact",
             "std_mutex_hang_child",
