@@ -65,9 +65,8 @@ fn args() -> Args {
     let mut a = Args {
         addr: "127.0.0.1:8080".into(),
         mode: Mode::Greenhack,
-        db: std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into()
-        }),
+        db: std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into()),
         pool: 4,
         kitchen: None,
         kitchen_timeout: Duration::from_millis(1000),
@@ -80,10 +79,14 @@ fn args() -> Args {
         std::process::exit(2)
     };
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().unwrap_or_else(|| fail(format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            it.next()
+                .unwrap_or_else(|| fail(format!("{name} needs a value")))
+        };
         let mut number = |name: &str| -> u64 {
             let v = value(name);
-            v.parse().unwrap_or_else(|_| fail(format!("{name}: {v:?} is not a number")))
+            v.parse()
+                .unwrap_or_else(|_| fail(format!("{name}: {v:?} is not a number")))
         };
         match arg.as_str() {
             "--axum" => a.mode = Mode::Axum,
@@ -92,9 +95,14 @@ fn args() -> Args {
             "--pool" => a.pool = number("--pool").max(1) as usize,
             "--kitchen" => {
                 let v = value("--kitchen");
-                a.kitchen = Some(v.parse().unwrap_or_else(|_| fail(format!("--kitchen: {v:?} is not IP:PORT"))))
+                a.kitchen = Some(
+                    v.parse()
+                        .unwrap_or_else(|_| fail(format!("--kitchen: {v:?} is not IP:PORT"))),
+                )
             }
-            "--kitchen-timeout" => a.kitchen_timeout = Duration::from_millis(number("--kitchen-timeout")),
+            "--kitchen-timeout" => {
+                a.kitchen_timeout = Duration::from_millis(number("--kitchen-timeout"))
+            }
             "--cook" => a.cook = Duration::from_millis(number("--cook")),
             "--workers" => a.workers = number("--workers").max(1) as usize,
             flag if flag.starts_with('-') => fail(format!("unknown flag {flag}")),
@@ -149,7 +157,8 @@ fn start_kitchen(cook: Duration) -> io::Result<SocketAddr> {
 
 /// Creates the orders table (once, at startup).
 fn create_schema(settings: &Settings) -> io::Result<()> {
-    let db = pg::Client::connect(&settings.db).map_err(|e| io::Error::other(format!("database: {e}")))?;
+    let db = pg::Client::connect(&settings.db)
+        .map_err(|e| io::Error::other(format!("database: {e}")))?;
     db.batch_execute(kitchen::SCHEMA)
         .map_err(|e| io::Error::other(format!("database: creating the orders table: {e}")))
 }
@@ -158,9 +167,13 @@ fn create_schema(settings: &Settings) -> io::Result<()> {
 
 fn serve(addr: &str, settings: Settings) -> io::Result<()> {
     create_schema(&settings)?;
-    let ctx = std::rc::Rc::new(Ctx::new(&settings, Arc::new(Hub::default())).map_err(io::Error::other)?);
+    let ctx =
+        std::rc::Rc::new(Ctx::new(&settings, Arc::new(Hub::default())).map_err(io::Error::other)?);
     let listener = TcpListener::bind(addr)?;
-    println!("kitchen (greenhack): listening on {}", listener.local_addr()?);
+    println!(
+        "kitchen (greenhack): listening on {}",
+        listener.local_addr()?
+    );
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -203,7 +216,8 @@ fn connection(mut stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
                             .find(|h| h.name.eq_ignore_ascii_case(name))
                             .map(|h| h.value)
                     };
-                    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"))
+                    let close = header("connection")
+                        .is_some_and(|v| v.eq_ignore_ascii_case(b"close"))
                         || req.version == Some(0);
                     let length = header("content-length")
                         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
@@ -220,7 +234,11 @@ fn connection(mut stream: TcpStream, ctx: &Ctx) -> io::Result<()> {
                 }
                 Ok(httparse::Status::Partial) if filled < buf.len() => {}
                 _ => {
-                    return write_reply(&mut stream, &Reply::bad_request("malformed request"), true);
+                    return write_reply(
+                        &mut stream,
+                        &Reply::bad_request("malformed request"),
+                        true,
+                    );
                 }
             }
             match stream.read(&mut buf[filled..])? {
@@ -344,10 +362,15 @@ mod axum_mode {
     }
 
     pub fn main(addr: &str, settings: Settings, workers: usize) -> io::Result<()> {
-        settings.db.parse::<pg::Config>().map_err(io::Error::other)?;
+        settings
+            .db
+            .parse::<pg::Config>()
+            .map_err(io::Error::other)?;
         SETTINGS.set(settings).ok();
         HUB.set(Arc::new(Hub::default())).ok();
-        let pool = greenhack::tokio::Pool::builder().worker_threads(workers).build()?;
+        let pool = greenhack::tokio::Pool::builder()
+            .worker_threads(workers)
+            .build()?;
         POOL.set(pool).ok();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -391,15 +414,26 @@ mod axum_mode {
         };
         // The same sync fn as greenhack's server, as a greenlet on a pool
         // worker.
-        match POOL.get().unwrap().spawn(move || with_ctx(|ctx| kitchen::place_order(ctx, &order))).await {
+        match POOL
+            .get()
+            .unwrap()
+            .spawn(move || with_ctx(|ctx| kitchen::place_order(ctx, &order)))
+            .await
+        {
             Ok(reply) => json(reply.status, reply.body),
-            Err(e) => json(500, serde_json::json!({ "error": e.to_string() }).to_string()),
+            Err(e) => json(
+                500,
+                serde_json::json!({ "error": e.to_string() }).to_string(),
+            ),
         }
     }
 
     async fn ws(mut req: Request) -> Response {
         let user = req.uri().query().and_then(user_param);
-        let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec());
+        let key = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .map(|k| k.as_bytes().to_vec());
         let (Some(user), Some(key)) = (user, key) else {
             let r = Reply::bad_request("a WebSocket upgrade with ?user=NAME");
             return json(r.status, r.body);
@@ -412,7 +446,13 @@ mod axum_mode {
             let session = POOL.get().unwrap().spawn(move || {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
                 let hub = HUB.get().unwrap();
-                kitchen::ws_session(hub, &user, kitchen::SyncIo(r), kitchen::SyncIo(w), Vec::new());
+                kitchen::ws_session(
+                    hub,
+                    &user,
+                    kitchen::SyncIo(r),
+                    kitchen::SyncIo(w),
+                    Vec::new(),
+                );
             });
             let _ = session.await;
         });

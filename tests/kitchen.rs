@@ -78,14 +78,27 @@ fn start(args: &[&str]) -> Proc {
 
 /// The kitchen service on its own, answering after `cook_ms`.
 fn start_kitchen(cook_ms: u64) -> Proc {
-    start(&["127.0.0.1:0", "--kitchen-only", "--cook", &cook_ms.to_string()])
+    start(&[
+        "127.0.0.1:0",
+        "--kitchen-only",
+        "--cook",
+        &cook_ms.to_string(),
+    ])
 }
 
 /// The order server (greenhack's, or axum's with `--axum` in `extra`).
 fn start_server(pg: &PgCluster, kitchen: SocketAddr, extra: &[&str]) -> Proc {
     let url = pg.url("postgres");
     let kitchen = kitchen.to_string();
-    let mut args = vec!["127.0.0.1:0", "--db", &url, "--kitchen", &kitchen, "--pool", "4"];
+    let mut args = vec![
+        "127.0.0.1:0",
+        "--db",
+        &url,
+        "--kitchen",
+        &kitchen,
+        "--pool",
+        "4",
+    ];
     args.extend_from_slice(extra);
     start(&args)
 }
@@ -195,7 +208,11 @@ fn concurrent_orders(pg: &PgCluster, server: SocketAddr, n: usize) {
         assert_eq!(*status, 200, "{user}: {reply}");
         let id = reply["order"].as_i64().unwrap();
         let mins = reply["mins"].as_i64().unwrap();
-        assert_eq!(mins, quote(id), "{user}: the kitchen's quote for order {id}");
+        assert_eq!(
+            mins,
+            quote(id),
+            "{user}: the kitchen's quote for order {id}"
+        );
         if let Some((first, rest)) = pushed {
             assert_eq!(*first, serde_json::json!({ "mins": mins }), "{user}'s push");
             assert!(rest.is_empty(), "{user} got other pushes too: {rest:?}");
@@ -263,7 +280,9 @@ fn kitchen_fails(kitchen: SocketAddr, reason: &str) {
         let hs: Vec<_> = (0..20)
             .map(|i| greenhack::spawn(move || order(server.addr, &format!("f{i}"), "soup")))
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
     let table = rows(&pg);
     assert_eq!(table.len(), 20, "every order is in the table");
@@ -272,7 +291,10 @@ fn kitchen_fails(kitchen: SocketAddr, reason: &str) {
         let error = reply["error"].as_str().unwrap();
         assert!(error.contains(reason), "{error:?} should say {reason:?}");
         let id = reply["order"].as_i64().unwrap().to_string();
-        let row = table.iter().find(|r| r[0] == id).expect("the failed order's row");
+        let row = table
+            .iter()
+            .find(|r| r[0] == id)
+            .expect("the failed order's row");
         assert_eq!(row[3], "failed");
         assert_eq!(row[5], error, "the row keeps the reason");
     }
@@ -326,29 +348,67 @@ fn database_restart_fails_orders_in_flight_and_later_ones_succeed() {
         // …then restart it while they wait.
         greenhack::sleep(Duration::from_millis(300));
         pg.restart();
-        assert!(locker.join().unwrap().is_err(), "the restart ends the lock's session");
-        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        assert!(
+            locker.join().unwrap().is_err(),
+            "the restart ends the lock's session"
+        );
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
+    // PostgreSQL ends the sessions one by one: an insert whose session
+    // outlives the lock's may still get the lock and commit. Such an order
+    // succeeds, and its row is kept; every other one fails, clearly.
+    let mut stored = Vec::new();
     for (status, reply) in &replies {
-        assert_eq!(*status, 503, "an order in flight across the restart: {reply}");
+        if *status == 200 {
+            stored.push(reply["order"].as_i64().unwrap().to_string());
+            continue;
+        }
+        assert_eq!(
+            *status, 503,
+            "an order in flight across the restart: {reply}"
+        );
         let error = reply["error"].as_str().unwrap();
         assert!(
             error.starts_with("database: ")
-                && (error.contains("terminating connection") || error.contains("closed")),
+                && (error.contains("terminating connection due to administrator command")
+                    || error.contains("connection closed")),
             "a clear error: {error:?}"
         );
     }
+    assert!(
+        stored.len() < replies.len() / 2,
+        "the restart failed orders in flight: {replies:?}"
+    );
     // Later orders succeed, on reconnected connections, with no intervention.
     let later = greenhack::run(|| {
         let hs: Vec<_> = (0..50)
             .map(|i| greenhack::spawn(move || order(server.addr, &format!("l{i}"), "pie")))
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
     for (status, reply) in &later {
         assert_eq!(*status, 200, "after the restart: {reply}");
     }
     let table = rows(&pg);
-    assert_eq!(table.len(), 1 + 50, "the warm-up and the later orders; none in flight was stored");
-    assert!(table.iter().all(|r| r[3] == "accepted"));
+    assert_eq!(
+        table.len(),
+        1 + stored.len() + 50,
+        "the warm-up, the orders that made it across the restart, and the later ones"
+    );
+    // (One that made it may have lost its status update to the restart: it
+    // stays `placed`, which is what a retry looks for.)
+    for r in &table {
+        let ok = r[3] == "accepted" || (stored.contains(&r[0]) && r[3] == "placed");
+        assert!(ok, "row {r:?}");
+    }
+    for id in &stored {
+        assert!(
+            table.iter().any(|r| &r[0] == id),
+            "order {id} replied 200 but is not stored"
+        );
+    }
 }

@@ -59,8 +59,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 use tungstenite::Message;
+use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 
 use crate::pg;
 
@@ -173,7 +173,7 @@ pub fn place_order(ctx: &Ctx, order: &Order) -> Reply {
         Err(e) => {
             return Reply::new(
                 503,
-                serde_json::json!({ "error": format!("database: {e}") }),
+                serde_json::json!({ "error": format!("database: {}", chain(&e)) }),
             );
         }
     };
@@ -197,7 +197,8 @@ pub fn place_order(ctx: &Ctx, order: &Order) -> Reply {
 
 fn insert(ctx: &Ctx, order: &Order) -> Result<i64, pg::Error> {
     let db = ctx.db.get()?;
-    let stmt = db.prepare_cached("INSERT INTO orders (customer, dish) VALUES ($1, $2) RETURNING id")?;
+    let stmt =
+        db.prepare_cached("INSERT INTO orders (customer, dish) VALUES ($1, $2) RETURNING id")?;
     Ok(db.query_one(&stmt, &[&order.user, &order.dish])?.get(0))
 }
 
@@ -206,12 +207,30 @@ fn insert(ctx: &Ctx, order: &Order) -> Result<i64, pg::Error> {
 /// is logged; the reply still tells the customer what the kitchen said.
 fn record(ctx: &Ctx, id: i64, status: &str, mins: Option<i32>, error: Option<&str>) {
     let done = ctx.db.get().and_then(|db| {
-        let stmt = db.prepare_cached("UPDATE orders SET status = $2, mins = $3, error = $4 WHERE id = $1")?;
+        let stmt = db
+            .prepare_cached("UPDATE orders SET status = $2, mins = $3, error = $4 WHERE id = $1")?;
         db.execute(&stmt, &[&id, &status, &mins, &error])
     });
     if let Err(e) = done {
-        eprintln!("kitchen: order {id} stays 'placed': cannot mark it {status}: {e}");
+        eprintln!(
+            "kitchen: order {id} stays 'placed': cannot mark it {status}: {}",
+            chain(&e)
+        );
     }
+}
+
+/// An error with its sources, `outer: inner: …`: tokio-postgres's own
+/// `Display` says only "db error" for what the server said, which is in the
+/// source ("FATAL: terminating connection due to administrator command").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 // ----- the kitchen client -----------------------------------------------------
@@ -351,7 +370,10 @@ impl Hub {
     /// dropped.
     pub fn register(self: &Arc<Self>, user: &str, tx: mpsc::Sender<Outgoing>) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().entry(user.to_owned()).or_default().push((id, tx));
+        self.lock()
+            .entry(user.to_owned())
+            .or_default()
+            .push((id, tx));
         Registration {
             hub: self.clone(),
             user: user.to_owned(),
@@ -378,7 +400,9 @@ impl Hub {
         self.lock().get(user).map_or(0, Vec::len)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, mpsc::Sender<Outgoing>)>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, mpsc::Sender<Outgoing>)>>> {
         // Never held across a wait or user code: a poisoned map is intact.
         self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -461,8 +485,7 @@ where
 /// The reader's loop: client frames in, what needs an answer handed to the
 /// writer.
 fn read_frames<R: Read>(reader: R, leftover: Vec<u8>, tx: mpsc::Sender<Outgoing>) {
-    let mut ws =
-        WebSocket::from_partially_read(ReadOnly(reader), leftover, Role::Server, None);
+    let mut ws = WebSocket::from_partially_read(ReadOnly(reader), leftover, Role::Server, None);
     loop {
         let out = match ws.read() {
             Ok(Message::Ping(payload)) => Outgoing::Pong(payload),
@@ -585,7 +608,10 @@ async fn answer(
             .expect("a valid response"))
     };
     if req.method() != hyper::Method::POST || req.uri().path() != "/cook" {
-        return reply(StatusCode::NOT_FOUND, "{\"error\":\"no such route\"}".into());
+        return reply(
+            StatusCode::NOT_FOUND,
+            "{\"error\":\"no such route\"}".into(),
+        );
     }
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
@@ -593,7 +619,12 @@ async fn answer(
     };
     let ticket: Ticket = match serde_json::from_slice(&body) {
         Ok(t) => t,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.to_string()}).to_string()),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": e.to_string()}).to_string(),
+            );
+        }
     };
     if !cook.is_zero() {
         cook_for(cook).await;
@@ -601,7 +632,10 @@ async fn answer(
     let eta = Eta {
         mins: quote(ticket.order),
     };
-    reply(StatusCode::CREATED, serde_json::to_string(&eta).expect("an Eta serializes"))
+    reply(
+        StatusCode::CREATED,
+        serde_json::to_string(&eta).expect("an Eta serializes"),
+    )
 }
 
 /// Waits `d` inside an async fn on greenhack's loop: a greenlet sleeps and
