@@ -362,8 +362,12 @@ pub enum Outgoing {
 #[derive(Default)]
 pub struct Hub {
     next: AtomicU64,
-    users: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<Outgoing>)>>>,
+    users: Mutex<Sockets>,
 }
+
+/// Each user's open WebSockets: an id (to remove it by) and its writer's
+/// channel.
+type Sockets = HashMap<String, Vec<(u64, mpsc::Sender<Outgoing>)>>;
 
 impl Hub {
     /// Adds a WebSocket of `user`; it is removed when the returned guard is
@@ -400,9 +404,7 @@ impl Hub {
         self.lock().get(user).map_or(0, Vec::len)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, mpsc::Sender<Outgoing>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
         // Never held across a wait or user code: a poisoned map is intact.
         self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -468,7 +470,9 @@ where
             Outgoing::Text(text) => ws.send(Message::text(text)),
             Outgoing::Pong(payload) => ws.send(Message::Pong(payload)),
             Outgoing::Close(frame) => {
-                let _ = ws.close(frame).and_then(|()| ws.flush());
+                if ws.close(frame).is_ok() {
+                    let _ = ws.flush();
+                }
                 break;
             }
             Outgoing::Gone => break,
