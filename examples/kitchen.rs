@@ -116,7 +116,7 @@ fn main() -> io::Result<()> {
     let args = args();
     if args.mode == Mode::KitchenOnly {
         return greenhack::run(|| {
-            let listener = TcpListener::bind(&args.addr)?;
+            let listener = listen(&args.addr)?;
             println!("kitchen service: listening on {}", listener.local_addr()?);
             kitchen::serve_kitchen(listener, args.cook)
         });
@@ -137,12 +137,25 @@ fn main() -> io::Result<()> {
     }
 }
 
+/// A listener on `addr` with a backlog of 1,024, as tokio's (and so axum's)
+/// `bind` has: std's 128 drops the handshakes of a burst of new clients
+/// beyond it, and they retry a second later.
+fn listen(addr: &str) -> io::Result<TcpListener> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = greenhack::net::TcpSocket::new_for_addr(addr)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// The kitchen service on a thread of its own (greenhack's loop there).
 fn start_kitchen(cook: Duration) -> io::Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         greenhack::run(|| {
-            let listener = match TcpListener::bind("127.0.0.1:0") {
+            let listener = match listen("127.0.0.1:0") {
                 Ok(l) => l,
                 Err(e) => return tx.send(Err(e)).unwrap(),
             };
@@ -169,7 +182,7 @@ fn serve(addr: &str, settings: Settings) -> io::Result<()> {
     create_schema(&settings)?;
     let ctx =
         std::rc::Rc::new(Ctx::new(&settings, Arc::new(Hub::default())).map_err(io::Error::other)?);
-    let listener = TcpListener::bind(addr)?;
+    let listener = listen(addr)?;
     println!(
         "kitchen (greenhack): listening on {}",
         listener.local_addr()?
