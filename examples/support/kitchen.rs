@@ -324,8 +324,15 @@ impl KitchenClient {
         loop {
             let idle = self.idle.borrow_mut().pop();
             match idle {
-                Some(sender) if sender.is_ready() => return Ok(sender),
-                Some(_closed) => continue,
+                // Just after a response the connection may still be
+                // finishing the exchange (its driver not yet polled):
+                // wait for it rather than open another.
+                Some(mut sender) if !sender.is_closed() => {
+                    if greenhack::exempt(sender.ready()).is_ok() {
+                        return Ok(sender);
+                    }
+                }
+                Some(_closed) => {}
                 None => break,
             }
         }
