@@ -127,11 +127,20 @@ impl Reactor {
             return;
         }
         drop(tasks);
-        let mut ready = self.ready.borrow_mut();
-        if ready.is_empty() {
+        // Poke after releasing `ready`: poking wakes the host's wakers,
+        // which can be this loop's own task wakers (a pool worker's sync side
+        // waits through `exempt` on a hosted loop) and re-enter `wake_task`;
+        // holding the borrow panicked with "RefCell already borrowed"
+        // (tests/kitchen.rs, the axum variant, is the reproducer).
+        let was_empty = {
+            let mut ready = self.ready.borrow_mut();
+            let was_empty = ready.is_empty();
+            ready.push_back((index, generation));
+            was_empty
+        };
+        if was_empty {
             self.hosted.poke();
         }
-        ready.push_back((index, generation));
     }
 
     /// Polls every task that is ready now (not the ones woken meanwhile:
