@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use greenhack::sync::RwLock;
 
+/// How long each holder keeps the lock: far longer than spawning the five
+/// contenders takes, also under Valgrind or qemu-user (2 ms was not).
+const HOLD: Duration = Duration::from_millis(100);
+
 #[test]
 fn readers_share_writers_exclude() {
     let lock = Rc::new(RwLock::new(0));
@@ -19,13 +23,13 @@ fn readers_share_writers_exclude() {
                 if kind == "w" {
                     let mut g = lock.write().unwrap();
                     log.borrow_mut().push("w+");
-                    greenhack::sleep(Duration::from_millis(2));
+                    greenhack::sleep(HOLD);
                     *g += 1;
                     log.borrow_mut().push("w-");
                 } else {
                     let _g = lock.read().unwrap();
                     log.borrow_mut().push("r+");
-                    greenhack::sleep(Duration::from_millis(2));
+                    greenhack::sleep(HOLD);
                     log.borrow_mut().push("r-");
                 }
             })
