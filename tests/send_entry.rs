@@ -321,7 +321,9 @@ fn a_task_dropped_at_once_never_completes_its_closure() {
         for _ in 0..100 {
             let r = ran.clone();
             drop(pool.spawn(move || {
-                greenhack::sleep(Duration::from_millis(10));
+                // Long enough that no scheduling delay (Valgrind serialises
+                // threads) lets it end before the drop's cancel arrives.
+                greenhack::sleep(Duration::from_secs(10));
                 r.fetch_add(1, Ordering::SeqCst);
             }));
         }
