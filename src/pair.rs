@@ -61,8 +61,8 @@ enum Driver {
     Foreign,
 }
 
-/// One pair's state; lives on its greenlet's stack.
-// `repr(C)`, `stack` first: `NO_PAIR` stands in for "no pair".
+/// One pair's state; lives on its greenlet's stack. `repr(C)` with `stack`
+/// first: `NO_PAIR` stands in for "no pair" (see `current_pair`).
 #[repr(C)]
 pub(super) struct Pair {
     /// The greenlet's stack, to recognise code running on it.
@@ -141,8 +141,9 @@ impl Pair {
         }
     }
 
-    // The loop of `wait` after a first poll found `fut` pending
-    // (the loop of the old `wait`, rotated: suspend first, then poll).
+    /// The rest of [`Pair::wait`] once a first poll found `fut` pending:
+    /// suspend, then poll again, until it is ready (or the thread unwinds,
+    /// or a timeout scope expires).
     #[inline(never)]
     fn wait_pending<F: Future>(&self, mut fut: Pin<&mut F>, what: Wait) -> F::Output {
         // The timer of the innermost-expiring timeout scope, armed when the
@@ -408,8 +409,8 @@ pub(crate) enum Refusal {
     NoLoop,
 }
 
-// `#[inline]`, the outside-a-greenlet half split off: `place` is
-// on the path of every wait.
+/// Where the calling code runs. Inline (it is on the path of every wait),
+/// with the outside-a-greenlet half out of line.
 #[inline]
 pub(super) fn place() -> Place {
     if let Some(pair) = current_pair() {
@@ -418,7 +419,8 @@ pub(super) fn place() -> Place {
     place_outside()
 }
 
-// split off `place`, out of line.
+/// [`place`] outside any greenlet: on a thread of our own, or of a foreign
+/// executor.
 #[inline(never)]
 fn place_outside() -> Place {
     if on_foreign_executor() {
@@ -460,7 +462,7 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
     wait_outside(fut)
 }
 
-// `wait` outside any greenlet, out of line.
+/// [`wait`] outside any greenlet, out of line.
 #[inline(never)]
 fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
     match place_outside() {
