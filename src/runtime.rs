@@ -22,12 +22,14 @@
 //! reserve.bind("127.0.0.1:0".parse().unwrap())?;
 //! let addr = reserve.local_addr()?;
 //!
+//! let (listening, ready) = std::sync::mpsc::channel();
 //! let rt = Builder::new().worker_threads(2).build(move || {
 //!     // On each loop: its own listener on the shared port.
 //!     let socket = TcpSocket::new_v4()?;
 //!     socket.set_reuseport(true)?;
 //!     socket.bind(addr)?;
 //!     let listener = socket.listen(1024)?;
+//!     let _ = listening.send(());
 //!     loop {
 //!         let (mut conn, _) = listener.accept()?;
 //!         drop(greenhack::spawn(move || {
@@ -40,6 +42,10 @@
 //!         }));
 //!     }
 //! })?;
+//! // `build` returns once the threads run; the setups may still be binding.
+//! for _ in 0..2 {
+//!     ready.recv()?;
+//! }
 //! drop(reserve);
 //!
 //! let mut client = std::net::TcpStream::connect(addr)?;
