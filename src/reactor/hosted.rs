@@ -128,6 +128,12 @@ impl Wake for FanOut {
 }
 
 impl HostLink {
+    /// True once this loop is driven hosted.
+    #[inline]
+    pub(super) fn is_active(&self) -> bool {
+        self.active.get()
+    }
+
     /// Called when a task is queued on the reactor's own thread: the host
     /// must poll someone who runs it.
     #[inline]
