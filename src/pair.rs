@@ -507,7 +507,10 @@ fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
 /// away would let every other greenlet of the thread observe
 /// `std::thread::panicking()` (and poison `std::sync::Mutex`es they lock),
 /// and a greenlet suspended mid-unwind could not be cancelled. Such a wait
-/// must therefore not depend on another greenlet of the same thread.
+/// must therefore not depend on another greenlet of the same thread, nor,
+/// inside tokio, on tokio's own timers or sockets (tokio's loop does not
+/// turn meanwhile): greenhack's sockets and timers, other threads and
+/// already-ready futures are fine.
 ///
 /// # Panics
 ///
