@@ -4,72 +4,12 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
-/// The example binary `name`, built for this test's target and profile.
-///
-/// Cargo builds plain example binaries for `cargo test`, but under
-/// `--all-targets` (or `--examples`) only test-harness builds with hashed
-/// names, which do not run `main`; a plain binary left by an earlier build
-/// may be stale. So the example is built here, once per process, with the
-/// cargo running this test (`$CARGO`), into this test's target directory,
-/// for its target triple and profile and with its features; a no-op when
-/// cargo already built it.
+/// A command running example `name` (built by `util::example_path`).
 fn example(name: &str) -> Command {
-    util::command(&example_path(name))
-}
-
-fn example_path(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    // <target-dir>[/<triple>]/<profile>/deps/<this test>
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if built.iter().any(|b| b == name) {
-        return path;
-    }
-    // Cargo tags the target directory, and under `--target` also the
-    // triple's directory inside it, with CACHEDIR.TAG.
-    let above = profile_dir.parent().unwrap();
-    let (target_dir, triple) = match above.parent() {
-        Some(root) if root.join("CACHEDIR.TAG").exists() => (root, above.file_name()),
-        _ => (above, None),
-    };
-    let profile = match profile_dir.file_name().and_then(|p| p.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => panic!("no profile directory above {exe:?}"),
-    };
-    let mut features = Vec::new();
-    if cfg!(feature = "fp-control") {
-        features.push("fp-control");
-    }
-    if cfg!(feature = "tokio") {
-        features.push("tokio");
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", name, "--profile", profile])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .arg("--features")
-        .arg(features.join(","));
-    if let Some(triple) = triple {
-        cmd.arg("--target").arg(triple);
-    }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("running {cmd:?} to build the example: {e}"));
-    assert!(status.success(), "{cmd:?} failed: {status}");
-    assert!(path.exists(), "{cmd:?} succeeded but {path:?} is missing");
-    built.push(name.to_string());
-    path
+    util::command(&util::example_path(name))
 }
 
 /// A one-shot HTTP server on a std thread: answers `count` requests with a

@@ -42,18 +42,7 @@ impl Drop for Proc {
 }
 
 fn example() -> PathBuf {
-    let exe = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples/kitchen");
-    assert!(
-        exe.exists(),
-        "example binary {exe:?} not built: a plain `cargo test --all-features` builds it; \
-         with `--test kitchen`, run `cargo build --all-features --example kitchen` first"
-    );
-    exe
+    util::example_path("kitchen")
 }
 
 /// Runs the example with `args`; returns once it prints its address.

@@ -14,7 +14,6 @@ mod tfb;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -49,17 +48,7 @@ fn start(with_db: bool) -> Server {
         .as_ref()
         .map(|pg| pg.url("hello_world"))
         .unwrap_or_else(|| "host=127.0.0.1 port=1 user=nobody".into());
-    let exe: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples/techempower");
-    assert!(
-        exe.exists(),
-        "example binary {exe:?} not built: a plain `cargo test --all-features` builds it; \
-         with `--test techempower`, run `cargo build --all-features --example techempower` first"
-    );
+    let exe = util::example_path("techempower");
     let mut child = util::command(&exe)
         .args(["127.0.0.1:0", "--db", &url, "--pool", "2"])
         .stdout(Stdio::piped())
