@@ -2,7 +2,7 @@
 //! concurrent clients on one thread, 10,000 connect/disconnect cycles that
 //! leave no descriptor or stack behind, and cancellation of a blocked read.
 //!
-//! Descriptors are counted process-wide (`/proc/self/fd`), so every test in
+//! Sockets are counted process-wide (`/proc/self/fd`), so every test in
 //! this file that opens sockets holds `LOCK`.
 
 use std::cell::Cell;
@@ -20,13 +20,20 @@ fn lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The sockets this process has open. Only sockets: a test thread's reactor
+/// (its epoll fd, its dup, its eventfd) is closed when the thread exits,
+/// which for the previous test's thread may happen at any moment (under
+/// qemu-user, well after it released the test lock).
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
 }
 
-/// The open-descriptor count once it has stopped changing: the thread of
-/// the previous test (which holds its own reactor's epoll and eventfd) may
-/// still be exiting after it released the test lock.
+/// The open-socket count once it has stopped changing (a closing socket of
+/// the previous test may still be on its way out).
 fn settled_fds() -> usize {
     let mut last = open_fds();
     for _ in 0..200 {
