@@ -10,7 +10,7 @@ mod pg;
 mod pg_cluster;
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pg::{Client, Pool};
 use pg_cluster::PgCluster;
@@ -201,7 +201,7 @@ fn pool_serves_200_concurrent_greenlets_on_few_connections() {
                 })
             })
             .collect();
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let results: Vec<i32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let elapsed = start.elapsed();
         // 200 × 50 ms run pipelined on 4 connections: 50 per connection,
@@ -236,16 +236,37 @@ fn database_restart_fails_requests_in_flight_and_later_ones_reconnect() {
     greenhack::run(|| {
         let pool = Rc::new(Pool::new(&url, 2).unwrap());
         // Connect both slots, then put long queries in flight on them.
+        let issued = Rc::new(std::cell::Cell::new(0));
         let in_flight: Vec<_> = (0..6)
             .map(|_| {
-                let pool = pool.clone();
+                let (pool, issued) = (pool.clone(), issued.clone());
                 greenhack::spawn(move || {
                     let db = pool.get().unwrap();
+                    issued.set(issued.get() + 1);
                     db.query_one("SELECT pg_sleep(30)::text", &[]).map(|_| ())
                 })
             })
             .collect();
-        greenhack::sleep(Duration::from_millis(300)); // the queries reach the server
+        // The queries reach the server: every greenlet has issued its query
+        // and both connections are busy in pg_sleep (not a fixed delay: under
+        // Valgrind 300 ms was not enough, and a query sent after the
+        // restart succeeded).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            greenhack::sleep(Duration::from_millis(20));
+            let sleeping = cluster.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'",
+            );
+            if issued.get() == 6 && sleeping.trim() == "2" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the queries never reached the server"
+            );
+        }
+        greenhack::sleep(Duration::from_millis(50)); // the rest sit in the pipelines
         cluster.restart(); // blocks this thread: a restart outside our control
         for h in in_flight {
             let err = h
