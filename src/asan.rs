@@ -82,12 +82,26 @@ unsafe extern "C" {
 /// Per-stack state, in the stack header: the bounds of the stack that last
 /// entered this greenlet, which its next switch out goes back to.
 /// Zero-sized without ASan.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Fiber {
     #[cfg(greenhack_asan)]
     resumer_bottom: Cell<usize>,
     #[cfg(greenhack_asan)]
     resumer_size: Cell<usize>,
+}
+
+impl Fiber {
+    /// Takes over `other`'s state (a sliced greenlet's, coming back onto
+    /// its shared stack).
+    #[inline(always)]
+    pub(crate) fn set_from(&self, other: &Fiber) {
+        #[cfg(greenhack_asan)]
+        {
+            self.resumer_bottom.set(other.resumer_bottom.get());
+            self.resumer_size.set(other.resumer_size.get());
+        }
+        let _ = other;
+    }
 }
 
 /// What the leaving side of a switch keeps until it is switched back to:
@@ -231,6 +245,21 @@ pub(crate) fn unpoison_stack(header: &StackHeader) {
         unsafe { __asan_unpoison_memory_region(bottom as *const c_void, size) };
     }
     let _ = header;
+}
+
+/// Clears ASan's poison from `len` bytes at `addr` of a greenlet stack
+/// whose frames are being copied out or overwritten as a whole (a sliced
+/// greenlet's slice, see `crate::slice`): the copy reads and writes
+/// redzones on purpose. The frames restored later carry no poison, so ASan
+/// checks a restored frame's locals less tightly until it returns.
+#[inline(always)]
+pub(crate) fn unpoison_range(addr: usize, len: usize) {
+    #[cfg(greenhack_asan)]
+    // SAFETY: plain ASan bookkeeping over memory a stack owns.
+    unsafe {
+        __asan_unpoison_memory_region(addr as *const c_void, len)
+    };
+    let _ = (addr, len);
 }
 
 /// An address on the stack the caller runs on, for tests of which stack

@@ -35,6 +35,7 @@ use std::panic::Location;
 use std::sync::atomic::Ordering;
 
 use crate::greenlet::{self, Greenlet};
+use crate::slice::{self, Occupied};
 use crate::stack::{self, HeaderState, StackHeader};
 pub use crate::stall::{Stall, StallDetector};
 pub use crate::switch_hook::{SwitchEvent, SwitchKind, set_switch_hook};
@@ -95,24 +96,65 @@ pub fn dump() -> Dump {
         // SAFETY: collected just now from this thread's list; nothing between
         // then and here unmaps a stack (capturing runs no greenlet code).
         let h = unsafe { &*h };
-        let state = match stack::header_state(h) {
-            HeaderState::Free => continue,
-            HeaderState::Fresh => "not started",
-            HeaderState::Running => "running",
-            HeaderState::Suspended => "suspended",
+        if let Some(info) = info_from_header(h) {
+            greenlets.push(info);
+        }
+    }
+    // Sliced greenlets whose frames are off their shared stack (its header
+    // above showed the one on it): brought back in for their backtrace,
+    // unless the dump runs inside a sliced greenlet of that stack.
+    for slice in slice::sliced_out() {
+        // SAFETY: collected just now; capturing runs no greenlet code, so
+        // no greenlet finishes meanwhile.
+        let slice = unsafe { &*slice };
+        if slice.try_occupy() == Occupied::Yes {
+            greenlets.extend(info_from_header(slice.stack_header()));
+            continue;
+        }
+        let Some(fields) = slice.fields_out() else {
+            continue;
         };
-        let backtrace = greenlet::capture_backtrace(h).map(|bt| trim(&bt.to_string()));
         greenlets.push(GreenletInfo {
-            id: h.id.get(),
-            name: stack::header_name(h).map(str::to_owned),
-            state,
-            wait: h.wait.get(),
-            created_at: h.created_at.get(),
-            stack_size: h.map_len() - stack::page_size(),
-            backtrace,
+            id: fields.id,
+            // SAFETY: the name is owned by the greenlet's `Greenlet`, alive
+            // while its slice is.
+            name: (!fields.name_ptr.is_null()).then(|| unsafe {
+                let bytes = std::slice::from_raw_parts(fields.name_ptr, fields.name_len);
+                String::from_utf8_lossy(bytes).into_owned()
+            }),
+            state: if slice.is_fresh() {
+                "not started"
+            } else {
+                "suspended"
+            },
+            wait: fields.wait,
+            created_at: fields.created_at,
+            stack_size: slice.stack_header().map_len() - stack::page_size(),
+            backtrace: None,
         });
     }
     Dump { greenlets }
+}
+
+/// What the header of a stack says of the greenlet on it; `None` when no
+/// greenlet is.
+fn info_from_header(h: &StackHeader) -> Option<GreenletInfo> {
+    let state = match stack::header_state(h) {
+        HeaderState::Free => return None,
+        HeaderState::Fresh => "not started",
+        HeaderState::Running => "running",
+        HeaderState::Suspended => "suspended",
+    };
+    let backtrace = greenlet::capture_backtrace(h).map(|bt| trim(&bt.to_string()));
+    Some(GreenletInfo {
+        id: h.id.get(),
+        name: stack::header_name(h).map(str::to_owned),
+        state,
+        wait: h.wait.get(),
+        created_at: h.created_at.get(),
+        stack_size: h.map_len() - stack::page_size(),
+        backtrace,
+    })
 }
 
 impl fmt::Display for Dump {

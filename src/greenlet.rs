@@ -65,7 +65,10 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch;
-use crate::stack::{self, HeaderState, Stack, StackHeader, header_name, header_state};
+use crate::slice::Slice;
+use crate::stack::{
+    self, GreenletFields, HeaderState, Stack, StackHeader, header_name, header_state,
+};
 
 /// What [`Greenlet::resume`] returns: the greenlet suspended with a value, or
 /// finished with its closure's result.
@@ -245,6 +248,7 @@ fn next_id() -> u64 {
 pub struct Builder {
     name: Option<String>,
     stack_size: usize,
+    sliced: bool,
 }
 
 impl Default for Builder {
@@ -259,6 +263,7 @@ impl Builder {
         Builder {
             name: None,
             stack_size: stack::DEFAULT_STACK_SIZE,
+            sliced: false,
         }
     }
 
@@ -277,6 +282,93 @@ impl Builder {
         self
     }
 
+    /// Makes the greenlets of [`as_async`](Builder::as_async) and
+    /// [`spawn`](Builder::spawn) *sliced*: they share one stack per thread
+    /// (per stack size) and, while suspended, keep only their live frames,
+    /// copied to the heap, instead of a stack mapping of their own (see
+    /// below for what that costs and saves).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// greenhack::run(|| {
+    ///     let handles: Vec<_> = (0..1000u64)
+    ///         .map(|i| {
+    ///             // SAFETY: the greenlet waits only through greenhack's
+    ///             // `sleep`, which keeps no pointer into its stack.
+    ///             let builder = unsafe { greenhack::Builder::new().sliced() };
+    ///             builder
+    ///                 .spawn(move || {
+    ///                     let local = [i; 4]; // frames live on the heap while it sleeps
+    ///                     greenhack::sleep(Duration::from_millis(10));
+    ///                     local.iter().sum::<u64>()
+    ///                 })
+    ///                 .unwrap()
+    ///         })
+    ///         .collect();
+    ///     let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    ///     assert_eq!(total, 4 * (0..1000).sum::<u64>());
+    /// });
+    /// ```
+    ///
+    /// # When to use it
+    ///
+    /// For many greenlets that spend most of their life waiting with
+    /// shallow frames (idle connections, sleeping timers): a suspended
+    /// sliced greenlet costs its live frames plus ~100 bytes of heap, not
+    /// a page, and no kernel mapping, so a thread can hold millions
+    /// (`vm.max_map_count` limits ordinary greenlets to ~32,700). The
+    /// price is a copy on every switch between two sliced greenlets of a
+    /// thread: out goes the live slice of the one that last ran, in comes
+    /// the other's (none when the same one runs again). Frames that hold a
+    /// large buffer across a wait make every switch copy it: keep buffers
+    /// on the heap, or out of the frames that wait. The README's
+    /// performance section has the measured costs and the break-even.
+    ///
+    /// # Safety
+    ///
+    /// While a sliced greenlet is suspended, other sliced greenlets' frames
+    /// occupy the addresses of its own. So, while it waits:
+    ///
+    /// * no other greenlet or thread may hold a reference into its stack
+    ///   (safe code cannot, except through the next point);
+    /// * it must not wait on a future pinned on its own stack through a
+    ///   reference (`exempt(fut.as_mut())` after `std::pin::pin!`, or a
+    ///   combinator holding such a reference) if that future registers its
+    ///   address with anything outside it (tokio's timers, intrusive
+    ///   waiter lists). Futures passed to `exempt` by value are moved to
+    ///   the heap first and are safe, whatever they are; greenhack's own
+    ///   sockets, timers, channels and locks keep no pointer into a
+    ///   waiting greenlet's stack.
+    ///
+    /// Resuming a sliced greenlet from inside another sliced greenlet of
+    /// the same thread (polling one's `as_async` inside the other) panics.
+    /// [`build`](Builder::build) refuses a sliced builder: a raw
+    /// [`Greenlet`] is resumed by its owner, anywhere.
+    pub unsafe fn sliced(mut self) -> Builder {
+        self.sliced = true;
+        self
+    }
+
+    /// Whether [`sliced`](Builder::sliced) was set.
+    pub(crate) fn is_sliced(&self) -> bool {
+        self.sliced
+    }
+
+    /// Refuses a closure that would fill more than half the stack.
+    #[inline(always)]
+    fn check_closure_size<F>(&self) -> io::Result<()> {
+        // Every stack has at least MIN_STACK_SIZE usable bytes, so for most
+        // closures this check folds away at compile time.
+        if size_of::<F>() > stack::MIN_STACK_SIZE / 2 {
+            let usable = stack::usable_size(self.stack_size);
+            if size_of::<F>() > usable / 2 {
+                return Err(closure_too_big(size_of::<F>(), usable));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the greenlet. It does not run until the first
     /// [`resume`](Greenlet::resume), whose value becomes `f`'s second
     /// argument.
@@ -285,18 +377,19 @@ impl Builder {
     ///
     /// The stack could not be mapped: out of memory, out of address space,
     /// or `vm.max_map_count` reached. The message says which and what to do.
+    /// `InvalidInput` for a [`sliced`](Builder::sliced) builder.
     #[track_caller]
     pub fn build<I, Y, R, F>(self, f: F) -> io::Result<Greenlet<I, Y, R>>
     where
         F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
     {
-        // Every stack has at least MIN_STACK_SIZE usable bytes, so for most
-        // closures this check folds away at compile time.
-        if size_of::<F>() > stack::MIN_STACK_SIZE / 2 {
-            let usable = stack::usable_size(self.stack_size);
-            if size_of::<F>() > usable / 2 {
-                return Err(closure_too_big(size_of::<F>(), usable));
-            }
+        self.check_closure_size::<F>()?;
+        if self.sliced {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "greenhack: Builder::build makes a raw Greenlet, which cannot be sliced; \
+                 sliced greenlets are made by Builder::as_async and Builder::spawn",
+            ));
         }
         let stack = Stack::get(self.stack_size)?;
         let name = self.name.map(String::into_boxed_str);
@@ -324,6 +417,53 @@ impl Builder {
             _marker: PhantomData,
         })
     }
+
+    /// Creates a sliced greenlet (see [`sliced`](Builder::sliced)): its
+    /// first slice is laid out on the heap, and the returned [`Slice`] must
+    /// [`occupy`](Slice::occupy) the shared stack before every switch into
+    /// the greenlet, including the one of its drop.
+    #[track_caller]
+    pub(crate) fn build_sliced<I, Y, R, F>(
+        self,
+        f: F,
+    ) -> io::Result<(Greenlet<I, Y, R>, Box<Slice>)>
+    where
+        F: FnOnce(&Suspender<I, Y>, I) -> R + 'static,
+    {
+        self.check_closure_size::<F>()?;
+        let name = self.name.map(String::into_boxed_str);
+        let id = next_id();
+        let fields = GreenletFields {
+            parent_link: 0,
+            unwinding: false,
+            name_ptr: name.as_deref().map_or(ptr::null(), str::as_ptr),
+            name_len: name.as_deref().map_or(0, str::len),
+            id,
+            wait: crate::wait::Wait::Nothing,
+            created_at: Some(std::panic::Location::caller()),
+            asan: Default::default(),
+        };
+        // The closure, aligned below the top, and the initial frame.
+        let room = size_of::<F>() + align_of::<F>().max(arch::STACK_ALIGN) + 64;
+        let f = MaybeUninit::new(f);
+        let (slice, header, sp) = Slice::new(self.stack_size, room, fields, |top, image_top| {
+            // SAFETY: `Slice::new` gives `room` writable bytes below
+            // `image_top`, enough for F and the initial frame; the image
+            // now owns the closure (`f` is MaybeUninit: not dropped here).
+            unsafe { arch::init_stack_image(top, image_top, entry::<I, Y, R, F>, f.as_ptr()) }
+        })?;
+        Ok((
+            Greenlet {
+                header,
+                sp,
+                stack: None,
+                name,
+                id,
+                _marker: PhantomData,
+            },
+            slice,
+        ))
+    }
 }
 
 #[cold]
@@ -343,9 +483,12 @@ fn closure_too_big(closure: usize, usable: usize) -> io::Error {
 ///
 /// See the [module documentation](self) for panics, drop and threads.
 pub struct Greenlet<I, Y, R> {
-    /// The stack while the greenlet can still run; `None` once finished.
+    /// The stack while the greenlet can still run; `None` once finished,
+    /// and always for a sliced greenlet (its `Slice` holds the shared
+    /// stack).
     stack: Option<Stack>,
-    /// The header of `stack`, cached: valid while `stack` is `Some`.
+    /// The header of `stack`, cached (a sliced greenlet's: the shared
+    /// stack's): valid while the greenlet is not finished.
     header: *const StackHeader,
     /// The greenlet's saved stack pointer while it is suspended, as its last
     /// switch handed it back in a register: a resume reads it from here, one
@@ -478,9 +621,11 @@ impl<I, Y, R> Greenlet<I, Y, R> {
     /// stays in a register across such a loop.
     #[inline(always)]
     fn switch(&mut self, sp: usize, kind: usize, payload: usize) -> (usize, usize) {
-        debug_assert!(self.stack.is_some(), "greenhack: switch without a stack");
-        // SAFETY: `header` points into `self.stack`, which is Some while the
-        // greenlet is not finished (callers check).
+        debug_assert!(sp != 0, "greenhack: switch into a finished greenlet");
+        // SAFETY: `header` points into the greenlet's stack, which is mapped
+        // while the greenlet is not finished (callers check): `self.stack`,
+        // or the shared stack its `Slice` holds for a sliced greenlet (whose
+        // frames the Slice put there before this switch).
         let header = unsafe { &*self.header };
         if crate::switch_hook::switch_hook() != 0 {
             let (kind, payload, greenlet_sp) =

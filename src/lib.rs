@@ -264,6 +264,7 @@ mod overflow;
 mod pair;
 mod reactor;
 pub mod runtime;
+mod slice;
 pub mod stack;
 mod stall;
 #[cfg(feature = "futures")]

@@ -71,6 +71,9 @@ pub(super) struct Pair {
     resume: Cell<Resume>,
     /// Its greenlet-locals and timeout scopes.
     logical: Logical,
+    /// The greenlet is sliced (see `crate::slice`): a future it waits on
+    /// must not stay on its stack.
+    sliced: bool,
 }
 
 // What CURRENT points at when no pair's greenlet runs: an empty
@@ -269,18 +272,27 @@ impl Builder {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        let greenlet = self.build(move |s: &Suspender<Resume, ()>, first: Resume| {
+        let sliced = self.is_sliced();
+        let body = move |s: &Suspender<Resume, ()>, first: Resume| {
             let pair = Pair {
                 suspender: s,
                 resume: Cell::new(first),
                 stack: s.stack_range(),
                 logical: Logical::default(),
+                sliced,
             };
             CURRENT.with(|c| c.set(&pair));
             f()
-        })?;
+        };
+        let (greenlet, slice) = if sliced {
+            let (greenlet, slice) = self.build_sliced(body)?;
+            (greenlet, Some(slice))
+        } else {
+            (self.build(body)?, None)
+        };
         Ok(AsAsync {
             greenlet: Some(greenlet),
+            slice,
         })
     }
 }
@@ -297,6 +309,11 @@ impl Builder {
 pub struct AsAsync<T> {
     /// `None` once the result has been returned.
     greenlet: Option<Greenlet<Resume, (), T>>,
+    /// A sliced greenlet's hold on its shared stack (see `crate::slice`):
+    /// occupied before every switch into the greenlet. Declared after
+    /// `greenlet`, and so dropped after it: an unwinding greenlet's frames
+    /// need the stack.
+    slice: Option<Box<crate::slice::Slice>>,
 }
 
 impl<T> AsAsync<T> {
@@ -331,10 +348,9 @@ impl<T> Future for AsAsync<T> {
         } else {
             Driver::Foreign
         };
-        let greenlet = self
-            .greenlet
-            .as_mut()
-            .expect("greenhack: AsAsync polled after it completed");
+        if self.greenlet.is_none() {
+            polled_after_completion();
+        }
         let resume = Resume {
             cx: (cx as *mut Context<'_>).cast::<Context<'static>>(),
             driver,
@@ -343,11 +359,19 @@ impl<T> Future for AsAsync<T> {
         if driver == Driver::Hosted {
             reactor::hosted::drive(cx, false);
         }
+        let this = &mut *self;
+        if let Some(slice) = &this.slice {
+            // After the hosted turn above, which may have run other sliced
+            // greenlets: right before the switch.
+            slice.occupy();
+        }
+        let greenlet = this.greenlet.as_mut().expect("checked above");
         let polled = match greenlet.resume(resume) {
             GreenletResult::Yielded(()) => Poll::Pending,
             GreenletResult::Complete(v) => {
                 // Give the stack back to the pool now, not when dropped.
                 self.greenlet = None;
+                self.slice = None;
                 Poll::Ready(v)
             }
         };
@@ -365,8 +389,39 @@ impl<T> Drop for AsAsync<T> {
         // The unwinding greenlet is resumed by this drop, not by a poll:
         // it is in no pair while its destructors run.
         let _restore = Restore(&CURRENT, CURRENT.with(|c| c.replace(NONE)));
+        if let (Some(slice), Some(_)) = (&self.slice, &self.greenlet) {
+            // Unwinding runs the greenlet's destructors on its frames.
+            if slice.try_occupy() == crate::slice::Occupied::OccupantRuns {
+                if !slice.is_fresh() {
+                    sliced_drop_inside_sliced();
+                }
+                // Never started (the usual case: its first resume was
+                // refused for the same reason): its closure is leaked, as
+                // `mem::forget` would, rather than dropped.
+                std::mem::forget(self.greenlet.take());
+            }
+        }
         self.greenlet = None;
     }
+}
+
+#[cold]
+fn polled_after_completion() -> ! {
+    panic!("greenhack: AsAsync polled after it completed")
+}
+
+/// An unfinished sliced greenlet dropped where its frames cannot be brought
+/// back (inside another sliced greenlet of its stack): its destructors
+/// cannot run, and freeing its frames unrun would break what `Pin`
+/// promises the values on them.
+#[cold]
+fn sliced_drop_inside_sliced() -> ! {
+    eprintln!(
+        "greenhack: an unfinished sliced greenlet was dropped inside another sliced greenlet \
+         of the same stack, where its frames cannot be brought back to unwind; drop it (or \
+         let it finish) from greenhack's loop or the executor that polls it. Aborting."
+    );
+    std::process::abort()
 }
 
 impl<T> fmt::Debug for AsAsync<T> {
@@ -456,6 +511,14 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
     if let Some(pair) = current_pair() {
         if needs == Needs::Loop && pair.resume.get().driver == Driver::Foreign {
             return Err((fut, Refusal::NoLoop));
+        }
+        // Any executor's future may register its address (a timer wheel's
+        // entry, an intrusive waiter) while it waits: on a sliced greenlet,
+        // whose stack's addresses other greenlets' frames take meanwhile,
+        // it waits on the heap. Greenhack's own waits (`Needs::Loop`) keep
+        // no such pointer.
+        if needs == Needs::Poll && pair.sliced {
+            return Ok(pair.wait(Box::pin(fut), what));
         }
         return Ok(pair.wait(fut, what));
     }

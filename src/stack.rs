@@ -156,6 +156,57 @@ impl StackHeader {
     }
 }
 
+/// The part of a [`StackHeader`] that belongs to the greenlet rather than
+/// to the mapping: what a sliced greenlet (see `crate::slice`) takes with
+/// it when its frames leave a shared stack, and brings back. The rest (the
+/// list links, the mapping's bounds, the Valgrind id) stays with the stack.
+#[derive(Clone)]
+pub(crate) struct GreenletFields {
+    pub(crate) parent_link: usize,
+    pub(crate) unwinding: bool,
+    pub(crate) name_ptr: *const u8,
+    pub(crate) name_len: usize,
+    pub(crate) id: u64,
+    pub(crate) wait: crate::wait::Wait,
+    pub(crate) created_at: Option<&'static std::panic::Location<'static>>,
+    pub(crate) asan: crate::asan::Fiber,
+}
+
+impl StackHeader {
+    /// The greenlet's fields, copied out.
+    pub(crate) fn greenlet_fields(&self) -> GreenletFields {
+        GreenletFields {
+            parent_link: self.parent_link.get(),
+            unwinding: self.unwinding.get(),
+            name_ptr: self.name_ptr.get(),
+            name_len: self.name_len.get(),
+            id: self.id.get(),
+            wait: self.wait.get(),
+            created_at: self.created_at.get(),
+            asan: self.asan.clone(),
+        }
+    }
+
+    /// Makes this header the greenlet's of `f`.
+    pub(crate) fn set_greenlet_fields(&self, f: &GreenletFields) {
+        self.parent_link.set(f.parent_link);
+        self.unwinding.set(f.unwinding);
+        self.name_ptr.set(f.name_ptr);
+        self.name_len.set(f.name_len);
+        self.id.set(f.id);
+        self.wait.set(f.wait);
+        self.created_at.set(f.created_at);
+        self.asan.set_from(&f.asan);
+    }
+
+    /// Marks the stack as running no greenlet, as a pooled stack is.
+    pub(crate) fn clear_greenlet(&self) {
+        self.id.set(0);
+        self.name_ptr.set(ptr::null());
+        self.wait.set(crate::wait::Wait::Nothing);
+    }
+}
+
 thread_local! {
     /// Head of this thread's list of mapped stacks. Constant-initialised and
     /// without a destructor, so reading it is a plain thread-local load: safe
@@ -462,9 +513,7 @@ impl Stack {
     #[inline(always)]
     pub(crate) fn recycle(self) {
         let header = self.header();
-        header.id.set(0);
-        header.name_ptr.set(ptr::null());
-        header.wait.set(crate::wait::Wait::Nothing);
+        header.clear_greenlet();
         if header.valgrind_id.get() != 0 || cfg!(greenhack_asan) {
             self.reset_sanitizer_state();
         }

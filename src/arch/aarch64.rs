@@ -68,16 +68,39 @@ const _: () = {
 /// object plus 64 bytes. Ownership of `*obj` passes to the stack: the caller
 /// must not drop it.
 pub(crate) unsafe fn init_stack<T>(top: usize, entry: EntryFn, obj: *const T) -> usize {
+    // SAFETY: the caller's contract, with the image written in place.
+    unsafe { init_stack_image(top, top, entry, obj) }
+}
+
+/// [`init_stack`] for a stack that is elsewhere: lays out the frames that
+/// belong below `top`, but writes them below `image_top` instead (the same
+/// bytes, moved by `top - image_top`), for a sliced greenlet whose first
+/// slice is built on the heap and copied to `top` when it first runs. The
+/// addresses inside the frames are those below `top`.
+///
+/// # Safety
+///
+/// The memory below `image_top` must be writable for the object plus 64
+/// bytes (no alignment needed: it is written byte-wise); `top` must be
+/// 16-byte aligned. Ownership of `*obj` passes to the image.
+pub(crate) unsafe fn init_stack_image<T>(
+    top: usize,
+    image_top: usize,
+    entry: EntryFn,
+    obj: *const T,
+) -> usize {
     let align = core::mem::align_of::<T>().max(super::STACK_ALIGN);
     let obj_addr = super::alloc_below(top, size_of::<T>(), align);
     // The switch leaves sp = saved sp + 0x20 = obj_addr (16-byte aligned)
     // when it branches to the trampoline.
     let sp = obj_addr - size_of::<InitialFrame>();
-    // SAFETY: both regions lie in the writable memory below `top` that the
-    // caller vouches for; `obj_addr` is aligned for T and `sp` for usize.
+    // Where an address below `top` is written.
+    let at = |addr: usize| (image_top - (top - addr)) as *mut u8;
+    // SAFETY: both regions lie in the writable memory below `image_top`
+    // that the caller vouches for; the writes need no alignment.
     unsafe {
-        core::ptr::copy_nonoverlapping(obj, obj_addr as *mut T, 1);
-        (sp as *mut InitialFrame).write(InitialFrame {
+        core::ptr::copy_nonoverlapping(obj.cast::<u8>(), at(obj_addr), size_of::<T>());
+        at(sp).cast::<InitialFrame>().write_unaligned(InitialFrame {
             obj: obj_addr,
             pc: greenhack_trampoline as *const () as usize,
             entry: entry as *const () as usize,

@@ -4,7 +4,9 @@
 //! Each architecture module provides the same five items:
 //!
 //! * `init_stack(top, entry, obj) -> sp`: lay out a fresh greenlet's stack so
-//!   that the first `switch_in` to `sp` starts `entry` in the trampoline;
+//!   that the first `switch_in` to `sp` starts `entry` in the trampoline
+//!   (and `init_stack_image`, the same frames written elsewhere: the first
+//!   slice of a sliced greenlet, see `crate::slice`);
 //! * `switch_in(kind, payload, parent_link, sp) -> (kind, payload, their
 //!   sp)`: resume the greenlet whose saved stack pointer is `sp`, storing
 //!   ours in `*parent_link`;
