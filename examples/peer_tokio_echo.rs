@@ -46,10 +46,16 @@ fn main() -> io::Result<()> {
 async fn accept_loop(addr: String) -> io::Result<()> {
     let listener = TcpListener::bind(&addr).await?;
     println!("tokio echo: listening on {}", listener.local_addr()?);
+    let readable = std::env::var_os("PEER_ECHO_READABLE").is_some();
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                tokio::spawn(serve(stream));
+                // Spawned apart, so that neither task is sized for the other.
+                if readable {
+                    tokio::spawn(serve_readable(stream));
+                } else {
+                    tokio::spawn(serve_buffered(stream));
+                }
             }
             Err(e) => {
                 eprintln!("tokio echo: accept: {e}");
@@ -59,8 +65,9 @@ async fn accept_loop(addr: String) -> io::Result<()> {
     }
 }
 
-/// Echoes until the peer closes; errors end only this connection.
-async fn serve(mut stream: TcpStream) {
+/// Echoes until the peer closes; errors end only this connection. The
+/// buffer lives across the wait, in the task.
+async fn serve_buffered(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; 2 * 1024];
     loop {
@@ -73,6 +80,38 @@ async fn serve(mut stream: TcpStream) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
+        }
+    }
+}
+
+/// The buffer lives only while reading: the task waits in `readable()` and
+/// reads with `try_read` into a buffer that is not held across an await
+/// (the shape of greenhack's echo handler; `PEER_ECHO_READABLE=1`).
+async fn serve_readable(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        // In a block of its own: not held across the write's await.
+        let data = {
+            let mut buf = [0u8; 2 * 1024];
+            match stream.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => buf[..n].to_vec(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => return,
+            }
+        };
+        if stream.write_all(&data).await.is_err() {
+            return;
         }
     }
 }

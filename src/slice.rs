@@ -169,9 +169,11 @@ impl SharedStack {
 pub(crate) struct Slice {
     shared: NonNull<SharedStack>,
     /// While sliced out: the greenlet's live frames, the last bytes of the
-    /// buffer being the top of the stack (the first may be slack). Empty
-    /// while it occupies the stack.
-    image: UnsafeCell<Box<[u64]>>,
+    /// buffer being the top of the stack (the first may be slack). While it
+    /// occupies the stack: stale, its allocation kept for the next
+    /// slice-out (an allocation and a free per switch cost more than the
+    /// copy of a small slice).
+    image: UnsafeCell<Vec<u64>>,
     /// While sliced out: the greenlet's fields of the stack header; its
     /// `parent_link` is the saved stack pointer, which says how long the
     /// slice is.
@@ -208,7 +210,7 @@ impl Slice {
         // SAFETY: live: we are about to count ourselves as a user.
         let s = unsafe { shared.as_ref() };
         let words = room.div_ceil(8);
-        let mut image = vec![0u64; words].into_boxed_slice();
+        let mut image = vec![0u64; words];
         let image_top = image.as_mut_ptr_range().end as usize;
         let top = s.frames_top();
         let sp = init(top, image_top);
@@ -275,26 +277,32 @@ impl Slice {
             // leaves the occupant slot before it is freed).
             let occupant = unsafe { occupant.as_ref() };
             let len = top - sp;
+            let words = len / 8;
             crate::asan::unpoison_range(sp, len);
-            let mut image = vec![0u64; len / 8].into_boxed_slice();
+            // SAFETY: a slice's image and fields are touched only by this
+            // module, on its thread, never across a call that could re-enter.
+            let (image, fields) =
+                unsafe { (&mut *occupant.image.get(), &mut *occupant.fields.get()) };
+            image.clear();
+            if image.capacity() > 2 * words + 64 {
+                // Went deep once, shallow now: do not keep the high-water mark.
+                image.shrink_to(words);
+            }
+            image.reserve_exact(words);
             // SAFETY: [sp, top) is the occupant's live slice, in the shared
             // stack's mapping; it is suspended (its saved sp is in the
             // header), so nothing writes there meanwhile; `image` has room
-            // for exactly `len` bytes (`sp` is word aligned).
+            // for `words` words (`sp` is word aligned), which the copy
+            // initialises before `set_len`.
             unsafe {
-                ptr::copy_nonoverlapping(sp as *const u8, image.as_mut_ptr().cast::<u8>(), len)
-            };
-            // SAFETY: a slice's image and fields are touched only by this
-            // module, on its thread, never across a call that could re-enter.
-            unsafe {
-                *occupant.image.get() = image;
-                *occupant.fields.get() = header.greenlet_fields();
+                ptr::copy_nonoverlapping(sp as *const u64, image.as_mut_ptr(), words);
+                image.set_len(words);
             }
+            *fields = header.greenlet_fields();
         }
         // SAFETY: as above; this slice is out, so its image and fields hold
         // its frames and header.
-        let (image, fields) =
-            unsafe { (std::mem::take(&mut *self.image.get()), &*self.fields.get()) };
+        let (image, fields) = unsafe { (&*self.image.get(), &*self.fields.get()) };
         let sp = fields.parent_link;
         let len = top - sp;
         let from = image.as_ptr_range().end as usize - len;

@@ -61,6 +61,10 @@ pub struct Config {
     /// (`greenhack::tokio::run`; feature `tokio`), to measure hosted mode
     /// against standalone.
     pub hosted: bool,
+    /// Serve each connection on a sliced greenlet (`Builder::sliced`): no
+    /// stack mapping per connection, its live frames on the heap while it
+    /// waits.
+    pub sliced: bool,
 }
 
 impl Config {
@@ -74,9 +78,10 @@ impl Config {
             header_timeout: headers.then_some(Duration::from_secs(10)),
             threads: None,
             hosted: false,
+            sliced: false,
         };
         let usage = format!(
-            "usage: {name} [ADDR] [--threads N | --hosted] [--idle-timeout SECS]{} (default \
+            "usage: {name} [ADDR] [--threads N | --hosted] [--sliced] [--idle-timeout SECS]{} (default \
              ADDR {default_addr}, N every CPU; SECS may be fractional, 0 disables)",
             if headers {
                 " [--header-timeout SECS]"
@@ -104,6 +109,7 @@ impl Config {
                 "--idle-timeout" => cfg.idle_timeout = secs(),
                 "--header-timeout" if headers => cfg.header_timeout = secs(),
                 "--hosted" => cfg.hosted = true,
+                "--sliced" => cfg.sliced = true,
                 "--threads" => {
                     let v = args
                         .next()
@@ -286,7 +292,15 @@ pub fn serve(
                 });
                 let key = table.insert(conn.clone());
                 let guard = SlotGuard(table.clone(), key);
-                match greenhack::Builder::new().spawn(move || {
+                let builder = if cfg.sliced {
+                    // SAFETY: the handlers wait only on greenhack's sockets
+                    // and timers, which keep no pointer into a waiting
+                    // greenlet's stack.
+                    unsafe { greenhack::Builder::new().sliced() }
+                } else {
+                    greenhack::Builder::new()
+                };
+                match builder.spawn(move || {
                     let _guard = guard;
                     handler(stream, &conn)
                 }) {

@@ -338,6 +338,48 @@ impl<S: Source + AsRawFd> Registered<S> {
         r
     }
 
+    /// Waits until a read would likely not block: returns at once unless
+    /// the last read (or [`try_read_stream`](Self::try_read_stream)) showed
+    /// the receive buffer empty and no event has come since. May return
+    /// with nothing to read (a readiness left from before); the caller's
+    /// `try_read_stream` then says `WouldBlock`, and the next call waits.
+    pub(crate) fn readable(&self) -> io::Result<()> {
+        if !self.drained.get() || self.reactor.is_ready(self.token, Direction::Read) {
+            return Ok(());
+        }
+        let fd = self.get().as_raw_fd();
+        let ready = self.reactor.readiness(self.token, Direction::Read);
+        crate::pair::wait_io(ready, Wait::Readable(fd))?;
+        Ok(())
+    }
+
+    /// One read attempt, never waiting: `read_stream` without its wait. A
+    /// `WouldBlock` is returned, and remembered, so that the next
+    /// [`readable`](Self::readable) waits for an event.
+    pub(crate) fn try_read_stream(
+        &self,
+        len: usize,
+        mut op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> io::Result<usize>
+    where
+        S: StreamSource,
+    {
+        let source = self.get();
+        let Some(r) = try_op(|| op(source)) else {
+            self.drained.set(true);
+            self.reactor.mark_drained(self.token, Direction::Read);
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let short = S::SHORT_READ_DRAINS
+            && matches!(r, Ok(n) if n > 0 && n < len)
+            && !self.reactor.saw_urgent(self.token);
+        self.drained.set(short);
+        if short {
+            self.reactor.mark_drained(self.token, Direction::Read);
+        }
+        r
+    }
+
     /// `io`, optionally starting from a wait (when `op` is known to block).
     fn io_from<R>(
         &self,

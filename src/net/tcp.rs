@@ -319,6 +319,56 @@ impl TcpStream {
         self.reg.get().take_error()
     }
 
+    /// Waits until the stream is readable: until a read would likely return
+    /// data, EOF or an error rather than block. Like tokio's
+    /// `TcpStream::readable`, it may return when nothing can be read yet;
+    /// follow it with [`try_read`](Self::try_read), which then says
+    /// `WouldBlock`, and wait again.
+    ///
+    /// With `try_read` it lets a handler wait in a frame that does not hold
+    /// its read buffer, which matters for a [sliced](crate::Builder::sliced)
+    /// greenlet: what stays on the heap while it waits is only its live
+    /// frames.
+    ///
+    /// ```
+    /// use std::io::{ErrorKind, Write};
+    /// use greenhack::net::{TcpListener, TcpStream};
+    ///
+    /// # greenhack::run(|| -> std::io::Result<()> {
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let mut client = TcpStream::connect(listener.local_addr()?)?;
+    /// let (server, _) = listener.accept()?;
+    /// client.write_all(b"ping")?;
+    /// let n = loop {
+    ///     server.readable()?; // no buffer in this frame while it waits
+    ///     let mut buf = [0u8; 64];
+    ///     match server.try_read(&mut buf) {
+    ///         Ok(n) => break n,
+    ///         Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// };
+    /// assert_eq!(n, 4);
+    /// # Ok(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As `read`'s wait: `Unsupported` inside an `as_async` polled by an
+    /// executor that cannot run greenhack's loop.
+    pub fn readable(&self) -> io::Result<()> {
+        self.reg.readable()
+    }
+
+    /// Reads what is there without waiting: `read`, but `WouldBlock`
+    /// instead of a wait when nothing is (see [`readable`](Self::readable)).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
+        self.reg
+            .try_read_stream(len, |mut s| std::io::Read::read(&mut s, buf))
+    }
+
     /// Reads without consuming: waits until data (or EOF) is available,
     /// like `read`, and honours the read timeout.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {

@@ -232,6 +232,20 @@ impl UnixStream {
         self.reg.timeout(Direction::Read)
     }
 
+    /// Waits until the stream is readable; may return when nothing can be
+    /// read yet. See [`TcpStream::readable`](super::TcpStream::readable).
+    pub fn readable(&self) -> io::Result<()> {
+        self.reg.readable()
+    }
+
+    /// Reads what is there without waiting: `read`, but `WouldBlock`
+    /// instead of a wait. See [`TcpStream::try_read`](super::TcpStream::try_read).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
+        self.reg
+            .try_read_stream(len, |mut s| std::io::Read::read(&mut s, buf))
+    }
+
     /// Sets the write timeout (`SO_SNDTIMEO`), as for reads.
     pub fn set_write_timeout(&self, dur: Option<Duration>) -> io::Result<()> {
         self.reg.set_timeout(Direction::Write, dur)
