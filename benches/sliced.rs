@@ -43,6 +43,9 @@ fn sample(n: usize, sliced: bool, rounds: u64, body: fn(u64)) -> f64 {
     })
 }
 
+/// A case: its name and the greenlets' body.
+type Case = (&'static str, fn(u64));
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -53,7 +56,7 @@ fn main() {
     // quickly.
     let quick = !std::env::args().any(|a| a == "--bench");
     let samples = if quick { 1 } else { 11 };
-    let cases: [(&str, fn(u64)); 4] = [
+    let cases: [Case; 4] = [
         ("0 B buffer", hold::<0>),
         ("1 KiB buffer", hold::<1024>),
         ("2 KiB buffer", hold::<2048>),
