@@ -472,3 +472,48 @@ fn data_arriving_after_a_short_read_is_still_read() {
         writer.join().unwrap();
     });
 }
+
+/// `readable` waits for data (it does not spin: a reader that meets
+/// `WouldBlock` waits in `readable` until the peer writes), `try_read`
+/// never waits, and EOF reads as 0.
+#[test]
+fn readable_waits_and_try_read_never_does() {
+    use std::io::ErrorKind;
+    use std::time::Instant;
+    let _g = lock();
+    greenhack::run(|| {
+        let listener = greenhack::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = greenhack::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            server.try_read(&mut buf).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        let writer = greenhack::spawn(move || {
+            greenhack::sleep(Duration::from_millis(30));
+            client.write_all(b"hello").unwrap();
+            greenhack::sleep(Duration::from_millis(30));
+            drop(client);
+        });
+        let start = Instant::now();
+        let (mut got, mut would_block) = (Vec::new(), 0);
+        loop {
+            server.readable().unwrap();
+            match server.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => would_block += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"hello");
+        assert!(start.elapsed() >= Duration::from_millis(55));
+        assert!(
+            would_block <= 2,
+            "readable returned {would_block} times with nothing to read"
+        );
+        writer.join().unwrap();
+    });
+}
