@@ -108,7 +108,9 @@
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
 //!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
 //!   [`yield_now`], [`timeout`], [`greenlet_local!`], the [`Builder`] that
-//!   names greenlets and sizes their stacks, [`unblock`], which runs
+//!   names greenlets, sizes their stacks and can make them
+//!   [sliced](Builder::sliced) (sharing one stack, their live frames on the
+//!   heap while they wait), [`unblock`], which runs
 //!   blocking work on a thread pool while the loop keeps running, and
 //!   [`with_async`], an async setup and cleanup around sync code (a
 //!   transaction that commits or rolls back); with the `futures` feature,
@@ -119,7 +121,7 @@
 //! | layer | modules | owns |
 //! | --- | --- | --- |
 //! | the switch | [`arch`] (private) and `asm/` | the saved context, `switch_in`/`switch_out`, the initial frame |
-//! | stacks | [`stack`], [`wait`], `overflow`, `asan`, `valgrind` | mapped stacks and the [`StackHeader`](stack::StackHeader) at their top, which the overflow handler and the sanitizers read too (the one shared type: they sit beside `stack`, not above it) |
+//! | stacks | [`stack`], [`wait`], `overflow`, `asan`, `valgrind`, [`slice`] | mapped stacks and the [`StackHeader`](stack::StackHeader) at their top, which the overflow handler and the sanitizers read too (the one shared type: they sit beside `stack`, not above it); the shared stacks of sliced greenlets and their slices on the heap |
 //! | greenlets | [`greenlet`], [`switch_hook`] | resume, suspend, panics, forced unwinding |
 //! | the loop | [`reactor`] | readiness, timers, the run queue, hosting; it knows no pairs and no sockets |
 //! | the pair | [`pair`], [`logical`] | `as_async`, the one wait ([`pair::wait`]), per-greenlet scopes and locals |

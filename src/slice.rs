@@ -63,7 +63,8 @@
 //! suspended sliced greenlet is listed by `debug::dump` (with its backtrace,
 //! taken after copying it back in, unless the dump runs on the shared stack
 //! itself); the overflow handler names the occupant; Valgrind sees one
-//! registered stack; under ASan the copied frames are unpoisoned (checked
+//! registered stack (told, before a slice comes back, that the addresses
+//! are usable again); under ASan the copied frames are unpoisoned (checked
 //! less tightly until they return).
 
 use std::cell::{Cell, UnsafeCell};
@@ -307,6 +308,12 @@ impl Slice {
         let len = top - sp;
         let from = image.as_ptr_range().end as usize - len;
         crate::asan::unpoison_range(sp, len);
+        if header.valgrind_id.get() != 0 {
+            // Memcheck marked the stack below the last greenlet's deepest
+            // live frame unaddressable as its frames returned; the slice
+            // comes back there, and the copy brings its own definedness.
+            crate::valgrind::make_mem_defined(sp, top);
+        }
         // SAFETY: the image's last `len` bytes are this greenlet's slice,
         // taken from (or built for) [sp, top) of this very stack; the stack
         // holds no live frames there now (its occupant was moved out above,
