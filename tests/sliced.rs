@@ -478,3 +478,33 @@ fn an_overflowing_sliced_greenlet_is_named() {
         "stderr:\n{stderr}"
     );
 }
+
+#[inline(never)]
+fn capture_in_sliced_greenlet() -> String {
+    std::backtrace::Backtrace::force_capture().to_string()
+}
+
+/// A backtrace taken in a sliced greenlet that was sliced out and brought
+/// back continues into the loop that resumed it (the header's parent link
+/// came back with it), not into whoever ran on the stack before.
+#[test]
+fn a_backtrace_in_a_restored_sliced_greenlet_reaches_its_resumer() {
+    greenhack::run(|| {
+        let h = spawn_sliced(|| {
+            greenhack::yield_now();
+            capture_in_sliced_greenlet()
+        });
+        // Another sliced greenlet takes the stack in between.
+        let other = spawn_sliced(|| greenhack::yield_now());
+        let bt = h.join().unwrap();
+        other.join().unwrap();
+        let inside = bt.find("capture_in_sliced_greenlet");
+        let loop_frame = bt.find("run_ready");
+        assert!(inside.is_some(), "greenlet frame missing:\n{bt}");
+        assert!(
+            loop_frame.is_some(),
+            "backtrace stops at the greenlet's root:\n{bt}"
+        );
+        assert!(inside < loop_frame, "{bt}");
+    });
+}
