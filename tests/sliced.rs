@@ -495,7 +495,7 @@ fn a_backtrace_in_a_restored_sliced_greenlet_reaches_its_resumer() {
             capture_in_sliced_greenlet()
         });
         // Another sliced greenlet takes the stack in between.
-        let other = spawn_sliced(|| greenhack::yield_now());
+        let other = spawn_sliced(greenhack::yield_now);
         let bt = h.join().unwrap();
         other.join().unwrap();
         let inside = bt.find("capture_in_sliced_greenlet");
