@@ -330,8 +330,18 @@ impl<T> AsAsync<T> {
 
     /// The greenlet's stack header, for the stall detector (offload branch:
     /// `crate::stall`); `None` once complete.
+    ///
+    /// A sliced greenlet's frames (and header fields) are brought onto its
+    /// shared stack first: the detector asks right before the poll that
+    /// would do it anyway.
     pub(crate) fn header(&self) -> Option<&crate::stack::StackHeader> {
-        self.greenlet.as_ref()?.header_ref()
+        let greenlet = self.greenlet.as_ref()?;
+        match &self.slice {
+            None => greenlet.header_ref(),
+            Some(slice) => {
+                (slice.try_occupy() == crate::slice::Occupied::Yes).then(|| slice.stack_header())
+            }
+        }
     }
 }
 

@@ -170,3 +170,27 @@ fn waiting_on_the_loop_is_not_a_stall() {
         seen.lock().unwrap()
     );
 }
+
+/// A sliced greenlet (`Builder::sliced`) that blocks is named too, though
+/// another sliced greenlet held the shared stack when its poll began.
+#[test]
+fn a_stalled_sliced_greenlet_is_named() {
+    let (seen, report) = collector("sliced-blocker");
+    let detector = stall_detector_with(THRESHOLD, report);
+    greenhack::run(|| {
+        // SAFETY: these greenlets wait only on greenhack's timer.
+        let sliced = || unsafe { greenhack::Builder::new().sliced() };
+        let first = sliced().spawn(|| greenhack::sleep(THRESHOLD / 4)).unwrap();
+        greenhack::yield_now(); // `first` now occupies the shared stack
+        let _blocker = sliced()
+            .name("sliced-blocker")
+            .spawn(|| std::thread::sleep(2 * THRESHOLD))
+            .unwrap();
+        first.join().unwrap();
+    });
+    greenhack::sleep(THRESHOLD);
+    drop(detector);
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "no stall reported");
+    assert_eq!(seen[0].created_at.unwrap().file(), file!(), "{seen:#?}");
+}
