@@ -107,3 +107,38 @@ fn main_thread_overflow_is_still_reported_by_std() {
     );
     assert!(!stderr.contains("greenhack"), "stderr:\n{stderr}");
 }
+
+/// A sliced greenlet (`Builder::sliced`) overflows the stack it shares;
+/// the message names it, not the greenlet that ran there before.
+#[test]
+fn an_overflowing_sliced_greenlet_is_named() {
+    const NAME: &str = "an_overflowing_sliced_greenlet_is_named";
+    if util::is_child(NAME) {
+        greenhack::run(|| {
+            // Another sliced greenlet of the same stack size occupies the
+            // shared stack first.
+            // SAFETY: it waits only on greenhack's timer.
+            let idle = unsafe { greenhack::Builder::new().sliced() }
+                .stack_size(64 * 1024)
+                .spawn(|| greenhack::sleep(std::time::Duration::from_secs(3600)))
+                .unwrap();
+            greenhack::sleep(std::time::Duration::from_millis(2));
+            // SAFETY: it does not wait at all.
+            let h = unsafe { greenhack::Builder::new().sliced() }
+                .name("sliced-recursion")
+                .stack_size(64 * 1024)
+                .spawn(|| recurse(0))
+                .unwrap();
+            let _ = h.join();
+            drop(idle);
+        });
+        unreachable!("the overflow must abort");
+    }
+    let out = util::run_child(NAME);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    util::assert_aborted(&out);
+    assert!(
+        stderr.contains("greenlet 'sliced-recursion'") && stderr.contains("overflowed its stack"),
+        "stderr:\n{stderr}"
+    );
+}

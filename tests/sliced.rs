@@ -444,42 +444,6 @@ fn dump_lists_sliced_out_greenlets_with_their_backtraces() {
 }
 
 #[inline(never)]
-fn recurse(n: u64) -> u64 {
-    let pad = std::hint::black_box([n; 64]);
-    if n == u64::MAX {
-        return 0;
-    }
-    recurse(n + 1) + pad[3]
-}
-
-#[test]
-fn an_overflowing_sliced_greenlet_is_named() {
-    const NAME: &str = "an_overflowing_sliced_greenlet_is_named";
-    if util::is_child(NAME) {
-        greenhack::run(|| {
-            // Another sliced greenlet occupies the stack first.
-            let idle = spawn_sliced(|| greenhack::sleep(Duration::from_secs(3600)));
-            greenhack::sleep(Duration::from_millis(2));
-            let h = sliced()
-                .name("sliced-recursion")
-                .stack_size(64 * 1024)
-                .spawn(|| recurse(0))
-                .unwrap();
-            let _ = h.join();
-            drop(idle);
-        });
-        unreachable!("the overflow must abort");
-    }
-    let out = util::run_child(NAME);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    util::assert_aborted(&out);
-    assert!(
-        stderr.contains("greenlet 'sliced-recursion'") && stderr.contains("overflowed its stack"),
-        "stderr:\n{stderr}"
-    );
-}
-
-#[inline(never)]
 fn capture_in_sliced_greenlet() -> String {
     std::backtrace::Backtrace::force_capture().to_string()
 }

@@ -328,14 +328,23 @@ impl<S: Source + AsRawFd> Registered<S> {
     {
         let known_empty = self.drained.get() && !self.reactor.is_ready(self.token, Direction::Read);
         let r = self.io_from(Direction::Read, known_empty, op);
+        self.note_read(len, &r);
+        r
+    }
+
+    /// Applies the short-read rule (see [`read_stream`](Self::read_stream))
+    /// to a read of `len` bytes that returned `r`.
+    fn note_read(&self, len: usize, r: &io::Result<usize>)
+    where
+        S: StreamSource,
+    {
         let short = S::SHORT_READ_DRAINS
-            && matches!(r, Ok(n) if n > 0 && n < len)
+            && matches!(r, Ok(n) if *n > 0 && *n < len)
             && !self.reactor.saw_urgent(self.token);
         self.drained.set(short);
         if short {
             self.reactor.mark_drained(self.token, Direction::Read);
         }
-        r
     }
 
     /// Waits until a read would likely not block: returns at once unless
@@ -370,13 +379,7 @@ impl<S: Source + AsRawFd> Registered<S> {
             self.reactor.mark_drained(self.token, Direction::Read);
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let short = S::SHORT_READ_DRAINS
-            && matches!(r, Ok(n) if n > 0 && n < len)
-            && !self.reactor.saw_urgent(self.token);
-        self.drained.set(short);
-        if short {
-            self.reactor.mark_drained(self.token, Direction::Read);
-        }
+        self.note_read(len, &r);
         r
     }
 
