@@ -436,10 +436,19 @@ impl<T: ?Sized> Future for Lock<'_, T> {
 }
 
 impl<T: ?Sized> Drop for Lock<'_, T> {
+    #[inline]
     fn drop(&mut self) {
-        let Some(ticket) = self.ticket.take() else {
-            return;
-        };
+        if let Some(ticket) = self.ticket.take() {
+            self.leave(ticket);
+        }
+    }
+}
+
+impl<T: ?Sized> Lock<'_, T> {
+    /// Leaves the queue (a cancelled wait), or passes on the lock if it
+    /// was handed over already.
+    #[cold]
+    fn leave(&mut self, ticket: Ticket) {
         let mutex = self.mutex;
         if !self.is_notified(ticket) {
             let s = mutex.lock_queue();
