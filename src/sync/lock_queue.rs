@@ -139,6 +139,12 @@ impl Queue {
         }
     }
 
+    /// [`Ticket::is_notified`] for a ticket this queue issued.
+    fn is_notified(&self, ticket: Ticket) -> bool {
+        // SAFETY: the ticket is of this queue, which `&self` shows alive.
+        unsafe { ticket.is_notified() }
+    }
+
     /// Takes the first waiter off the queue, frees its slot and marks it
     /// notified; returns its waker, to wake once the queue's lock is
     /// released. `None` if nobody is queued.
@@ -172,9 +178,8 @@ impl Queue {
     ///
     /// The ticket must be of this queue and not notified.
     pub(crate) fn set_waker(&mut self, ticket: Ticket, waker: Waker) -> Option<Waker> {
-        // SAFETY: the ticket is of this queue, which is alive.
         debug_assert!(
-            !unsafe { ticket.is_notified() },
+            !self.is_notified(ticket),
             "greenhack::sync: notified waiter"
         );
         // SAFETY: a queued slot of ours; `&mut self` is the lock.
@@ -188,9 +193,8 @@ impl Queue {
     /// Takes a queued (not notified) waiter off the queue and frees its
     /// slot; returns its waker, to drop after releasing the lock.
     pub(crate) fn remove(&mut self, ticket: Ticket) -> Option<Waker> {
-        // SAFETY: the ticket is of this queue, which is alive.
         debug_assert!(
-            !unsafe { ticket.is_notified() },
+            !self.is_notified(ticket),
             "greenhack::sync: notified waiter"
         );
         let slot = ticket.slot.as_ptr();
@@ -265,8 +269,6 @@ mod tests {
         c.0.load(Ordering::Relaxed)
     }
 
-    // SAFETY (every `is_notified` below): the queue is alive.
-
     #[test]
     fn fifo_order_notification_and_removal() {
         let mut q = Queue::new();
@@ -275,18 +277,18 @@ mod tests {
         // The second leaves from the middle.
         assert!(q.remove(t[1]).is_some());
         q.notify_front().unwrap().wake();
-        assert!(unsafe { t[0].is_notified() });
-        assert!(!unsafe { t[2].is_notified() });
+        assert!(q.is_notified(t[0]));
+        assert!(!q.is_notified(t[2]));
         assert_eq!(woken(&counts[0].0), 1);
         // The freed slots are reused; the order stays 2, 3, then the new one.
         let (last, w) = counter();
         let t4 = q.push_back(w);
         q.notify_front().unwrap().wake();
-        assert!(unsafe { t[2].is_notified() && !t[3].is_notified() });
+        assert!(q.is_notified(t[2]) && !q.is_notified(t[3]));
         q.notify_front().unwrap().wake();
-        assert!(!unsafe { t4.is_notified() });
+        assert!(!q.is_notified(t4));
         q.notify_front().unwrap().wake();
-        assert!(unsafe { t4.is_notified() } && q.is_empty());
+        assert!(q.is_notified(t4) && q.is_empty());
         assert!(q.notify_front().is_none());
         let woken: Vec<usize> = counts.iter().map(|(c, _)| woken(c)).collect();
         assert_eq!(woken, [1, 0, 1, 1], "the removed waiter is never woken");

@@ -360,7 +360,9 @@ impl<T: ?Sized> Lock<'_, T> {
         unsafe { ticket.is_notified() }
     }
 
-    /// First poll: takes the lock if it is free, else queues.
+    /// First poll: takes the lock if it is free, else queues. Out of line,
+    /// so that the resume's check (`poll`) inlines into a small frame.
+    #[inline(never)]
     fn acquire_or_queue(&mut self, waker: &Waker) -> Poll<()> {
         let mutex = self.mutex;
         // Cloned before taking the queue's lock: a foreign waker's clone
@@ -423,6 +425,7 @@ impl<T: ?Sized> Lock<'_, T> {
 impl<T: ?Sized> Future for Lock<'_, T> {
     type Output = ();
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match self.ticket {
             None => self.acquire_or_queue(cx.waker()),
