@@ -259,6 +259,44 @@ fn inside_as_async_on_tokio_current_thread() {
 }
 
 #[test]
+#[cfg(feature = "tokio")] // hosting greenhack's loop in tokio
+fn greenlets_on_a_loop_hosted_in_tokio_hand_off_in_order() {
+    // greenhack's loop inside tokio (an as_async polled by tokio): spawned
+    // greenlets queue behind the as_async's own greenlet, which holds the
+    // lock across a tokio sleep; each hand-off wakes through the hosted
+    // loop, in arrival order.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let order = rt.block_on(greenhack::as_async(|| {
+        let m = Rc::new(Mutex::new(Vec::new()));
+        let guard = m.lock().unwrap();
+        let waiters: Vec<_> = (0..5)
+            .map(|id| {
+                let m = m.clone();
+                let h = greenhack::spawn(move || {
+                    for _ in 0..3 {
+                        let mut v = m.lock().unwrap();
+                        greenhack::yield_now();
+                        v.push(id);
+                    }
+                });
+                greenhack::yield_now(); // let it queue before the next one
+                h
+            })
+            .collect();
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+        drop(guard);
+        waiters.into_iter().for_each(|h| h.join().unwrap());
+        Rc::try_unwrap(m).unwrap().into_inner().unwrap()
+    }));
+    // FIFO: each re-locker queues behind the four others.
+    let round: Vec<i32> = (0..5).collect();
+    assert_eq!(order, round.repeat(3));
+}
+
+#[test]
 fn blocks_a_tokio_worker_outside_any_greenlet() {
     // exempt refuses here (with the `tokio` feature); lock() parks the
     // thread instead, as std's would.
