@@ -4,10 +4,10 @@
 //! the queue's lock.
 //!
 //! The generic [`WaitList`](super::waiters::WaitList) keeps its slots in a
-//! `Vec` that may reallocate, so a waiter must lock the list just to read
-//! its status, and again to free its slot. On the mutex's contended
-//! hand-off (unlock, wake, the woken greenlet resumes) those were a third of
-//! the atomic read-modify-writes; here the notifier frees the slot itself
+//! `Vec` that may reallocate, so a woken waiter must lock the list to read
+//! its status and free its slot: on the mutex's contended hand-off (unlock,
+//! wake, the woken greenlet resumes) a compare-and-swap, and a cache line
+//! the unlocker had just written. Here the notifier frees the slot itself
 //! and the woken waiter only loads its slot's generation.
 //!
 //! # Slots
