@@ -3,6 +3,7 @@
 //! threads, across loops and under tokio.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,6 +259,44 @@ fn inside_as_async_on_tokio_current_thread() {
 }
 
 #[test]
+#[cfg(feature = "tokio")] // hosting greenhack's loop in tokio
+fn greenlets_on_a_loop_hosted_in_tokio_hand_off_in_order() {
+    // greenhack's loop inside tokio (an as_async polled by tokio): spawned
+    // greenlets queue behind the as_async's own greenlet, which holds the
+    // lock across a tokio sleep; each hand-off wakes through the hosted
+    // loop, in arrival order.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let order = rt.block_on(greenhack::as_async(|| {
+        let m = Rc::new(Mutex::new(Vec::new()));
+        let guard = m.lock().unwrap();
+        let waiters: Vec<_> = (0..5)
+            .map(|id| {
+                let m = m.clone();
+                let h = greenhack::spawn(move || {
+                    for _ in 0..3 {
+                        let mut v = m.lock().unwrap();
+                        greenhack::yield_now();
+                        v.push(id);
+                    }
+                });
+                greenhack::yield_now(); // let it queue before the next one
+                h
+            })
+            .collect();
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+        drop(guard);
+        waiters.into_iter().for_each(|h| h.join().unwrap());
+        Rc::try_unwrap(m).unwrap().into_inner().unwrap()
+    }));
+    // FIFO: each re-locker queues behind the four others.
+    let round: Vec<i32> = (0..5).collect();
+    assert_eq!(order, round.repeat(3));
+}
+
+#[test]
 fn blocks_a_tokio_worker_outside_any_greenlet() {
     // exempt refuses here (with the `tokio` feature); lock() parks the
     // thread instead, as std's would.
@@ -281,6 +320,115 @@ fn blocks_a_tokio_worker_outside_any_greenlet() {
     assert_eq!(seen, 1, "waited for the holder");
     assert!(start.elapsed() >= Duration::from_millis(10));
     holder.join().unwrap();
+}
+
+#[test]
+fn a_waiter_polled_by_another_task_is_woken_through_it() {
+    // The as_async future of a queued waiter is polled first by one task,
+    // then by another (as when it moves between executors' tasks): the
+    // hand-off must wake the task that polled it last.
+    struct Flag(AtomicBool);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let flag = || Arc::new(Flag(AtomicBool::new(false)));
+    let (first, second) = (flag(), flag());
+    let m = Arc::new(Mutex::new(0));
+    let guard = m.lock().unwrap();
+    let m1 = m.clone();
+    let mut waiter = std::pin::pin!(greenhack::as_async(move || *m1.lock().unwrap() += 1));
+    for f in [&first, &second] {
+        let waker = std::task::Waker::from(f.clone());
+        let polled = waiter
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending(), "the lock is held");
+    }
+    drop(guard);
+    assert!(second.0.load(Ordering::SeqCst), "the last poller was woken");
+    assert!(
+        !first.0.load(Ordering::SeqCst),
+        "the earlier poller was not"
+    );
+    let waker = std::task::Waker::from(second);
+    let polled = waiter
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(polled.is_ready(), "the lock was handed over");
+    assert_eq!(*m.lock().unwrap(), 1);
+}
+
+#[test]
+fn threads_and_greenlets_of_two_loops_contend_with_cancellations() {
+    // The queue's lock is a bit of the mutex's state, taken and released by
+    // greenlets of two loops and by plain threads at once, while some
+    // waiters are cancelled: every increment made is counted once, and no
+    // hand-off is lost (a lost one would hang the test).
+    const THREADS: u64 = 3;
+    const THREAD_OPS: u64 = 20_000;
+    const GREENLET_OPS: u64 = 200;
+    let m = Arc::new(Mutex::new(0u64));
+    let made = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..THREADS {
+        let (m, made) = (m.clone(), made.clone());
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..THREAD_OPS {
+                *m.lock().unwrap() += 1;
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (m, made) = (m.clone(), made.clone());
+        threads.push(std::thread::spawn(move || {
+            greenhack::run(|| {
+                for i in 0..75 {
+                    let (m, made) = (m.clone(), made.clone());
+                    let _detached = greenhack::spawn(move || {
+                        for _ in 0..GREENLET_OPS {
+                            let mut g = m.lock().unwrap();
+                            if i % 2 == 0 {
+                                greenhack::yield_now();
+                            }
+                            *g += 1;
+                            made.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+                // These never hold the lock across a switch, so cancelling
+                // them catches them queued, handed the lock, or between two
+                // critical sections (cancelling a holder would poison it).
+                let doomed: Vec<_> = (0..25)
+                    .map(|_| {
+                        let (m, made) = (m.clone(), made.clone());
+                        greenhack::spawn(move || {
+                            loop {
+                                greenhack::yield_now();
+                                *m.lock().unwrap() += 1;
+                                made.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                    })
+                    .collect();
+                for _ in 0..200 {
+                    greenhack::yield_now();
+                }
+                for h in doomed {
+                    h.cancel();
+                }
+            })
+        }));
+    }
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let made = made.load(Ordering::Relaxed);
+    assert!(
+        made >= THREADS * THREAD_OPS + 2 * 75 * GREENLET_OPS,
+        "only the cancelled ones stopped early"
+    );
+    assert_eq!(*m.lock().unwrap(), made);
 }
 
 /// Joins `h` if it finishes within 5 s; otherwise cancels it and fails,

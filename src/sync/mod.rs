@@ -61,6 +61,7 @@
 //! anything it had been handed.
 
 mod condvar;
+mod lock_queue;
 pub mod mpsc;
 mod mutex;
 pub mod oneshot;

@@ -58,15 +58,10 @@ impl<T> SpinLock<T> {
 
     #[cold]
     fn lock_contended(&self) {
-        let mut spins = 0;
+        let mut backoff = Backoff::new();
         loop {
             while self.locked.load(Ordering::Relaxed) {
-                if spins < SPINS_BEFORE_YIELD {
-                    spins += 1;
-                    hint::spin_loop();
-                } else {
-                    thread::yield_now();
-                }
+                backoff.snooze();
             }
             if self
                 .locked
@@ -75,6 +70,29 @@ impl<T> SpinLock<T> {
             {
                 return;
             }
+        }
+    }
+}
+
+/// How a thread waits for a spin lock held by another: a few rounds of
+/// [`hint::spin_loop`], then [`thread::yield_now`] each round, so that a
+/// holder preempted by the kernel gets the CPU back.
+pub(crate) struct Backoff {
+    spins: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff { spins: 0 }
+    }
+
+    /// Waits a little before the caller looks at the lock again.
+    pub(crate) fn snooze(&mut self) {
+        if self.spins < SPINS_BEFORE_YIELD {
+            self.spins += 1;
+            hint::spin_loop();
+        } else {
+            thread::yield_now();
         }
     }
 }

@@ -14,8 +14,10 @@
 //! through slot indices: no allocation per wait in the steady state, no
 //! `unsafe`, and a stale key (its slot freed and reused) is recognised by a
 //! generation count. A `WaitList` is not synchronised: each primitive keeps
-//! it under its own `std::sync::Mutex` and wakes the returned wakers after
-//! unlocking.
+//! it under its own spin lock ([`spin`](super::spin)) and wakes the returned
+//! wakers after unlocking. [`Mutex`](super::Mutex) has its own queue
+//! ([`lock_queue`](super::lock_queue)), whose waiters see a hand-off
+//! without taking the lock.
 
 use std::task::Waker;
 
