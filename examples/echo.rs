@@ -32,11 +32,16 @@ mod threads;
 fn main() -> io::Result<()> {
     let cfg = server::Config::from_args("echo", "127.0.0.1:7000", false);
     let (addr, threads, hosted) = (cfg.addr.clone(), cfg.threads, cfg.hosted);
-    threads::serve("echo", &addr, threads, hosted, move |listener| {
+    let spread = if cfg.balanced {
+        threads::Spread::Balanced
+    } else {
+        threads::Spread::ReusePort
+    };
+    threads::serve("echo", &addr, threads, hosted, spread, move |incoming| {
         if greenhack::runtime::Handle::try_current().is_some_and(|h| h.index() == 0) {
             greenhack::debug::dump_on_signal(libc::SIGUSR1)?; // one loop dumps
         }
-        server::serve("echo", &cfg, listener, serve)
+        server::serve("echo", &cfg, incoming, serve)
     })
 }
 

@@ -36,8 +36,13 @@ mod threads;
 fn main() -> io::Result<()> {
     let cfg = server::Config::from_args("http", "127.0.0.1:8080", true);
     let (addr, threads, hosted) = (cfg.addr.clone(), cfg.threads, cfg.hosted);
-    threads::serve("http", &addr, threads, hosted, move |listener| {
-        server::serve("http", &cfg, listener, |stream, conn| {
+    let spread = if cfg.balanced {
+        threads::Spread::Balanced
+    } else {
+        threads::Spread::ReusePort
+    };
+    threads::serve("http", &addr, threads, hosted, spread, move |incoming| {
+        server::serve("http", &cfg, incoming, |stream, conn| {
             if let Err(e) = serve(stream, conn) {
                 if !matches!(
                     e.kind(),

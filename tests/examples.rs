@@ -127,7 +127,23 @@ fn repl_runs_requests_concurrently_from_piped_stdin() {
 
 #[test]
 fn echo_example_echoes_for_concurrent_clients() {
-    let (_server, addr) = start_server("echo");
+    echo_for_concurrent_clients(&[]);
+}
+
+/// Each connection on a sliced greenlet (`Builder::sliced`).
+#[test]
+fn echo_example_on_sliced_greenlets_echoes_for_concurrent_clients() {
+    echo_for_concurrent_clients(&["--sliced"]);
+}
+
+/// Two loops, one listener, connections handed to the least loaded loop.
+#[test]
+fn echo_example_balanced_over_two_loops_echoes_for_concurrent_clients() {
+    echo_for_concurrent_clients(&["--threads", "2", "--balanced"]);
+}
+
+fn echo_for_concurrent_clients(args: &[&str]) {
+    let (_server, addr) = start_server_with("echo", args);
     let clients: Vec<_> = (0..8u8)
         .map(|i| {
             let addr = addr.clone();
@@ -150,6 +166,11 @@ fn echo_example_echoes_for_concurrent_clients() {
 #[test]
 fn http_example_keeps_alive_and_pipelines() {
     http_keeps_alive_and_pipelines(&[]);
+}
+
+#[test]
+fn http_example_on_sliced_greenlets_balanced_over_two_loops_keeps_alive_and_pipelines() {
+    http_keeps_alive_and_pipelines(&["--threads", "2", "--balanced", "--sliced"]);
 }
 
 /// The same server with its loop hosted inside tokio (issue 11).

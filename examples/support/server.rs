@@ -42,7 +42,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use greenhack::JoinHandle;
-use greenhack::net::{TcpListener, TcpStream};
+use greenhack::net::TcpStream;
 
 /// The command line of an example server.
 #[derive(Clone, Debug)]
@@ -65,6 +65,10 @@ pub struct Config {
     /// stack mapping per connection, its live frames on the heap while it
     /// waits.
     pub sliced: bool,
+    /// With several threads: one listener, whose loop hands each
+    /// connection to the least loaded loop, instead of a `SO_REUSEPORT`
+    /// listener per loop.
+    pub balanced: bool,
 }
 
 impl Config {
@@ -79,9 +83,10 @@ impl Config {
             threads: None,
             hosted: false,
             sliced: false,
+            balanced: false,
         };
         let usage = format!(
-            "usage: {name} [ADDR] [--threads N | --hosted] [--sliced] [--idle-timeout SECS]{} (default \
+            "usage: {name} [ADDR] [--threads N [--balanced] | --hosted] [--sliced] [--idle-timeout SECS]{} (default \
              ADDR {default_addr}, N every CPU; SECS may be fractional, 0 disables)",
             if headers {
                 " [--header-timeout SECS]"
@@ -110,6 +115,7 @@ impl Config {
                 "--header-timeout" if headers => cfg.header_timeout = secs(),
                 "--hosted" => cfg.hosted = true,
                 "--sliced" => cfg.sliced = true,
+                "--balanced" => cfg.balanced = true,
                 "--threads" => {
                     let v = args
                         .next()
@@ -244,12 +250,12 @@ impl Drop for SlotGuard {
     }
 }
 
-/// Accepts connections on `listener` forever, serving each with `handler`
-/// on a greenlet of its own, under the limits of `cfg`.
+/// Accepts connections from `incoming` forever, serving each with
+/// `handler` on a greenlet of its own, under the limits of `cfg`.
 pub fn serve(
     name: &'static str,
     cfg: &Config,
-    listener: TcpListener,
+    incoming: crate::threads::Incoming,
     handler: fn(TcpStream, &Conn),
 ) -> io::Result<()> {
     let shortest = [cfg.idle_timeout, cfg.header_timeout]
@@ -273,8 +279,8 @@ pub fn serve(
     let mut log = ErrorLog::new(name);
     let mut backoff = Backoff::default();
     loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
+        match incoming.accept() {
+            Ok(stream) => {
                 if !spare.reclaim() {
                     // Accepted with the spare's slot, and there is no other:
                     // out of descriptors. Close the connection at once; the
@@ -291,7 +297,7 @@ pub fn serve(
                     request_since: Cell::new(u64::MAX),
                 });
                 let key = table.insert(conn.clone());
-                let guard = SlotGuard(table.clone(), key);
+                let guard = (SlotGuard(table.clone(), key), incoming.live_guard());
                 let builder = if cfg.sliced {
                     // SAFETY: the handlers wait only on greenhack's sockets
                     // and timers, which keep no pointer into a waiting
@@ -329,6 +335,8 @@ pub fn serve(
             }
             // The peer gave up before we accepted: nothing to back off from.
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+            // Handed-over connections: the accepting loop is gone.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(e),
             Err(e) => {
                 log.error(format_args!("accept: {e}"));
                 backoff.wait();
