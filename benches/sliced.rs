@@ -53,9 +53,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this once
-    // quickly.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let samples = if quick { 1 } else { 11 };
+    // quickly; GREENHACK_BENCH_QUICK=1 (scripts/bench-all's smoke run)
+    // takes fewer samples.
+    let test = !std::env::args().any(|a| a == "--bench");
+    let smoke = std::env::var_os("GREENHACK_BENCH_QUICK").is_some();
+    let samples = if test {
+        1
+    } else if smoke {
+        3
+    } else {
+        11
+    };
     let cases: [Case; 4] = [
         ("0 B buffer", hold::<0>),
         ("1 KiB buffer", hold::<1024>),
@@ -67,7 +75,11 @@ fn main() {
     );
     println!("|---|---|---|---|---|");
     for n in [2usize, 1000] {
-        let rounds = if quick { 10 } else { 200_000 / n as u64 * 10 };
+        let rounds = match (test, smoke) {
+            (true, _) => 10,
+            (false, true) => 20_000 / n as u64 * 10,
+            (false, false) => 200_000 / n as u64 * 10,
+        };
         for (name, body) in cases {
             let (mut plain, mut sliced) = (Vec::new(), Vec::new());
             for _ in 0..samples {
