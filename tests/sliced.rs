@@ -472,3 +472,37 @@ fn a_backtrace_in_a_restored_sliced_greenlet_reaches_its_resumer() {
         assert!(inside < loop_frame, "{bt}");
     });
 }
+
+/// A thread that exits with sliced greenlets still waiting unwinds them
+/// (their destructors run on their frames, brought back in turn) and gives
+/// the shared stack back.
+#[test]
+fn sliced_greenlets_are_unwound_at_thread_exit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(Arc<AtomicUsize>);
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let mapped_after = std::thread::spawn(move || {
+        greenhack::stack::set_pool_capacity(0);
+        for depth in 0..20u64 {
+            let c = Count(d.clone());
+            drop(spawn_sliced(move || {
+                let _c = c;
+                deep_wait(depth % 5, depth, u32::MAX);
+            }));
+        }
+        greenhack::yield_now(); // every one starts, slicing the others out
+        greenhack::stack::stats().mapped
+    })
+    .join()
+    .unwrap();
+    assert!(mapped_after >= 1, "the shared stack was mapped");
+    assert_eq!(dropped.load(Ordering::SeqCst), 20);
+}
