@@ -18,16 +18,26 @@
 //! # The path of a call
 //!
 //! 1. [`Pool::spawn`] boxes the closure into a job and pushes it onto the
-//!    chosen worker's inbox: a short locked push and a wake, never a wait,
-//!    so a tokio worker thread is not blocked;
-//! 2. the worker's sync side, waiting on the inbox through
-//!    [`exempt`](crate::exempt) under [`run_with`](super::run_with), takes
-//!    every queued job and queues each as a greenlet task on its loop;
+//!    chosen worker's inbox: a short locked push, never a wait, so a tokio
+//!    worker thread is not blocked. If the worker sleeps, the caller's
+//!    runtime thread wakes it once it has no other task ready, so the jobs
+//!    its other tasks queue meanwhile go with the same wake (the
+//!    *courier*, see below); off a multi-thread runtime, at once;
+//! 2. the worker's sync side, one future polled by its loop (under
+//!    [`run_with`](super::run_with)), takes every queued job and queues
+//!    each as a greenlet task;
 //! 3. the greenlet runs; its result (or its panic's payload) is stored in
-//!    the state the [`Task`] shares, and the task's waker is woken;
+//!    the state the [`Task`] shares, and the task's waker is handed to the
+//!    courier of the runtime thread that polled it, which wakes the whole
+//!    round's tasks there once the worker has run every greenlet that was
+//!    ready;
 //! 4. dropping the [`Task`] (or [`Task::abort`]) sets a flag and wakes the
 //!    greenlet's task on its worker, whose next poll unwinds the greenlet's
 //!    stack there.
+//!
+//! A closure that calls [`spawn_sync`] (or its pool's [`Pool::spawn`])
+//! while it runs on a worker starts the new job on that same worker, at
+//! once, with no hand-off.
 //!
 //! # Choices
 //!
@@ -43,11 +53,13 @@
 //! * **What crosses threads** is the closure and its result, hence `Send`.
 //!   greenhack's sockets are bound to the thread that made them: open them
 //!   inside the closure.
-//! * **The cost** is two thread hand-offs per call (the job there, the
-//!   result back), each a wake of a thread that may be parked. With the
-//!   server on one core, `scripts/bench-axum` measured about 3 µs of server
-//!   CPU per call more than an `async fn` handler (13.6 against 10.7 µs per
-//!   request, axum included) and 3 µs less than `spawn_blocking`.
+//! * **The cost** is two thread hand-offs per *burst* of calls, not per
+//!   call: waking a sleeping thread is a system call and, on a shared core,
+//!   a context switch to a thread that finds only what was queued before
+//!   the wake. Per-call wakes cost `scripts/bench-axum` (one core for the
+//!   server) about one context switch per two requests, and 3 µs of CPU
+//!   per request more than an `async fn` handler; batched through the
+//!   courier, one per twenty (see the module docs of `courier`).
 
 mod courier;
 
