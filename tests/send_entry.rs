@@ -495,14 +495,13 @@ fn a_job_queued_as_its_runtime_shuts_down_still_runs() {
 fn a_task_can_be_awaited_on_another_runtime_after_its_first_shut_down() {
     let pool = Pool::builder().worker_threads(1).build().unwrap();
     let first = multi_thread();
+    let mut task = pool.spawn(|| {
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(30)));
+        7
+    });
     // Polled once on the first runtime, so its courier is the one to wake it.
-    let task = first.block_on(async move {
-        let mut task = pool.spawn(|| {
-            greenhack::exempt(tokio::time::sleep(Duration::from_millis(30)));
-            7
-        });
+    first.block_on(async {
         assert!(futures_poll_once(&mut task).await.is_none());
-        task
     });
     drop(first);
     let v = tokio::runtime::Builder::new_current_thread()

@@ -94,7 +94,7 @@ impl Courier {
                 // Detached: it lives as long as its runtime. On a runtime
                 // that is shutting down the future is dropped at once, which
                 // closes the courier.
-                drop(handle.spawn(run(courier.clone())));
+                drop(handle.spawn(run(CloseOnDrop(courier.clone()))));
                 *local = Some((id, courier.clone()));
                 courier
             })
@@ -179,9 +179,10 @@ impl Courier {
     }
 }
 
-/// The courier task.
-async fn run(courier: Arc<Courier>) {
-    let _close = CloseOnDrop(courier.clone());
+/// The courier task. It owns the guard from its creation on, so a task
+/// dropped before its first poll closes the courier too.
+async fn run(close: CloseOnDrop) {
+    let courier = &*close.0;
     loop {
         poll_fn(|cx| courier.poll_work(cx)).await;
         courier.wake_deliveries();
