@@ -474,6 +474,30 @@ fn a_burst_of_calls_from_many_tasks_all_complete() {
 }
 
 #[test]
+fn a_job_queued_while_its_worker_is_busy_starts_when_the_worker_is_free() {
+    // The worker's thread is blocked in a closure (awake, not sleeping), so
+    // the second job is queued without a wake: the worker must look at its
+    // queue before it sleeps again. The first closure then waits for a
+    // minute, so nothing else would wake the worker before that.
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let b = multi_thread().block_on(async move {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let _a = pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            greenhack::sleep(Duration::from_secs(60));
+        });
+        started_rx.await.unwrap();
+        let b = pool.spawn(|| 2);
+        tokio::time::timeout(Duration::from_secs(2) * slowdown(), b)
+            .await
+            .expect("the job queued while the worker was busy did not start")
+            .unwrap()
+    });
+    assert_eq!(b, 2);
+}
+
+#[test]
 fn a_job_queued_as_its_runtime_shuts_down_still_runs() {
     // The wake of the sleeping worker is left to the runtime's courier
     // task; if the runtime drops that task first, the drop wakes it.

@@ -368,13 +368,15 @@ impl PoolBuilder {
         let mut workers = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = ::tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let worker = Arc::new(Worker {
                 inbox: Inbox::default(),
                 load: AtomicUsize::new(0),
             });
+            let parks = worker.clone();
+            let rt = ::tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_park(move || parks.inbox.before_park())
+                .build()?;
             let w = worker.clone();
             let stacks = self.stack_pool.unwrap_or(WORKER_STACK_POOL);
             let spawned = std::thread::Builder::new()
@@ -487,8 +489,10 @@ struct Inbox {
 #[derive(Default)]
 struct InboxState {
     jobs: Vec<Box<dyn Start>>,
-    /// The receiver's waker while it waits on an empty queue: the one who
-    /// takes it wakes the worker.
+    /// The worker's waker while its thread sleeps (or is about to) with
+    /// the queue empty: the one who takes it wakes the worker. `None` while
+    /// the worker is awake, so that jobs queued meanwhile cost no wake: it
+    /// looks at the queue before it sleeps.
     waker: Option<Waker>,
     /// The pool was dropped (or its build failed): no more jobs.
     closed: bool,
@@ -503,10 +507,10 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `job`; returns the worker's waker if it waits for jobs (the
-    /// caller wakes it), or gives the job back if the worker has exited.
-    /// Pushes while the worker is awake, or already being woken, find no
-    /// waker: a burst of jobs costs one wake.
+    /// Queues `job`; returns the worker's waker if it sleeps (the caller
+    /// wakes it), or gives the job back if the worker has exited. Pushes
+    /// while the worker is awake, or already being woken, find no waker: a
+    /// burst of jobs costs one wake.
     fn push(&self, job: Box<dyn Start>) -> Result<Option<Waker>, Box<dyn Start>> {
         let mut state = self.lock();
         if state.gone {
@@ -514,6 +518,29 @@ impl Inbox {
         }
         state.jobs.push(job);
         Ok(state.waker.take())
+    }
+
+    /// The worker's runtime is about to sleep (its `on_thread_park` hook,
+    /// on the worker's thread): leaves the [`Serve`] waker for the next
+    /// push, or, if jobs came (or the pool closed) since `Serve` looked,
+    /// wakes it, so the runtime polls again instead of sleeping. The lock
+    /// orders this against [`push`](Inbox::push): either the push finds
+    /// the waker, or this finds the job.
+    fn before_park(&self) {
+        let Some(serve) = ROUND
+            .try_with(|round| round.borrow().serve.clone())
+            .ok()
+            .flatten()
+        else {
+            return; // not serving (yet, or any more)
+        };
+        let mut state = self.lock();
+        if state.jobs.is_empty() && !state.closed {
+            state.waker = Some(serve);
+        } else {
+            drop(state);
+            serve.wake();
+        }
     }
 
     fn close(&self) {
@@ -552,13 +579,11 @@ impl Future for Serve<'_> {
         loop {
             {
                 let mut state = self.inbox.lock();
+                // Awake: pushes need not wake us until `before_park`.
+                state.waker = None;
                 if state.jobs.is_empty() {
                     if state.closed {
                         return Poll::Ready(());
-                    }
-                    match &mut state.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        slot => *slot = Some(cx.waker().clone()),
                     }
                     return Poll::Pending;
                 }
