@@ -443,11 +443,12 @@ thread_local! {
     };
 }
 
-/// A worker's round: the greenlets that were ready have run, and the
-/// couriers that got their results are notified together, once each, when
-/// [`Serve`] is polled next (see `courier`).
+/// A worker's round: the greenlets that were ready run, and the couriers
+/// that got their results are notified together, once each, by an
+/// [`EndRound`] task queued behind them (see `courier`).
 struct Round {
-    /// The waker of the worker's [`Serve`] while it runs.
+    /// The waker of the worker's [`Serve`] while it runs (for
+    /// [`Inbox::before_park`]); `None` when the worker is not serving.
     serve: Option<Waker>,
     /// The couriers to notify at the end of the round.
     couriers: Vec<Arc<Courier>>,
@@ -456,26 +457,29 @@ struct Round {
 /// Has `courier` notified at the end of this thread's round (at once if
 /// this thread is not a worker serving its inbox).
 fn notify_after_round(courier: Arc<Courier>) {
-    // `Some(serve)` to wake for the round's first delivery; `None` when
-    // there is no round to join.
+    // `Some(first)`: joined the round, the first to; `None`: no round.
     let joined = ROUND
         .try_with(|round| {
             let mut round = round.borrow_mut();
-            let serve = round.serve.clone()?;
+            round.serve.as_ref()?;
             let first = round.couriers.is_empty();
             if !round.couriers.iter().any(|c| Arc::ptr_eq(c, &courier)) {
                 round.couriers.push(courier.clone());
             }
-            Some(first.then_some(serve))
+            Some(first)
         })
         .ok()
         .flatten();
     match joined {
+        // The round's first delivery: queued behind the tasks that are
+        // ready, on the loop itself (no system call, no poll of the host's
+        // loop).
+        Some(true) => match Reactor::try_current() {
+            Some(reactor) => drop(reactor.spawn(Box::pin(EndRound))),
+            None => end_round(),
+        },
+        Some(false) => {}
         None => courier.notify(),
-        // The round's first delivery: `Serve` runs again once the loop has
-        // run what is ready (a wake on the worker's own thread: a flag).
-        Some(Some(serve)) => serve.wake(),
-        Some(None) => {}
     }
 }
 
@@ -485,6 +489,32 @@ fn end_round() {
         .try_with(|round| mem::take(&mut round.borrow_mut().couriers))
         .unwrap_or_default();
     couriers.iter().for_each(|c| c.notify());
+}
+
+/// The task that ends a round: queued at its first delivery, it runs once
+/// the tasks ready before it have, and notifies the round's couriers; also
+/// if dropped unpolled (the loop shuts down).
+struct EndRound;
+
+impl Future for EndRound {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        end_round();
+        Poll::Ready(())
+    }
+}
+
+impl Drop for EndRound {
+    fn drop(&mut self) {
+        end_round();
+    }
+}
+
+impl TaskFuture for EndRound {
+    fn footprint(&self) -> Footprint {
+        Footprint::default()
+    }
 }
 
 // ----- the inbox ---------------------------------------------------------------
@@ -585,7 +615,6 @@ impl Future for Serve<'_> {
                 slot => *slot = Some(cx.waker().clone()),
             }
         });
-        end_round();
         loop {
             {
                 let mut state = self.inbox.lock();
