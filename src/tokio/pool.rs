@@ -596,8 +596,8 @@ impl Inbox {
 }
 
 /// The worker's sync side: starts every queued job as a greenlet, each
-/// time it is polled, until the inbox is closed; and ends each round of
-/// the loop (see [`Round`]).
+/// time it is polled, until the inbox is closed. Its waker, kept in
+/// [`Round`], is the one a push wakes while the worker sleeps.
 struct Serve<'a> {
     inbox: &'a Inbox,
     /// The taken queue, kept for its capacity: swapped with the inbox's.
@@ -638,8 +638,8 @@ impl Future for Serve<'_> {
     }
 }
 
-/// Leaving the serve loop ends the round: no delivery waits for a `Serve`
-/// that will not be polled again.
+/// Leaving the serve loop: deliveries from now on notify their couriers at
+/// once, and those of the round in progress go now.
 impl Drop for Serve<'_> {
     fn drop(&mut self) {
         let _ = ROUND.try_with(|round| round.borrow_mut().serve = None);
