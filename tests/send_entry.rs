@@ -442,7 +442,7 @@ fn a_burst_of_calls_from_many_tasks_all_complete() {
                 let pool = pool.clone();
                 tokio::spawn(async move {
                     let mut sum = 0;
-                    for i in 0..50 {
+                    for i in 0..20 {
                         let calls: Vec<_> = (0..4)
                             .map(|k| {
                                 pool.spawn(move || {
@@ -468,7 +468,7 @@ fn a_burst_of_calls_from_many_tasks_all_complete() {
         sum
     });
     let expected: u64 = (0..64u64)
-        .flat_map(|t| (0..50).flat_map(move |i| (0..4).map(move |k| t * 1000 + i * 4 + k)))
+        .flat_map(|t| (0..20).flat_map(move |i| (0..4).map(move |k| t * 1000 + i * 4 + k)))
         .sum();
     assert_eq!(sum, expected);
 }
