@@ -366,6 +366,208 @@ fn the_task_and_its_abort_handle_are_send() {
     assert_eq!(rt.block_on(fut), 1);
 }
 
+// ----- the paths of a call ---------------------------------------------------------
+
+#[test]
+fn a_closure_on_a_worker_that_calls_spawn_sync_runs_the_new_job_on_its_own_thread() {
+    // Two workers: least-loaded dispatch would send the inner job to the
+    // idle one; started in place, it runs beside its caller.
+    let pool = Pool::builder()
+        .worker_threads(2)
+        .thread_name("nest-wk")
+        .build()
+        .unwrap();
+    let inner_pool = pool.clone();
+    let (outer, inner, from_a_greenlet) = multi_thread().block_on(async move {
+        pool.spawn(move || {
+            let here = std::thread::current().id();
+            // Awaited from the closure, as sync code does.
+            let inner = greenhack::exempt(inner_pool.spawn(|| {
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+                std::thread::current().id()
+            }))
+            .unwrap();
+            // And from a greenlet the closure spawned.
+            let p = inner_pool.clone();
+            let from_a_greenlet = greenhack::spawn(move || {
+                greenhack::exempt(p.spawn(|| std::thread::current().id())).unwrap()
+            })
+            .join()
+            .unwrap();
+            (here, inner, from_a_greenlet)
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(inner, outer);
+    assert_eq!(from_a_greenlet, outer);
+}
+
+#[test]
+fn a_panic_and_a_cancel_of_a_job_started_on_its_callers_worker_come_back() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let d = drops.clone();
+    let (panicked, cancelled) = multi_thread().block_on(async move {
+        let p = pool.clone();
+        pool.spawn(move || {
+            let panicked = greenhack::exempt(p.spawn(|| -> u32 { panic!("inner") }))
+                .unwrap_err()
+                .into_panic();
+            let slow = p.spawn(move || {
+                let _counted = DropCounter(d);
+                greenhack::sleep(Duration::from_secs(60));
+            });
+            greenhack::sleep(Duration::from_millis(5));
+            slow.abort();
+            let cancelled = greenhack::exempt(slow).unwrap_err().is_cancelled();
+            (*panicked.downcast::<&str>().unwrap(), cancelled)
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(panicked, "inner");
+    assert!(cancelled);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_burst_of_calls_from_many_tasks_all_complete() {
+    // Jobs queued by many tasks on several runtime threads, their worker
+    // woken once per burst; results back in rounds of many.
+    let pool = Pool::builder().worker_threads(2).build().unwrap();
+    let sum = multi_thread().block_on(async move {
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let mut sum = 0;
+                    for i in 0..20 {
+                        let calls: Vec<_> = (0..4)
+                            .map(|k| {
+                                pool.spawn(move || {
+                                    if (t + i + k) % 3 == 0 {
+                                        greenhack::exempt(tokio::task::yield_now());
+                                    }
+                                    t * 1000 + i * 4 + k
+                                })
+                            })
+                            .collect();
+                        for c in calls {
+                            sum += c.await.unwrap();
+                        }
+                    }
+                    sum
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        for t in tasks {
+            sum += t.await.unwrap();
+        }
+        sum
+    });
+    let expected: u64 = (0..64u64)
+        .flat_map(|t| (0..20).flat_map(move |i| (0..4).map(move |k| t * 1000 + i * 4 + k)))
+        .sum();
+    assert_eq!(sum, expected);
+}
+
+#[test]
+fn a_job_queued_while_its_worker_is_busy_starts_when_the_worker_is_free() {
+    // The worker's thread is blocked in a closure (awake, not sleeping), so
+    // the second job is queued without a wake: the worker must look at its
+    // queue before it sleeps again. The first closure then waits for a
+    // minute, so nothing else would wake the worker before that.
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let b = multi_thread().block_on(async move {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let _a = pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            greenhack::sleep(Duration::from_secs(60));
+        });
+        started_rx.await.unwrap();
+        let b = pool.spawn(|| 2);
+        tokio::time::timeout(Duration::from_secs(2) * slowdown(), b)
+            .await
+            .expect("the job queued while the worker was busy did not start")
+            .unwrap()
+    });
+    assert_eq!(b, 2);
+}
+
+#[test]
+fn a_job_queued_as_its_runtime_shuts_down_still_runs() {
+    // The wake of the sleeping worker is left to the runtime's courier
+    // task; if the runtime drops that task first, the drop wakes it.
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    for _ in 0..20 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rt = multi_thread();
+        let p = pool.clone();
+        rt.block_on(async move {
+            p.spawn(move || tx.send(()).unwrap()).detach();
+        });
+        drop(rt);
+        rx.recv_timeout(Duration::from_secs(5) * slowdown())
+            .expect("the job never ran");
+    }
+}
+
+#[test]
+fn a_task_can_be_awaited_on_another_runtime_after_its_first_shut_down() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let first = multi_thread();
+    let mut task = pool.spawn(|| {
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(30)));
+        7
+    });
+    // Polled once on the first runtime, so its courier is the one to wake it.
+    first.block_on(async {
+        assert!(futures_poll_once(&mut task).await.is_none());
+    });
+    drop(first);
+    let v = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(task)
+        .unwrap();
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn a_task_awaited_outside_any_runtime_completes() {
+    let pool = Pool::builder().worker_threads(1).build().unwrap();
+    let task = pool.spawn(|| {
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+        3
+    });
+    // greenhack's own loop waits for it: no tokio runtime on this thread.
+    assert_eq!(greenhack::exempt(task).unwrap(), 3);
+}
+
+/// Counts its drops.
+struct DropCounter(Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Polls `f` once; `Some` if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let mut f = std::pin::Pin::new(f);
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 // ----- axum ------------------------------------------------------------------------
 
 /// The handler's sync part: a database call stood in for by a tokio timer.
