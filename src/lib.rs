@@ -121,7 +121,7 @@
 //! | layer | modules | owns |
 //! | --- | --- | --- |
 //! | the switch | [`arch`] (private) and `asm/` | the saved context, `switch_in`/`switch_out`, the initial frame |
-//! | stacks | [`stack`], [`wait`], `overflow`, `asan`, `valgrind`, [`slice`] | mapped stacks and the [`StackHeader`](stack::StackHeader) at their top, which the overflow handler and the sanitizers read too (the one shared type: they sit beside `stack`, not above it); the shared stacks of sliced greenlets and their slices on the heap |
+//! | stacks | [`stack`], [`wait`], `overflow`, `asan`, `valgrind`, [`slice`](mod@slice) | mapped stacks and the [`StackHeader`](stack::StackHeader) at their top, which the overflow handler and the sanitizers read too (the one shared type: they sit beside `stack`, not above it); the shared stacks of sliced greenlets and their slices on the heap |
 //! | greenlets | [`greenlet`], [`switch_hook`] | resume, suspend, panics, forced unwinding |
 //! | the loop | [`reactor`] | readiness, timers, the run queue, hosting; it knows no pairs and no sockets |
 //! | the pair | [`pair`], [`logical`] | `as_async`, the one wait ([`pair::wait`]), per-greenlet scopes and locals |
