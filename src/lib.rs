@@ -282,6 +282,7 @@ pub use greenlet::Builder;
 pub use guard::{Exit, with_async};
 pub use local::GreenletLocal;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+pub use reactor::spawn_driver;
 pub use runtime::Runtime;
 #[cfg(feature = "futures")]
 pub use stream::{ExemptIter, exempt_iter};
