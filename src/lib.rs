@@ -106,7 +106,9 @@
 //!   hook, a stall detector;
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
-//!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
+//!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`],
+//!   [`spawn_driver`] (a client library's background future, polled ahead
+//!   of the greenlets), [`sleep`],
 //!   [`yield_now`], [`timeout`], [`greenlet_local!`], the [`Builder`] that
 //!   names greenlets and sizes their stacks, [`unblock`], which runs
 //!   blocking work on a thread pool while the loop keeps running, and
