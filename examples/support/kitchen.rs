@@ -341,8 +341,8 @@ impl KitchenClient {
         let (sender, connection) =
             greenhack::exempt(hyper::client::conn::http1::handshake(TokioIo::new(stream)))
                 .map_err(KitchenError::Http)?;
-        // A driver task, polled ahead of the queued greenlets: each order's
-        // request and response pass through it.
+        // A driver task, polled ahead of most queued greenlets: each
+        // order's request and response pass through it.
         greenhack::spawn_driver(async move {
             // Ends when every sender is dropped or the peer closes.
             let _ = connection.await;

@@ -326,7 +326,8 @@ impl Reactor {
 }
 
 /// Runs `future` on this thread's event loop as a *driver*: a task that,
-/// whenever it is woken, is polled ahead of the greenlets waiting to run.
+/// whenever it is woken, is polled ahead of most of the greenlets waiting
+/// to run.
 ///
 /// This is for the background future of a client library, which every
 /// request passes through on its way out and on its way back:
@@ -335,10 +336,12 @@ impl Reactor {
 /// would wait behind every other ready greenlet at each hop, so a query
 /// from a server with hundreds of busy connections paid for hundreds of
 /// them twice. A driver woken by a greenlet (a request handed over) runs
-/// right after that greenlet's poll, and a driver woken by I/O (the answer
-/// arrived) runs before the next greenlet. Fairness is kept: between two
-/// greenlet polls each driver is polled at most once, so a driver that
-/// keeps waking itself slows the greenlets down but cannot starve them.
+/// after at most 16 more tasks, so that it still writes several greenlets'
+/// requests at once, and a driver woken by I/O (the answer arrived) runs
+/// before the greenlets woken with it. Fairness is kept: the loop polls
+/// each driver at most once per 16 tasks (twice at a round's boundary), so
+/// a driver that keeps waking itself slows the greenlets down but cannot
+/// starve them.
 ///
 /// The future is polled by the loop itself, outside any greenlet: it must
 /// await (greenhack's sockets implement tokio's `AsyncRead` and
