@@ -106,7 +106,9 @@
 //!   hook, a stall detector;
 //! * [`stack`] — guard-page stacks, the per-thread pool, stack sizes;
 //! * the crate root — the pair ([`as_async`], [`exempt`], [`try_exempt`],
-//!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`], [`sleep`],
+//!   [`start_loop`], [`run`]), [`spawn`] and [`JoinHandle`],
+//!   [`spawn_driver`] (a client library's background future, polled ahead
+//!   of the greenlets), [`sleep`],
 //!   [`yield_now`], [`timeout`], [`greenlet_local!`], the [`Builder`] that
 //!   names greenlets, sizes their stacks and can make them
 //!   [sliced](Builder::sliced) (sharing one stack, their live frames on the
@@ -285,6 +287,7 @@ pub use greenlet::Builder;
 pub use guard::{Exit, with_async};
 pub use local::GreenletLocal;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
+pub use reactor::spawn_driver;
 pub use runtime::Runtime;
 #[cfg(feature = "futures")]
 pub use stream::{ExemptIter, exempt_iter};

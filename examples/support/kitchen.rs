@@ -318,7 +318,7 @@ impl KitchenClient {
     }
 
     /// An idle connection that is still open, or a new one whose driver
-    /// (hyper's connection future) runs as a greenlet of its own until the
+    /// (hyper's connection future) runs as a driver task until the
     /// connection closes.
     fn checkout(&self) -> Result<SendRequest<Full<Bytes>>, KitchenError> {
         loop {
@@ -341,10 +341,12 @@ impl KitchenClient {
         let (sender, connection) =
             greenhack::exempt(hyper::client::conn::http1::handshake(TokioIo::new(stream)))
                 .map_err(KitchenError::Http)?;
-        drop(greenhack::spawn(move || {
+        // A driver task, polled ahead of most queued greenlets: each
+        // order's request and response pass through it.
+        greenhack::spawn_driver(async move {
             // Ends when every sender is dropped or the peer closes.
-            let _ = greenhack::exempt(connection);
-        }));
+            let _ = connection.await;
+        });
         Ok(sender)
     }
 }

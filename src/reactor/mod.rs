@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | [`io`] | sources registered with `epoll`, latched readiness, waiters |
 //! | [`timers`] | deadlines and their wakers |
-//! | [`run_queue`] | spawned tasks, the ready queue, task wakers, prefetching |
+//! | [`run_queue`] | spawned tasks, the ready queue and its driver lane, task wakers, prefetching |
 //! | [`hosted`] | running this loop inside another executor's loop |
 //! | [`slab`] | stable indices for sources and tasks |
 //! | here | the thread's reactor, the turn, [`block_on`], thread exit |
@@ -67,6 +67,7 @@ use mio::{Events, Poll as MioPoll, Registry, Token};
 
 pub(crate) use io::Direction;
 use run_queue::TaskSlot;
+pub use run_queue::spawn_driver;
 pub(crate) use run_queue::{Footprint, TaskFuture};
 use slab::Slab;
 pub(crate) use timers::{Deadline, Sleep};
@@ -106,6 +107,9 @@ pub(crate) struct Reactor {
     spawn_seq: Cell<u32>,
     /// Tasks to poll: (slot, generation).
     ready: RefCell<VecDeque<(u32, u32)>>,
+    /// The driver lane: woken driver tasks, polled ahead of `ready`
+    /// (`run_queue`, "The driver lane").
+    drivers: RefCell<VecDeque<(u32, u32)>>,
     shared: Arc<Shared>,
     /// Set by `start_loop`: blocking this thread is what its owner wants,
     /// even when a foreign executor also runs here.
@@ -189,6 +193,7 @@ impl Reactor {
             tasks: RefCell::new(Slab::new()),
             spawn_seq: Cell::new(0),
             ready: RefCell::new(VecDeque::new()),
+            drivers: RefCell::new(VecDeque::new()),
             shared: Arc::new(Shared {
                 remote: Mutex::new(Vec::new()),
                 waker,
@@ -273,7 +278,7 @@ impl Reactor {
 
     /// True when a task is queued to run.
     fn has_ready(&self) -> bool {
-        !self.ready.borrow().is_empty()
+        !self.ready.borrow().is_empty() || !self.drivers.borrow().is_empty()
     }
 
     // ----- thread exit -------------------------------------------------------
@@ -300,6 +305,7 @@ impl Reactor {
                 break;
             }
             self.ready.borrow_mut().clear();
+            self.drivers.borrow_mut().clear();
             // Dropped outside the borrow: destructors run greenlet code.
             drop(tasks);
         }
