@@ -240,7 +240,9 @@ fn sleep_inside_foreign_executor_fails_loudly() {
         .build()
         .unwrap();
     let r = rt.block_on(async {
-        std::panic::AssertUnwindSafe(as_async(|| greenhack::sleep(Duration::from_millis(1))))
+        // Long enough not to be over by its first poll (under qemu-user a
+        // millisecond could be), which would never wait, nor fail.
+        std::panic::AssertUnwindSafe(as_async(|| greenhack::sleep(Duration::from_secs(60))))
             .catch_unwind_compat()
             .await
     });
