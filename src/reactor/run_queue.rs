@@ -198,10 +198,12 @@ impl Reactor {
         // waits through `exempt` on a hosted loop) and re-enter `wake_task`;
         // holding the borrow panicked with "RefCell already borrowed"
         // (tests/kitchen.rs, the axum variant, is the reproducer).
-        let was_idle = !self.has_ready();
-        self.lane(driver)
-            .borrow_mut()
-            .push_back((index, generation));
+        let was_idle = {
+            let mut lane = self.lane(driver).borrow_mut();
+            let was_empty = lane.is_empty();
+            lane.push_back((index, generation));
+            was_empty && self.lane(!driver).borrow().is_empty()
+        };
         if was_idle {
             self.hosted.poke();
         }
@@ -226,9 +228,19 @@ impl Reactor {
     }
 
     /// Polls the drivers queued now; those woken meanwhile (also by
-    /// themselves) wait for the next drain.
+    /// themselves) wait for the next drain. Inline: on most loops the lane
+    /// is empty, and this runs twice per round.
+    #[inline]
     fn run_drivers(&self) {
         let n = self.drivers.borrow().len();
+        if n != 0 {
+            self.run_queued_drivers(n);
+        }
+    }
+
+    /// [`run_drivers`](Self::run_drivers) once some are queued.
+    #[inline(never)]
+    fn run_queued_drivers(&self, n: usize) {
         for _ in 0..n {
             let Some((index, generation)) = self.drivers.borrow_mut().pop_front() else {
                 break;
