@@ -300,21 +300,23 @@ fn greenlets_on_a_loop_hosted_in_tokio_hand_off_in_order() {
 fn blocks_a_tokio_worker_outside_any_greenlet() {
     // exempt refuses here (with the `tokio` feature); lock() parks the
     // thread instead, as std's would.
+    // Built first: under qemu-user building it took most of the holder's
+    // sleep, and the lock then barely waited.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let m = Arc::new(Mutex::new(0));
     let held = Arc::new(AtomicBool::new(false));
     let (m1, held1) = (m.clone(), held.clone());
     let holder = std::thread::spawn(move || {
         let mut g = m1.lock().unwrap();
         held1.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(200));
         *g += 1;
     });
     while !held.load(Ordering::SeqCst) {
         std::thread::yield_now();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let start = Instant::now();
     let seen = rt.block_on(async { *m.lock().unwrap() });
     assert_eq!(seen, 1, "waited for the holder");
