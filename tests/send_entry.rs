@@ -519,8 +519,10 @@ fn a_job_queued_as_its_runtime_shuts_down_still_runs() {
 fn a_task_can_be_awaited_on_another_runtime_after_its_first_shut_down() {
     let pool = Pool::builder().worker_threads(1).build().unwrap();
     let first = multi_thread();
+    // Long enough to be still running at its first poll, also under
+    // qemu-user on a busy machine.
     let mut task = pool.spawn(|| {
-        greenhack::exempt(tokio::time::sleep(Duration::from_millis(30)));
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(500)));
         7
     });
     // Polled once on the first runtime, so its courier is the one to wake it.
