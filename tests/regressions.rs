@@ -170,6 +170,38 @@ fn a_passed_descriptor_does_not_stall_unix_reads() {
     assert_eq!(got, b"helloworld");
 }
 
+/// The same through tokio's `AsyncRead` (the poll-based path keeps its own
+/// wait): a short read after the bytes that carried a descriptor must not
+/// make the next read wait for an event that will not come.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_passed_descriptor_does_not_stall_async_unix_reads() {
+    let got = within(Duration::from_secs(5), "async read past SCM_RIGHTS", || {
+        greenhack::run(|| {
+            let (std_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut a = greenhack::net::UnixStream::from_std(std_a).unwrap();
+            send_with_fd(&b, b"hello", 0);
+            (&b).write_all(b"world").unwrap();
+            greenhack::sleep(Duration::from_millis(50));
+            greenhack::exempt(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 64];
+                while got.len() < 10 {
+                    match tokio::io::AsyncReadExt::read(&mut a, &mut buf)
+                        .await
+                        .unwrap()
+                    {
+                        0 => break,
+                        n => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                got
+            })
+        })
+    });
+    assert_eq!(got, b"helloworld");
+}
+
 /// Sends `data` on `sock` with a duplicate of `fd` attached.
 fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: std::os::fd::RawFd) {
     // SAFETY: msghdr, iovec and the control buffer are initialised locals

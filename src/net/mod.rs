@@ -530,7 +530,8 @@ impl<S: Source + AsRawFd> Registered<S> {
     }
 
     /// `poll_io` for a stream read, with the short-read rule of
-    /// `read_stream`, sharing its `drained` flag so that blocking-style and
+    /// `read_stream` (the same [`note_read`](Self::note_read): off at
+    /// TCP's urgent mark and for Unix streams), sharing its `drained` flag so that blocking-style and
     /// poll-based reads of one socket can be mixed. After a short read the
     /// next poll registers for readiness without a system call; that waits
     /// only for an edge that must come, since the short read emptied the
@@ -540,7 +541,10 @@ impl<S: Source + AsRawFd> Registered<S> {
         cx: &mut std::task::Context<'_>,
         len: usize,
         op: impl FnMut(&S) -> io::Result<usize>,
-    ) -> std::task::Poll<io::Result<usize>> {
+    ) -> std::task::Poll<io::Result<usize>>
+    where
+        S: StreamSource,
+    {
         if self.drained.get()
             && !self.reactor.is_ready(self.token, Direction::Read)
             && self
@@ -552,11 +556,7 @@ impl<S: Source + AsRawFd> Registered<S> {
         }
         let r = self.poll_io(Direction::Read, cx, op);
         if let std::task::Poll::Ready(r) = &r {
-            let short = matches!(r, Ok(n) if *n > 0 && *n < len);
-            self.drained.set(short);
-            if short {
-                self.reactor.mark_drained(self.token, Direction::Read);
-            }
+            self.note_read(len, r);
         }
         r
     }
