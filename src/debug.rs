@@ -116,12 +116,7 @@ pub fn dump() -> Dump {
         };
         greenlets.push(GreenletInfo {
             id: fields.id,
-            // SAFETY: the name is owned by the greenlet's `Greenlet`, alive
-            // while its slice is.
-            name: (!fields.name_ptr.is_null()).then(|| unsafe {
-                let bytes = std::slice::from_raw_parts(fields.name_ptr, fields.name_len);
-                String::from_utf8_lossy(bytes).into_owned()
-            }),
+            name: fields.name().map(str::to_owned),
             state: if slice.is_fresh() {
                 "not started"
             } else {

@@ -172,6 +172,16 @@ pub(crate) struct GreenletFields {
     pub(crate) asan: crate::asan::Fiber,
 }
 
+impl GreenletFields {
+    /// The greenlet's name, as [`header_name`] reads it from a header.
+    pub(crate) fn name(&self) -> Option<&str> {
+        // SAFETY: copied from a header (`greenlet_fields`) or set at the
+        // creation of a sliced greenlet: a pointer into the `Box<str>` of
+        // the `Greenlet` they belong to, alive while its slice is.
+        unsafe { name_at(self.name_ptr, self.name_len) }
+    }
+}
+
 impl StackHeader {
     /// The greenlet's fields, copied out.
     pub(crate) fn greenlet_fields(&self) -> GreenletFields {
@@ -819,15 +829,22 @@ pub(crate) fn header_state(header: &StackHeader) -> HeaderState {
 
 /// The name of the greenlet owning `header`, if it has one.
 pub(crate) fn header_name(header: &StackHeader) -> Option<&str> {
-    let p = header.name_ptr.get();
-    if p.is_null() {
-        return None;
-    }
     // SAFETY: name_ptr/len point into the `Box<str>` of the Greenlet that
     // owns this stack, which outlives every switch into it.
-    Some(unsafe {
-        std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, header.name_len.get()))
-    })
+    unsafe { name_at(header.name_ptr.get(), header.name_len.get()) }
+}
+
+/// The name a greenlet's fields point at (see [`header_name`]).
+///
+/// # Safety
+///
+/// `ptr` is null, or `ptr`/`len` are a `str` that outlives `'a`.
+unsafe fn name_at<'a>(ptr: *const u8, len: usize) -> Option<&'a str> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(ptr, len)) })
 }
 
 #[cfg(test)]

@@ -204,13 +204,9 @@ fn hand_off(
                 continue;
             }
         };
-        let (i, n) = live
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .enumerate()
-            .min_by_key(|&(_, n)| n)
+        let i = (0..live.len())
+            .min_by_key(|&i| live[i].load(Ordering::Relaxed))
             .expect("at least one loop");
-        let _ = n;
         live[i].fetch_add(1, Ordering::Relaxed);
         match stream.into_std() {
             Ok(s) => {
