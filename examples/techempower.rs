@@ -29,6 +29,9 @@ use std::time::Duration;
 
 use greenhack::net::{TcpListener, TcpStream};
 
+#[path = "support/http_protocol.rs"]
+#[allow(dead_code)] // the hello servers' answer; only the keep-alive rule is shared
+mod http_protocol;
 #[path = "support/pg.rs"]
 mod pg;
 #[path = "support/tfb.rs"]
@@ -99,7 +102,7 @@ fn serve(mut stream: TcpStream, pool: &Pool) -> io::Result<()> {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf[consumed..filled]) {
                 Ok(httparse::Status::Complete(len)) => {
-                    close = wants_close(&req);
+                    close = http_protocol::wants_close(&req);
                     respond(req.path.unwrap_or("/"), pool, close, &mut out);
                     consumed += len;
                     if close {
@@ -132,22 +135,6 @@ fn serve(mut stream: TcpStream, pool: &Pool) -> io::Result<()> {
             0 => return Ok(()),
             n => filled += n,
         }
-    }
-}
-
-/// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
-/// unless told to keep it.
-fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
-    let header = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value.to_ascii_lowercase());
-    match (req.version, header.as_deref()) {
-        (_, Some(b"close")) => true,
-        (Some(0), Some(b"keep-alive")) => false,
-        (Some(0), _) => true,
-        _ => false,
     }
 }
 

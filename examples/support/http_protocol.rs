@@ -39,8 +39,8 @@ pub fn answer(buf: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
 }
 
 /// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
-/// unless told to keep it.
-fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
+/// unless told to keep it. (Also the TechEmpower example's rule.)
+pub fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
     let header = req
         .headers
         .iter()
