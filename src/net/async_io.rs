@@ -118,10 +118,7 @@ macro_rules! impl_async_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.reg
-                    .poll_io(crate::reactor::Direction::Write, cx, |mut s| {
-                        std::io::Write::write(&mut s, buf)
-                    })
+                self.reg.poll_write(cx, buf)
             }
 
             fn poll_write_vectored(
@@ -129,10 +126,7 @@ macro_rules! impl_async_io {
                 cx: &mut std::task::Context<'_>,
                 bufs: &[std::io::IoSlice<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.reg
-                    .poll_io(crate::reactor::Direction::Write, cx, |mut s| {
-                        std::io::Write::write_vectored(&mut s, bufs)
-                    })
+                self.reg.poll_write_vectored(cx, bufs)
             }
 
             fn is_write_vectored(&self) -> bool {
@@ -232,10 +226,7 @@ macro_rules! impl_async_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.reg
-                    .poll_io(crate::reactor::Direction::Write, cx, |mut s| {
-                        std::io::Write::write(&mut s, buf)
-                    })
+                self.reg.poll_write(cx, buf)
             }
 
             fn poll_write_vectored(
@@ -243,10 +234,7 @@ macro_rules! impl_async_io {
                 cx: &mut std::task::Context<'_>,
                 bufs: &[std::io::IoSlice<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.reg
-                    .poll_io(crate::reactor::Direction::Write, cx, |mut s| {
-                        std::io::Write::write_vectored(&mut s, bufs)
-                    })
+                self.reg.poll_write_vectored(cx, bufs)
             }
 
             fn poll_flush(

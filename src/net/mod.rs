@@ -529,6 +529,33 @@ impl<S: Source + AsRawFd> Registered<S> {
         }
     }
 
+    /// `poll_io` for a write of `buf`: the body of both `AsyncWrite` impls
+    /// (tokio's and futures-io's).
+    pub(crate) fn poll_write(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>>
+    where
+        for<'a> &'a S: io::Write,
+    {
+        self.poll_io(Direction::Write, cx, |mut s| io::Write::write(&mut s, buf))
+    }
+
+    /// [`poll_write`](Self::poll_write) of several buffers.
+    pub(crate) fn poll_write_vectored(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>>
+    where
+        for<'a> &'a S: io::Write,
+    {
+        self.poll_io(Direction::Write, cx, |mut s| {
+            io::Write::write_vectored(&mut s, bufs)
+        })
+    }
+
     /// `poll_io` for a stream read, with the short-read rule of
     /// `read_stream` (the same [`note_read`](Self::note_read): off at
     /// TCP's urgent mark and for Unix streams), sharing its `drained` flag so that blocking-style and
