@@ -133,7 +133,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
-use crate::reactor::{Footprint, Reactor, TaskFuture};
+use crate::reactor::{Reactor, TaskFuture};
 use crate::{JoinError, JoinHandle};
 
 /// What every loop runs first, as a greenlet.
@@ -881,11 +881,7 @@ impl<T> Future for Relay<T> {
     }
 }
 
-impl<T> TaskFuture for Relay<T> {
-    fn footprint(&self) -> Footprint {
-        Footprint::default()
-    }
-}
+impl<T> TaskFuture for Relay<T> {}
 
 /// Owns the right to join a greenlet started by [`Handle::spawn`] on
 /// another loop. `Send`; also a `Future`. Dropping it detaches the greenlet.

@@ -161,9 +161,9 @@ impl<T> Drop for Task<T> {
 }
 
 impl<T> TaskFuture for Task<T> {
-    fn footprint(&self) -> Footprint {
+    fn record_footprint(&self, into: &mut Footprint) {
         let stack = self.future.as_ref().and_then(AsAsync::resume_footprint);
-        Footprint {
+        *into = Footprint {
             // `poll` reads `cancelled` first.
             object: Rc::as_ptr(&self.state) as usize,
             stack: stack.unwrap_or_default(),

@@ -69,8 +69,12 @@ use super::{Reactor, Shared};
 /// poll will read memory first.
 pub(crate) trait TaskFuture: Future<Output = ()> {
     /// Asked each time a poll returns `Pending`, while the task's memory is
-    /// still in the cache; see [`Footprint`].
-    fn footprint(&self) -> Footprint;
+    /// still in the cache; see [`Footprint`]. The default (no stack, no
+    /// other object) suits a task that is a plain future. It writes into the
+    /// task's slot in place.
+    fn record_footprint(&self, into: &mut Footprint) {
+        *into = Footprint::default();
+    }
 
     /// The greenlet a poll resumes, for the stall detector (`crate::stall`).
     fn greenlet(&self) -> Option<&crate::stack::StackHeader> {
@@ -288,7 +292,7 @@ impl Reactor {
                 waiters.into_iter().for_each(Waker::wake);
             }
         } else if let Some(slot) = tasks.get_mut(index as usize) {
-            slot.footprint = future.footprint();
+            future.record_footprint(&mut slot.footprint);
             slot.future = Some(future);
             slot.waker = Some(waker);
             if std::mem::take(&mut slot.woken_while_polled) {
@@ -418,12 +422,8 @@ impl<F: Future<Output = ()>> Future for Driver<F> {
     }
 }
 
-impl<F: Future<Output = ()>> TaskFuture for Driver<F> {
-    fn footprint(&self) -> Footprint {
-        // No stack; the reactor prefetches the task's own allocation.
-        Footprint::default()
-    }
-}
+/// No stack; the reactor prefetches the task's own allocation.
+impl<F: Future<Output = ()>> TaskFuture for Driver<F> {}
 
 /// The waker of a task: its slot and generation.
 pub(crate) struct TaskWaker {
@@ -500,11 +500,7 @@ mod tests {
         }
     }
 
-    impl<F: Future<Output = ()>> TaskFuture for NoFootprint<F> {
-        fn footprint(&self) -> Footprint {
-            Footprint::default()
-        }
-    }
+    impl<F: Future<Output = ()>> TaskFuture for NoFootprint<F> {}
 
     /// A task woken again while it waits in the queue is polled once, not
     /// once per wake: a greenlet waiting for 20 pipelined query results
@@ -551,8 +547,8 @@ mod tests {
             }
         }
         impl TaskFuture for Wild {
-            fn footprint(&self) -> Footprint {
-                Footprint {
+            fn record_footprint(&self, into: &mut Footprint) {
+                *into = Footprint {
                     object: 8, // the null page
                     stack: usize::MAX - 4096..usize::MAX,
                 }

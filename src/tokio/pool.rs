@@ -511,11 +511,7 @@ impl Drop for EndRound {
     }
 }
 
-impl TaskFuture for EndRound {
-    fn footprint(&self) -> Footprint {
-        Footprint::default()
-    }
-}
+impl TaskFuture for EndRound {}
 
 // ----- the inbox ---------------------------------------------------------------
 
@@ -794,9 +790,9 @@ impl<T> Drop for PoolTask<T> {
 }
 
 impl<T> TaskFuture for PoolTask<T> {
-    fn footprint(&self) -> Footprint {
+    fn record_footprint(&self, into: &mut Footprint) {
         let stack = self.future.as_ref().and_then(AsAsync::resume_footprint);
-        Footprint {
+        *into = Footprint {
             // `poll` reads `cancelled` first.
             object: Arc::as_ptr(&self.shared) as usize,
             stack: stack.unwrap_or_default(),
