@@ -4,6 +4,9 @@
 //!
 //! * `greenhack` — a sync fn, through [`greenhack::tokio::spawn_sync`]: a
 //!   greenlet on a pool worker, waiting with `exempt`;
+//! * `greenhack_sliced` — the same through a [`greenhack::tokio::Pool`]
+//!   built with `sliced()`: the waiting calls share the worker's stack and
+//!   keep only their live frames, on the heap;
 //! * `spawn_blocking` — the same sync fn through
 //!   `tokio::task::spawn_blocking`, waiting with `Handle::block_on`: today's
 //!   usual way to call sync code from axum, one OS thread per call;
@@ -11,6 +14,7 @@
 //!
 //! ```text
 //! cargo run --release --features tokio --example axum_wait -- MODE [ADDR] [WAIT_MS]
+//! # MODE: greenhack, greenhack_sliced, spawn_blocking or async
 //! ```
 
 use std::time::Duration;
@@ -38,6 +42,21 @@ async fn via_greenhack() -> &'static str {
         .unwrap()
 }
 
+async fn via_greenhack_sliced() -> &'static str {
+    static POOL: std::sync::OnceLock<greenhack::tokio::Pool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        // SAFETY: `lookup` waits only through `exempt` of a future passed by
+        // value (moved to the heap), and holds no reference into its stack
+        // that anything else could use while it waits.
+        unsafe { greenhack::tokio::Pool::builder().sliced() }
+            .build()
+            .expect("the sliced pool")
+    });
+    pool.spawn(|| lookup(|d| greenhack::exempt(tokio::time::sleep(d))))
+        .await
+        .unwrap()
+}
+
 async fn via_spawn_blocking() -> &'static str {
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || lookup(|d| rt.block_on(tokio::time::sleep(d))))
@@ -55,10 +74,13 @@ async fn main() -> std::io::Result<()> {
     let mode = std::env::args().nth(1).unwrap_or_default();
     let app = match mode.as_str() {
         "greenhack" => axum::Router::new().route("/", get(via_greenhack)),
+        "greenhack_sliced" => axum::Router::new().route("/", get(via_greenhack_sliced)),
         "spawn_blocking" => axum::Router::new().route("/", get(via_spawn_blocking)),
         "async" => axum::Router::new().route("/", get(via_async)),
         _ => {
-            eprintln!("usage: axum_wait greenhack|spawn_blocking|async [ADDR] [WAIT_MS]");
+            eprintln!(
+                "usage: axum_wait greenhack|greenhack_sliced|spawn_blocking|async [ADDR] [WAIT_MS]"
+            );
             std::process::exit(2);
         }
     };

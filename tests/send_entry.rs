@@ -116,6 +116,98 @@ fn many_closures_wait_concurrently_on_one_worker() {
     );
 }
 
+/// A sliced pool (`PoolBuilder::sliced`): 1,000 jobs waiting at once on
+/// one worker share its stack; each keeps its frames, at the same
+/// addresses, across a tokio timer, and the values come back.
+#[test]
+fn a_sliced_pool_runs_many_waiting_jobs_on_one_shared_stack() {
+    // SAFETY: the jobs wait only through `exempt` of futures passed by
+    // value (moved to the heap), and share no reference into their stacks.
+    let pool = unsafe { Pool::builder().worker_threads(1).sliced() }
+        .build()
+        .unwrap();
+    let results: Vec<(u64, usize, bool)> = multi_thread().block_on(async move {
+        let tasks: Vec<_> = (0..1000u64)
+            .map(|i| {
+                pool.spawn(move || {
+                    let frame = [i; 16];
+                    let at = std::hint::black_box(&frame) as *const [u64; 16] as usize;
+                    greenhack::exempt(tokio::time::sleep(Duration::from_millis(50)));
+                    let still = std::hint::black_box(&frame) as *const [u64; 16] as usize;
+                    (frame.iter().sum::<u64>(), at, at == still)
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        results
+    });
+    let mut places: Vec<usize> = results.iter().map(|r| r.1).collect();
+    places.sort_unstable();
+    places.dedup();
+    // One shared stack: the jobs' frames sit at the same address, not in
+    // 1,000 stacks of their own.
+    assert_eq!(places.len(), 1, "frames at {} addresses", places.len());
+    for (i, (sum, _, same_place)) in results.into_iter().enumerate() {
+        assert_eq!(
+            sum,
+            16 * i as u64,
+            "job {i}'s frame changed while it waited"
+        );
+        assert!(same_place, "job {i}'s frame moved");
+    }
+}
+
+/// A sliced pool's job that panics or is dropped while it waits: the
+/// payload comes back, the destructors run on the worker.
+#[test]
+fn a_sliced_pools_jobs_carry_panics_and_unwind_when_dropped() {
+    // SAFETY: as above: waits through `exempt` by value only.
+    let pool = unsafe {
+        Pool::builder()
+            .worker_threads(1)
+            .thread_name("cancel-wk-sl")
+            .sliced()
+    }
+    .build()
+    .unwrap();
+    let rt = multi_thread();
+    let panicked = pool.spawn(|| {
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(1)));
+        std::panic::panic_any(7u32)
+    });
+    let err = rt.block_on(panicked).unwrap_err();
+    assert_eq!(err.into_panic().downcast_ref::<u32>(), Some(&7));
+
+    let drops = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (d, w, s) = (drops.clone(), wrong.clone(), started.clone());
+    let task = pool.spawn(move || {
+        let _guard = Guard {
+            drops: d.clone(),
+            wrong_thread: w,
+        };
+        s.fetch_add(1, Ordering::SeqCst);
+        greenhack::exempt(Pending(d));
+        unreachable!("the pending future completed");
+    });
+    // Another job runs meanwhile, so the waiting one is sliced out.
+    assert_eq!(rt.block_on(pool.spawn(|| 5)).unwrap(), 5);
+    wait_for("the closure to start", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    drop(task);
+    wait_for("the destructors", || drops.load(Ordering::SeqCst) == 2);
+    assert_eq!(
+        wrong.load(Ordering::SeqCst),
+        0,
+        "a destructor ran off the greenlet"
+    );
+}
+
 #[test]
 fn jobs_spread_over_the_workers() {
     let pool = Pool::builder()

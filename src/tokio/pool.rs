@@ -166,8 +166,34 @@ struct PoolInner {
     /// Where the search for the least-loaded worker starts: rotated, so
     /// equal loads spread round-robin.
     next: AtomicUsize,
-    /// The stack size of each greenlet, if not the default.
+    /// How each job's greenlet is built.
+    greenlets: GreenletSpec,
+}
+
+/// How a pool builds each job's greenlet: the [`PoolBuilder`] options that
+/// reach [`crate::Builder`].
+#[derive(Clone, Copy, Debug, Default)]
+struct GreenletSpec {
+    /// The stack size, if not the default.
     stack_size: Option<usize>,
+    /// Sliced greenlets ([`PoolBuilder::sliced`]).
+    sliced: bool,
+}
+
+impl GreenletSpec {
+    fn builder(self) -> crate::Builder {
+        let mut builder = crate::Builder::new();
+        if let Some(bytes) = self.stack_size {
+            builder = builder.stack_size(bytes);
+        }
+        if self.sliced {
+            // SAFETY: the pool's user promised the contract of
+            // `Builder::sliced` for every closure when calling
+            // `PoolBuilder::sliced` (itself `unsafe`).
+            builder = unsafe { builder.sliced() };
+        }
+        builder
+    }
 }
 
 /// How many free stacks a worker keeps for reuse by default. A worker runs
@@ -256,7 +282,7 @@ impl Pool {
     fn job<T, F>(&self, shared: Arc<Shared<T>>, worker: Arc<Worker>, f: F) -> Job<T, F> {
         Job {
             shared,
-            stack_size: self.inner.stack_size,
+            greenlets: self.inner.greenlets,
             worker,
             f,
         }
@@ -327,6 +353,7 @@ pub struct PoolBuilder {
     name: Option<String>,
     stack_size: Option<usize>,
     stack_pool: Option<usize>,
+    sliced: bool,
 }
 
 impl PoolBuilder {
@@ -352,6 +379,38 @@ impl PoolBuilder {
     /// [`greenhack::Builder::stack_size`](crate::Builder::stack_size)).
     pub fn stack_size(mut self, bytes: usize) -> PoolBuilder {
         self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Runs every job as a *sliced* greenlet (see
+    /// [`greenhack::Builder::sliced`](crate::Builder::sliced)): the jobs of a
+    /// worker share one stack, and a waiting job keeps only its live frames,
+    /// on the heap — a few hundred bytes instead of a page or more. For
+    /// pools that hold thousands of calls waiting at once (a sync handler
+    /// per request of a busy axum server), at the price of a copy per
+    /// switch between two jobs.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Runtime::new()?;
+    /// // SAFETY: the jobs wait only through `exempt` of futures passed by
+    /// // value, which keeps no pointer into a waiting job's stack.
+    /// let pool = unsafe { greenhack::tokio::Pool::builder().sliced() }.build()?;
+    /// let doubled = rt.block_on(pool.spawn(|| {
+    ///     greenhack::exempt(tokio::time::sleep(std::time::Duration::from_millis(1)));
+    ///     21 * 2
+    /// }))?;
+    /// assert_eq!(doubled, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// Every closure the pool runs must keep the contract of
+    /// [`Builder::sliced`](crate::Builder::sliced): while it waits, nothing
+    /// holds a reference into its stack, and it does not wait on a future
+    /// pinned on its own stack through a reference.
+    pub unsafe fn sliced(mut self) -> PoolBuilder {
+        self.sliced = true;
         self
     }
 
@@ -411,7 +470,10 @@ impl PoolBuilder {
             inner: Arc::new(PoolInner {
                 workers: workers.into(),
                 next: AtomicUsize::new(0),
-                stack_size: self.stack_size,
+                greenlets: GreenletSpec {
+                    stack_size: self.stack_size,
+                    sliced: self.sliced,
+                },
             }),
         })
     }
@@ -671,7 +733,7 @@ trait Start: Send {
 /// A closure on its way to a worker, with the state its [`Task`] shares.
 struct Job<T, F> {
     shared: Arc<Shared<T>>,
-    stack_size: Option<usize>,
+    greenlets: GreenletSpec,
     worker: Arc<Worker>,
     f: F,
 }
@@ -685,7 +747,7 @@ where
     fn start(self: Box<Self>) {
         let Job {
             shared,
-            stack_size,
+            greenlets,
             worker,
             f,
         } = *self;
@@ -696,11 +758,7 @@ where
             shared.finish(Err(JoinError::cancelled()));
             return;
         }
-        let mut builder = crate::Builder::new();
-        if let Some(bytes) = stack_size {
-            builder = builder.stack_size(bytes);
-        }
-        let future = match builder.as_async(f) {
+        let future = match greenlets.builder().as_async(f) {
             Ok(future) => future,
             Err(e) => {
                 // The stack could not be mapped; the message names the fix.
