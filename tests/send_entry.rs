@@ -208,6 +208,51 @@ fn a_sliced_pools_jobs_carry_panics_and_unwind_when_dropped() {
     );
 }
 
+/// A job of a sliced pool that starts another job on its own worker, then
+/// cancels it while both are sliced out: the second unwinds on the worker
+/// (not inside the first's greenlet), and the first goes on.
+#[test]
+fn a_sliced_job_cancels_a_job_it_started_on_its_own_worker() {
+    // SAFETY: waits through `exempt` by value only.
+    let pool = unsafe {
+        Pool::builder()
+            .worker_threads(1)
+            .thread_name("cancel-wk-nest")
+            .sliced()
+    }
+    .build()
+    .unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let (d, w) = (drops.clone(), wrong.clone());
+    let inner_pool = pool.clone();
+    let outer = pool.spawn(move || {
+        let inner = inner_pool.spawn(move || {
+            let _guard = Guard {
+                drops: d.clone(),
+                wrong_thread: w,
+            };
+            greenhack::exempt(Pending(d));
+        });
+        // Let the inner job start and wait, then cancel it from here.
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(20)));
+        drop(inner);
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(20)));
+        let frame = [3u64; 8];
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(1)));
+        frame.iter().sum::<u64>()
+    });
+    assert_eq!(multi_thread().block_on(outer).unwrap(), 24);
+    wait_for("the inner job's destructors", || {
+        drops.load(Ordering::SeqCst) == 2
+    });
+    assert_eq!(
+        wrong.load(Ordering::SeqCst),
+        0,
+        "a destructor ran off the greenlet"
+    );
+}
+
 #[test]
 fn jobs_spread_over_the_workers() {
     let pool = Pool::builder()
