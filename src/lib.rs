@@ -287,11 +287,10 @@ pub use greenlet::Builder;
 pub use guard::{Exit, with_async};
 pub use local::GreenletLocal;
 pub use pair::{AsAsync, ExemptError, as_async, exempt, run, start_loop, try_exempt};
-pub use reactor::spawn_driver;
 pub use runtime::Runtime;
 #[cfg(feature = "futures")]
 pub use stream::{ExemptIter, exempt_iter};
-pub use task::{JoinError, JoinHandle, spawn};
+pub use task::{JoinError, JoinHandle, spawn, spawn_driver};
 pub use time::{Elapsed, sleep, sleep_until, timeout, timeout_at, yield_now};
 
 /// The README's Rust examples, compiled and run as doc tests.

@@ -6,6 +6,10 @@
 //! of `join` as a [`JoinError`] carrying the payload; [`JoinHandle::cancel`]
 //! unwinds the greenlet's stack (its destructors run) and `join` then reports
 //! the cancellation. Dropping the handle detaches the greenlet.
+//!
+//! [`spawn_driver`] runs a plain future (a client library's background
+//! connection) as a task polled ahead of most greenlets: the reactor's
+//! driver lane.
 
 use std::any::Any;
 use std::cell::{Cell, OnceCell, RefCell};
@@ -175,6 +179,88 @@ impl<T> TaskFuture for Task<T> {
         self.future.as_ref()?.header()
     }
 }
+
+/// Runs `future` on this thread's event loop as a *driver*: a task that,
+/// whenever it is woken, is polled ahead of most of the greenlets waiting
+/// to run.
+///
+/// This is for the background future of a client library, which every
+/// request passes through on its way out and on its way back:
+/// tokio-postgres's `Connection`, hyper's client connection, a multiplexed
+/// channel's reader. Spawned as a greenlet with [`spawn`], it
+/// would wait behind every other ready greenlet at each hop, so a query
+/// from a server with hundreds of busy connections paid for hundreds of
+/// them twice. A driver woken by a greenlet (a request handed over) runs
+/// after at most 16 more tasks, so that it still writes several greenlets'
+/// requests at once, and a driver woken by I/O (the answer arrived) runs
+/// before the greenlets woken with it. Fairness is kept: the loop polls
+/// each driver at most once per 16 tasks (twice at a round's boundary), so
+/// a driver that keeps waking itself slows the greenlets down but cannot
+/// starve them.
+///
+/// The future is polled by the loop itself, outside any greenlet: it must
+/// await (greenhack's sockets implement tokio's `AsyncRead` and
+/// `AsyncWrite` with the `tokio` feature), not call greenhack's blocking
+/// functions ([`exempt`](crate::exempt), [`sleep`](crate::sleep), a
+/// socket's `read`). Keep each poll short, as for any task on a shared
+/// loop: a driver's poll delays every greenlet behind it.
+///
+/// The task is detached: it runs until `future` completes, or until the
+/// thread's loop shuts down, which drops it. A panic in its poll ends the
+/// task (the panic hook has reported it), as it ends a detached greenlet.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+///
+/// let driven = Rc::new(Cell::new(0));
+/// greenhack::run(|| {
+///     let d = driven.clone();
+///     greenhack::spawn_driver(async move { d.set(42) });
+/// });
+/// // `run` returns once every task it started, drivers included, is done.
+/// assert_eq!(driven.get(), 42);
+/// ```
+///
+/// # Panics
+///
+/// Inside an `as_async` polled by an executor that cannot host greenhack's
+/// loop (nothing would poll the driver).
+#[track_caller]
+pub fn spawn_driver<F>(future: F)
+where
+    F: Future<Output = ()> + 'static,
+{
+    crate::pair::require_loop(
+        "greenhack::spawn_driver",
+        "the future, or the executor's spawn_local(future)",
+    );
+    drop(Reactor::current().spawn_driver(Box::pin(Driver(future))));
+}
+
+/// The reactor's view of a [`spawn_driver`] future: it ends at its first
+/// panic instead of unwinding through the loop.
+struct Driver<F>(F);
+
+impl<F: Future<Output = ()>> Future for Driver<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: structural pinning: the field is never moved out of the
+        // pinned `Driver`, and `Driver` has no `Drop` or `Unpin` impl of its
+        // own that could move it.
+        let future = unsafe { self.map_unchecked_mut(|d| &mut d.0) };
+        match panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(polled) => polled,
+            // The panic hook has printed the message; a detached task has
+            // no one else to tell.
+            Err(_payload) => Poll::Ready(()),
+        }
+    }
+}
+
+/// No stack; the reactor prefetches the task's own allocation.
+impl<F: Future<Output = ()>> TaskFuture for Driver<F> {}
 
 /// Owns the right to join a spawned greenlet. Dropping it detaches the
 /// greenlet, which keeps running.

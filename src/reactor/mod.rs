@@ -67,7 +67,6 @@ use mio::{Events, Poll as MioPoll, Registry, Token};
 
 pub(crate) use io::Direction;
 use run_queue::TaskSlot;
-pub use run_queue::spawn_driver;
 pub(crate) use run_queue::{Footprint, TaskFuture};
 use slab::Slab;
 pub(crate) use timers::{Deadline, Sleep};

@@ -26,7 +26,7 @@
 //! of 1,823 task polls ahead of it (in the lane: at most 16 tasks, and the
 //! other drivers).
 //!
-//! A task spawned with [`spawn_driver`] is a plain future (no greenlet, no
+//! A task spawned with [`spawn_driver`](crate::spawn_driver) is a plain future (no greenlet, no
 //! stack switch) that, when woken, joins the driver lane instead of the back
 //! of the queue. The lane is drained before the round's first task, after
 //! every [`DRIVER_INTERVAL`]th task the round polls, and after its last: a
@@ -56,11 +56,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
-use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 
 use super::slab::Slab;
 use super::{Reactor, Shared};
@@ -128,7 +127,7 @@ pub(super) struct TaskSlot {
     waker: Option<Waker>,
     /// Where the next poll reads first, for `prefetch_next`.
     footprint: Footprint,
-    /// Spawned by [`spawn_driver`]: queued in the driver lane.
+    /// Spawned by [`spawn_driver`](crate::spawn_driver): queued in the driver lane.
     driver: bool,
     /// In its queue, not yet polled: a second wake then does not queue it
     /// twice.
@@ -140,6 +139,13 @@ impl Reactor {
     /// the task's waker, the one every poll of it gets.
     pub(crate) fn spawn(&self, future: Pin<Box<dyn TaskFuture>>) -> Waker {
         self.spawn_in_lane(future, false)
+    }
+
+    /// Queues `future` as a driver task (see "The driver lane" and
+    /// [`spawn_driver`](crate::spawn_driver)); it first runs at the next
+    /// drain of the lane.
+    pub(crate) fn spawn_driver(&self, future: Pin<Box<dyn TaskFuture>>) -> Waker {
+        self.spawn_in_lane(future, true)
     }
 
     /// [`spawn`](Self::spawn), into the driver lane when `driver` is set.
@@ -343,88 +349,6 @@ impl Reactor {
     }
 }
 
-/// Runs `future` on this thread's event loop as a *driver*: a task that,
-/// whenever it is woken, is polled ahead of most of the greenlets waiting
-/// to run.
-///
-/// This is for the background future of a client library, which every
-/// request passes through on its way out and on its way back:
-/// tokio-postgres's `Connection`, hyper's client connection, a multiplexed
-/// channel's reader. Spawned as a greenlet with [`spawn`](crate::spawn), it
-/// would wait behind every other ready greenlet at each hop, so a query
-/// from a server with hundreds of busy connections paid for hundreds of
-/// them twice. A driver woken by a greenlet (a request handed over) runs
-/// after at most 16 more tasks, so that it still writes several greenlets'
-/// requests at once, and a driver woken by I/O (the answer arrived) runs
-/// before the greenlets woken with it. Fairness is kept: the loop polls
-/// each driver at most once per 16 tasks (twice at a round's boundary), so
-/// a driver that keeps waking itself slows the greenlets down but cannot
-/// starve them.
-///
-/// The future is polled by the loop itself, outside any greenlet: it must
-/// await (greenhack's sockets implement tokio's `AsyncRead` and
-/// `AsyncWrite` with the `tokio` feature), not call greenhack's blocking
-/// functions ([`exempt`](crate::exempt), [`sleep`](crate::sleep), a
-/// socket's `read`). Keep each poll short, as for any task on a shared
-/// loop: a driver's poll delays every greenlet behind it.
-///
-/// The task is detached: it runs until `future` completes, or until the
-/// thread's loop shuts down, which drops it. A panic in its poll ends the
-/// task (the panic hook has reported it), as it ends a detached greenlet.
-///
-/// ```
-/// use std::cell::Cell;
-/// use std::rc::Rc;
-///
-/// let driven = Rc::new(Cell::new(0));
-/// greenhack::run(|| {
-///     let d = driven.clone();
-///     greenhack::spawn_driver(async move { d.set(42) });
-/// });
-/// // `run` returns once every task it started, drivers included, is done.
-/// assert_eq!(driven.get(), 42);
-/// ```
-///
-/// # Panics
-///
-/// Inside an `as_async` polled by an executor that cannot host greenhack's
-/// loop (nothing would poll the driver).
-#[track_caller]
-pub fn spawn_driver<F>(future: F)
-where
-    F: Future<Output = ()> + 'static,
-{
-    crate::pair::require_loop(
-        "greenhack::spawn_driver",
-        "the future, or the executor's spawn_local(future)",
-    );
-    drop(Reactor::current().spawn_in_lane(Box::pin(Driver(future)), true));
-}
-
-/// The reactor's view of a [`spawn_driver`] future: it ends at its first
-/// panic instead of unwinding through the loop.
-struct Driver<F>(F);
-
-impl<F: Future<Output = ()>> Future for Driver<F> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // SAFETY: structural pinning: the field is never moved out of the
-        // pinned `Driver`, and `Driver` has no `Drop` or `Unpin` impl of its
-        // own that could move it.
-        let future = unsafe { self.map_unchecked_mut(|d| &mut d.0) };
-        match panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(polled) => polled,
-            // The panic hook has printed the message; a detached task has
-            // no one else to tell.
-            Err(_payload) => Poll::Ready(()),
-        }
-    }
-}
-
-/// No stack; the reactor prefetches the task's own allocation.
-impl<F: Future<Output = ()>> TaskFuture for Driver<F> {}
-
 /// The waker of a task: its slot and generation.
 pub(crate) struct TaskWaker {
     index: u32,
@@ -563,156 +487,5 @@ mod tests {
             reactor.run_ready();
         }
         assert!(polls.iter().all(|p| p.get() == 3));
-    }
-    /// What the driver lane is for: a greenlet hands a driver work, and the
-    /// driver runs after `DRIVER_INTERVAL` tasks, not behind the 99
-    /// greenlets queued after it (in one FIFO queue it ran last).
-    #[test]
-    fn a_driver_woken_by_a_greenlet_runs_before_the_greenlets_queued_behind_it() {
-        const DRIVER: i32 = -1;
-        let log = Rc::new(RefCell::new(Vec::new()));
-        let handed_over = Rc::new(Cell::new(false));
-        let driver_waker = Rc::new(RefCell::new(None::<Waker>));
-        crate::run(|| {
-            let (l, h, w) = (log.clone(), handed_over.clone(), driver_waker.clone());
-            spawn_driver(std::future::poll_fn(move |cx| {
-                if h.get() {
-                    l.borrow_mut().push(DRIVER);
-                    return Poll::Ready(());
-                }
-                *w.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }));
-            for i in 0..100 {
-                let (l, h, w) = (log.clone(), handed_over.clone(), driver_waker.clone());
-                drop(crate::spawn(move || {
-                    if i == 0 {
-                        h.set(true);
-                        w.borrow_mut().take().expect("the driver ran first").wake();
-                    }
-                    l.borrow_mut().push(i);
-                }));
-            }
-        });
-        let log = log.borrow();
-        assert_eq!(log.len(), 101);
-        let at = log.iter().position(|&e| e == DRIVER).unwrap();
-        assert_eq!(at, DRIVER_INTERVAL, "the driver ran after {at} greenlets");
-    }
-
-    /// The lane is bounded: a driver that wakes itself on every poll runs
-    /// at most once per drain (twice in a row at a round's boundary), so
-    /// the greenlets keep running. Unbounded, it would run all of its
-    /// 10,000 polls before the next greenlet.
-    #[test]
-    fn a_driver_that_keeps_waking_itself_does_not_starve_the_greenlets() {
-        const DRIVER: i32 = -1;
-        let log = Rc::new(RefCell::new(Vec::new()));
-        crate::run(|| {
-            let l = log.clone();
-            let mut polls = 0;
-            spawn_driver(std::future::poll_fn(move |cx| {
-                polls += 1;
-                l.borrow_mut().push(DRIVER);
-                if polls == 10_000 {
-                    return Poll::Ready(());
-                }
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }));
-            for i in 0..10 {
-                let l = log.clone();
-                drop(crate::spawn(move || {
-                    for _ in 0..5 {
-                        l.borrow_mut().push(i);
-                        crate::yield_now();
-                    }
-                }));
-            }
-        });
-        let log = log.borrow();
-        assert_eq!(log.iter().filter(|&&e| e != DRIVER).count(), 50);
-        let greenlets_done = log.iter().rposition(|&e| e != DRIVER).unwrap();
-        let longest_run = log[..greenlets_done]
-            .split(|&e| e != DRIVER)
-            .map(<[i32]>::len)
-            .max()
-            .unwrap();
-        assert!(longest_run <= 2, "{longest_run} driver polls in a row");
-    }
-
-    /// Waking a queued driver again does not queue it twice: one poll
-    /// answers every wake that came before it.
-    #[test]
-    fn wakes_of_a_queued_driver_cost_one_poll() {
-        let polls = Rc::new(Cell::new(0));
-        let stop = Rc::new(Cell::new(false));
-        let waker = Rc::new(RefCell::new(None::<Waker>));
-        crate::run(|| {
-            let (p, s, w) = (polls.clone(), stop.clone(), waker.clone());
-            spawn_driver(std::future::poll_fn(move |cx| {
-                p.set(p.get() + 1);
-                if s.get() {
-                    return Poll::Ready(());
-                }
-                *w.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }));
-            let w = waker.clone();
-            drop(crate::spawn(move || {
-                let w = w.borrow().clone().expect("the driver ran first");
-                for _ in 0..5 {
-                    w.wake_by_ref();
-                }
-            }));
-            let (s, w) = (stop.clone(), waker.clone());
-            drop(crate::spawn(move || {
-                crate::yield_now(); // after the drain that answers the five wakes
-                s.set(true);
-                w.borrow().as_ref().expect("the driver ran").wake_by_ref();
-            }));
-        });
-        // The first poll, one for the five wakes, one for the stop.
-        assert_eq!(polls.get(), 3, "a queued driver was polled once per wake");
-    }
-
-    /// A driver's panic ends that driver only: the loop and its greenlets
-    /// carry on.
-    #[test]
-    fn a_panicking_driver_ends_without_stopping_the_loop() {
-        let after = Rc::new(Cell::new(false));
-        crate::run(|| {
-            spawn_driver(async { panic!("driver failed") });
-            let a = after.clone();
-            drop(crate::spawn(move || {
-                crate::yield_now();
-                a.set(true);
-            }));
-        });
-        assert!(after.get());
-    }
-
-    /// A driver that never finishes is dropped, its destructors run, when
-    /// its thread's loop shuts down.
-    #[test]
-    fn a_pending_driver_is_dropped_when_its_thread_exits() {
-        struct Flag(Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for Flag {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d = dropped.clone();
-        std::thread::spawn(move || {
-            let flag = Flag(d);
-            spawn_driver(async move {
-                let _flag = flag;
-                std::future::pending::<()>().await;
-            });
-        })
-        .join()
-        .unwrap();
-        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
