@@ -117,7 +117,7 @@ where
             w.wake();
         }
     }));
-    match crate::exempt(Completion { slot }) {
+    match crate::pair::exempt(Completion { slot }) {
         Ok(v) => v,
         Err(payload) => panic::resume_unwind(payload),
     }

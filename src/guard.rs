@@ -140,12 +140,12 @@ where
     B: FnOnce(&mut R) -> T,
     C: AsyncFnOnce(R, Exit<'_, T>),
 {
-    let mut resource = crate::exempt(setup);
+    let mut resource = crate::pair::exempt(setup);
     // Unwind safety: the panic is re-raised below after the cleanup, which
     // is the code meant to see `resource` in a broken state.
     match panic::catch_unwind(AssertUnwindSafe(|| body(&mut resource))) {
         Ok(mut value) => {
-            crate::exempt(cleanup(resource, Exit::Returned(&mut value)));
+            crate::pair::exempt(cleanup(resource, Exit::Returned(&mut value)));
             value
         }
         Err(payload) => {
@@ -154,7 +154,7 @@ where
             } else {
                 Exit::Panicked(&*payload)
             };
-            crate::exempt(cleanup(resource, exit));
+            crate::pair::exempt(cleanup(resource, exit));
             panic::resume_unwind(payload)
         }
     }

@@ -134,7 +134,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
 use crate::reactor::{Reactor, TaskFuture};
-use crate::{JoinError, JoinHandle};
+use crate::task::{JoinError, JoinHandle};
 
 /// What every loop runs first, as a greenlet.
 type Setup = dyn Fn() -> io::Result<()> + Send + Sync;
@@ -594,12 +594,15 @@ fn loop_thread(
         })
     });
     let _ = started.send(Ok(()));
-    let outcome = crate::run(|| {
+    let outcome = crate::pair::run(|| {
         let name = format!(
             "setup of {}",
             thread::current().name().unwrap_or("a runtime loop")
         );
-        let outcome = match crate::Builder::new().name(name).spawn(move || setup()) {
+        let outcome = match crate::greenlet::Builder::new()
+            .name(name)
+            .spawn(move || setup())
+        {
             Ok(task) => control(&shared, task),
             Err(e) => Err(Cause::Setup(e)),
         };
@@ -621,7 +624,7 @@ fn loop_thread(
 fn control(shared: &LoopShared, setup: JoinHandle<io::Result<()>>) -> Result<(), Cause> {
     let mut setup = Some(setup);
     loop {
-        match crate::exempt(Control {
+        match crate::pair::exempt(Control {
             shared,
             setup: &mut setup,
         }) {
@@ -749,7 +752,7 @@ impl Handle {
                 completer.complete(Err(RemoteJoinError(Repr::Cancelled)));
                 return;
             }
-            match crate::Builder::new().spawn(f) {
+            match crate::greenlet::Builder::new().spawn(f) {
                 Ok(local) => {
                     Reactor::current().spawn(Box::pin(Relay {
                         local,
@@ -900,7 +903,7 @@ impl<T> RemoteJoinHandle<T> {
     /// thread. Inside an async executor, `.await` the handle instead.
     pub fn join(self) -> Result<T, RemoteJoinError> {
         if Reactor::try_current().is_some() {
-            crate::exempt(self)
+            crate::pair::exempt(self)
         } else {
             park_on(self)
         }

@@ -48,7 +48,7 @@ impl<S: Stream> Iterator for ExemptIter<S> {
 
     fn next(&mut self) -> Option<S::Item> {
         let mut stream = self.stream.as_mut();
-        crate::exempt(poll_fn(move |cx| stream.as_mut().poll_next(cx)))
+        crate::pair::exempt(poll_fn(move |cx| stream.as_mut().poll_next(cx)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -62,7 +62,7 @@ pub fn sleep_until(deadline: Instant) {
 /// Outside greenhack's loop (under a foreign executor) this yields to that
 /// executor instead, which is equally correct.
 pub fn yield_now() {
-    crate::exempt(YieldNow(false))
+    crate::pair::exempt(YieldNow(false))
 }
 
 /// Resolves on its second poll, waking itself after the first.

@@ -39,7 +39,7 @@ use crate::reactor::Sleep;
 pub(crate) fn wait<F: Future + Unpin>(fut: F) -> F::Output {
     // No `Timed` around it: a smaller future and frame on the path every
     // contended lock and empty receive takes.
-    match crate::try_exempt(fut) {
+    match crate::pair::try_exempt(fut) {
         Ok(v) => v,
         Err(refused) => park_on(Timed {
             inner: refused.into_future(),
@@ -63,7 +63,7 @@ fn wait_timed<F: Future + Unpin>(fut: F, deadline: Option<Instant>) -> Option<F:
         deadline,
         timer: Timer::Unarmed,
     };
-    match crate::try_exempt(timed) {
+    match crate::pair::try_exempt(timed) {
         Ok(v) => v,
         Err(refused) => park_on(refused.into_future()),
     }
