@@ -4,13 +4,14 @@
 //! This is the Python library's `exempt_cm` (an async context manager used
 //! as a plain `with`), done so that the cleanup sees errors: a transaction
 //! commits when the body succeeded and rolls back when it returned an error,
-//! panicked, or its greenlet was cancelled.
+//! panicked, timed out, or its greenlet was cancelled.
 //!
 //! # Implementation
 //!
-//! The body runs inside `catch_unwind`. A caught panic is either a real one
-//! or the private payload of a forced unwind (the greenlet is being dropped
-//! or cancelled while the body waited); either way the unwind is stopped,
+//! The body runs inside `catch_unwind`. A caught panic is either a real one,
+//! the private payload of a forced unwind (the greenlet is being dropped
+//! or cancelled while the body waited), or a timeout scope's (after which
+//! the cleanup runs shielded from the scopes); either way the unwind is stopped,
 //! the cleanup runs through [`exempt`](crate::exempt) outside it, and then
 //! the same payload is re-raised with `resume_unwind`, so the panic (or the
 //! cancellation) continues exactly as if nothing had caught it.
@@ -32,8 +33,9 @@ pub enum Exit<'a, T> {
     /// once the cleanup is done.
     Panicked(&'a (dyn Any + Send)),
     /// The body's greenlet was cancelled ([`JoinHandle::cancel`](crate::JoinHandle::cancel),
-    /// or its `as_async` dropped) while the body waited; the greenlet goes on
-    /// unwinding once the cleanup is done.
+    /// or its `as_async` dropped) while the body waited, or a
+    /// [`timeout`](crate::timeout) around it expired; the unwind goes on
+    /// once the cleanup is done.
     Cancelled,
 }
 
@@ -114,8 +116,12 @@ impl<T: fmt::Debug> fmt::Debug for Exit<'_, T> {
 ///
 /// A panic in `body` is caught, the cleanup runs (told
 /// [`Exit::Panicked`]), and the panic then continues with its original
-/// payload. If the body's greenlet is cancelled while the body waits, the
-/// cleanup runs (told [`Exit::Cancelled`]) and the unwind then continues.
+/// payload. If the body's greenlet is cancelled while the body waits, or a
+/// [`timeout`](crate::timeout) around it expires, the cleanup runs (told
+/// [`Exit::Cancelled`]) and the unwind then continues. After a timeout the
+/// cleanup runs with the timeouts around it suspended, so that a rollback
+/// can wait (on the network, a lock) to its end: it is not cut by the
+/// deadline that already passed.
 /// The cleanup itself is not protected: a panic in it replaces the body's,
 /// and a cancellation that arrives while it waits stops it at that wait.
 /// If `setup` does not complete (it panics, or the greenlet is cancelled
@@ -149,12 +155,17 @@ where
             value
         }
         Err(payload) => {
-            let exit = if crate::greenlet::is_forced_unwind(&*payload) {
-                Exit::Cancelled
+            if crate::logical::is_elapsed(&*payload) {
+                // A timeout expired: the cleanup's own waits must not be cut
+                // by that same, already expired, deadline.
+                crate::logical::shielded(|| {
+                    crate::exempt(cleanup(resource, Exit::Cancelled));
+                });
+            } else if crate::greenlet::is_forced_unwind(&*payload) {
+                crate::exempt(cleanup(resource, Exit::Cancelled));
             } else {
-                Exit::Panicked(&*payload)
-            };
-            crate::exempt(cleanup(resource, exit));
+                crate::exempt(cleanup(resource, Exit::Panicked(&*payload)));
+            }
             panic::resume_unwind(payload)
         }
     }

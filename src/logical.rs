@@ -18,6 +18,12 @@ pub(crate) struct Logical {
     /// Greenlet-local values, by key address. Few per greenlet: a vector
     /// beats a map.
     locals: RefCell<Vec<(usize, Box<dyn Any>)>>,
+    /// The scope whose expiry is unwinding this logical thread, until that
+    /// scope closes: the unwind is a timeout, not a panic.
+    unwinding_to: Cell<Option<u64>>,
+    /// While above 0, no scope fires (`with_async`'s cleanup after a
+    /// timeout, which must be able to wait).
+    shielded: Cell<usize>,
 }
 
 /// An active `timeout` scope.
@@ -42,6 +48,10 @@ impl Logical {
 
     /// Closes the scope `id` (the innermost).
     pub(crate) fn pop_scope(&self, id: u64) {
+        if self.unwinding_to.get() == Some(id) {
+            // Its own expiry reached it: that unwind ends here.
+            self.unwinding_to.set(None);
+        }
         let mut scopes = self.scopes.borrow_mut();
         if let Some(i) = scopes.iter().rposition(|s| s.id == id) {
             scopes.remove(i);
@@ -50,6 +60,9 @@ impl Logical {
 
     /// The scope whose deadline comes first: it is the one that fires.
     pub(crate) fn earliest_scope(&self) -> Option<Scope> {
+        if self.shielded.get() > 0 {
+            return None;
+        }
         let scopes = self.scopes.borrow();
         scopes.iter().min_by_key(|s| (s.deadline, s.id)).copied()
     }
@@ -57,7 +70,7 @@ impl Logical {
     /// True when no timeout scope is active (the common case: one borrow).
     #[inline]
     pub(crate) fn has_no_scope(&self) -> bool {
-        self.scopes.borrow().is_empty()
+        self.scopes.borrow().is_empty() || self.shielded.get() > 0
     }
 
     /// The local stored under `key`, created by `init` on first use.
@@ -101,5 +114,36 @@ pub(crate) struct ScopeElapsed(pub(crate) u64);
 /// cancellation, this runs every destructor between the wait and the scope
 /// (`resume_unwind`: the panic hook is not called, nothing is printed).
 pub(crate) fn raise_elapsed(scope: Scope) -> ! {
+    crate::pair::with_logical(|l| l.unwinding_to.set(Some(scope.id)));
     std::panic::resume_unwind(Box::new(ScopeElapsed(scope.id)))
+}
+
+/// Runs `f` with every timeout scope of the current logical thread
+/// suspended: its waits are not cut.
+pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
+    struct Unshield;
+    impl Drop for Unshield {
+        fn drop(&mut self) {
+            crate::pair::with_logical(|l| l.shielded.set(l.shielded.get() - 1));
+        }
+    }
+    crate::pair::with_logical(|l| l.shielded.set(l.shielded.get() + 1));
+    let _unshield = Unshield;
+    f()
+}
+
+/// True if `payload` is a timeout scope's unwind.
+pub(crate) fn is_elapsed(payload: &(dyn Any + Send)) -> bool {
+    payload.is::<ScopeElapsed>()
+}
+
+/// True when the unwind in flight (`std::thread::panicking()`) is a
+/// cancellation — a timeout scope's expiry, or a greenlet being dropped or
+/// cancelled — rather than a panic. `sync`'s guards poison their lock only
+/// for a panic: a cancellation is an expected way for the code inside to
+/// end, as it is for tokio's locks.
+#[cold]
+pub(crate) fn unwinding_for_cancellation() -> bool {
+    crate::greenlet::in_forced_unwind()
+        || crate::pair::with_logical(|l| l.unwinding_to.get().is_some())
 }

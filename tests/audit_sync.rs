@@ -1,0 +1,1286 @@
+//! The held-out tester's view of issue 13: programs written against the
+//! documented API of `greenhack::sync`, `unblock`, `timeout`, `with_async`,
+//! `exempt_iter`, `greenlet_local!` and the stall detector, the way a user
+//! who knows `std::sync`, `std::sync::mpsc` and tokio would write them.
+//! Each test names the std (or tokio) behaviour it checks. Anything that
+//! could hang runs under a watchdog ([`within`]), so the suite never does.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use greenhack::sync::{
+    Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Semaphore,
+    SemaphorePermit, TryAcquireError, WaitTimeoutResult, mpsc, oneshot,
+};
+
+/// Runs `f` on a thread of its own and fails the test if it has not
+/// finished within `secs` seconds (a hang becomes a failure, not a stuck
+/// suite). Panics inside `f` are re-raised here with their payload.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let r = panic::catch_unwind(AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(payload)) => panic::resume_unwind(payload),
+        Err(_) => panic!("hung: did not finish within {secs} s"),
+    }
+}
+
+/// Counts drops.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+// ----- static checks: the trait impls std has -----------------------------------
+
+fn is_send<T: Send>() {}
+fn is_sync<T: Sync>() {}
+fn is_clone<T: Clone>() {}
+fn is_debug<T: std::fmt::Debug>() {}
+fn is_error<T: std::error::Error + Send + Sync + 'static>() {}
+
+/// std: `Mutex`, `RwLock`, `Condvar` are `Send + Sync` for `T: Send`
+/// (`RwLock` Sync needs `T: Send + Sync`); `mpsc::Sender`/`SyncSender` are
+/// `Send + Sync + Clone`, `Receiver` is `Send`; everything is `Debug`; the
+/// error types are `std::error::Error`.
+#[test]
+fn std_trait_impls_and_auto_traits() {
+    is_send::<Mutex<Vec<u8>>>();
+    is_sync::<Mutex<Vec<u8>>>();
+    is_sync::<Mutex<Cell<u8>>>(); // std: Mutex<T: Send> is Sync
+    is_send::<RwLock<Vec<u8>>>();
+    is_sync::<RwLock<Vec<u8>>>();
+    is_send::<Condvar>();
+    is_sync::<Condvar>();
+    is_send::<Semaphore>();
+    is_sync::<Semaphore>();
+    is_send::<mpsc::Sender<Vec<u8>>>();
+    is_sync::<mpsc::Sender<Vec<u8>>>();
+    is_clone::<mpsc::Sender<Vec<u8>>>();
+    is_send::<mpsc::SyncSender<Vec<u8>>>();
+    is_sync::<mpsc::SyncSender<Vec<u8>>>();
+    is_clone::<mpsc::SyncSender<Vec<u8>>>();
+    is_send::<mpsc::Receiver<Vec<u8>>>();
+    is_send::<oneshot::Sender<Vec<u8>>>();
+    is_send::<oneshot::Receiver<Vec<u8>>>();
+    is_sync::<MutexGuard<'static, u8>>();
+    is_sync::<RwLockReadGuard<'static, u8>>();
+    is_sync::<RwLockWriteGuard<'static, u8>>();
+
+    is_debug::<Mutex<u8>>();
+    is_debug::<MutexGuard<'static, u8>>();
+    is_debug::<RwLock<u8>>();
+    is_debug::<RwLockReadGuard<'static, u8>>();
+    is_debug::<RwLockWriteGuard<'static, u8>>();
+    is_debug::<Condvar>();
+    is_debug::<WaitTimeoutResult>();
+    is_debug::<Semaphore>();
+    is_debug::<SemaphorePermit<'static>>();
+    is_debug::<TryAcquireError>();
+    is_debug::<mpsc::Sender<u8>>();
+    is_debug::<mpsc::SyncSender<u8>>();
+    is_debug::<mpsc::Receiver<u8>>();
+    is_debug::<mpsc::Iter<'static, u8>>();
+    is_debug::<mpsc::TryIter<'static, u8>>();
+    is_debug::<mpsc::IntoIter<u8>>();
+    is_debug::<oneshot::Sender<u8>>();
+    is_debug::<oneshot::Receiver<u8>>();
+    is_debug::<greenhack::Elapsed>();
+    is_debug::<greenhack::JoinError>();
+
+    is_error::<greenhack::Elapsed>();
+    is_error::<TryAcquireError>();
+    is_error::<mpsc::RecvError>();
+    is_error::<mpsc::TryRecvError>();
+    is_error::<mpsc::RecvTimeoutError>();
+    is_error::<mpsc::SendError<u8>>();
+    is_error::<mpsc::TrySendError<u8>>();
+    is_error::<oneshot::RecvError>();
+
+    // Display like std's / tokio's: a sentence, not a Debug dump.
+    assert!(!greenhack::Elapsed::clone(&elapsed()).to_string().is_empty());
+    assert!(
+        !TryAcquireError::clone(&Semaphore::new(0).try_acquire().unwrap_err())
+            .to_string()
+            .is_empty()
+    );
+    let e: std::io::Error = elapsed().into();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+}
+
+fn elapsed() -> greenhack::Elapsed {
+    greenhack::timeout(MS, || greenhack::sleep(Duration::from_secs(5))).unwrap_err()
+}
+
+// ----- mpsc: std's disconnection rules --------------------------------------------
+
+/// std: "recv will always block the current thread if there is no data
+/// available and it's possible for more data to be sent"; once every sender
+/// is gone, buffered messages are still received, then `Err(RecvError)`.
+#[test]
+fn mpsc_recv_drains_the_buffer_before_reporting_disconnection() {
+    within(10, || {
+        // On a plain thread.
+        let (tx, rx) = mpsc::channel();
+        for i in 0..3 {
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        assert_eq!(rx.recv(), Ok(0));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.recv_timeout(MS), Ok(2));
+        assert_eq!(rx.recv(), Err(RecvError));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+        assert_eq!(rx.recv_timeout(MS), Err(RecvTimeoutError::Disconnected));
+
+        // Inside greenlets, bounded, with the last sender dropped by a
+        // greenlet while the receiver waits.
+        greenhack::run(|| {
+            let (tx, rx) = mpsc::sync_channel(2);
+            let tx2 = tx.clone();
+            let _ = greenhack::spawn(move || {
+                tx.send(1).unwrap();
+                greenhack::sleep(5 * MS);
+                tx2.send(2).unwrap();
+                drop(tx2);
+                drop(tx);
+            });
+            assert_eq!(rx.recv(), Ok(1));
+            assert_eq!(rx.recv(), Ok(2));
+            assert_eq!(rx.recv(), Err(RecvError));
+        });
+    });
+}
+
+/// std: `send` on a channel whose receiver is gone returns
+/// `Err(SendError(t))`, giving the value back; same for `SyncSender::send`
+/// and `try_send` (`TrySendError::Disconnected(t)`).
+#[test]
+fn mpsc_send_after_receiver_dropped_gives_the_value_back() {
+    let (tx, rx) = mpsc::channel();
+    drop(rx);
+    assert_eq!(
+        tx.send(String::from("a")),
+        Err(SendError(String::from("a")))
+    );
+    let (stx, srx) = mpsc::sync_channel(1);
+    drop(srx);
+    assert_eq!(stx.send(7), Err(SendError(7)));
+    assert_eq!(stx.try_send(8), Err(TrySendError::Disconnected(8)));
+}
+
+/// std: a `SyncSender::send` blocked on a full channel returns
+/// `Err(SendError(t))` with its own value when the receiver is dropped
+/// meanwhile; the buffered messages are dropped with the receiver.
+#[test]
+fn mpsc_blocked_send_gets_its_value_back_when_the_receiver_goes() {
+    within(10, || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::sync_channel(1);
+        tx.send(Counted(drops.clone())).unwrap(); // fills the slot
+        let d = drops.clone();
+        let sender = thread::spawn(move || match tx.send(Counted(d)) {
+            Err(SendError(c)) => {
+                drop(c);
+                true
+            }
+            Ok(()) => false,
+        });
+        thread::sleep(30 * MS); // the sender blocks
+        drop(rx);
+        assert!(sender.join().unwrap(), "blocked send should fail");
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+
+        // The same between two greenlets of one loop.
+        greenhack::run(|| {
+            let (tx, rx) = mpsc::sync_channel::<u32>(0);
+            let h = greenhack::spawn(move || tx.send(5));
+            greenhack::sleep(5 * MS);
+            drop(rx);
+            assert_eq!(h.join().unwrap(), Err(SendError(5)));
+        });
+    });
+}
+
+/// std (list flavour): messages still buffered are dropped when the receiver
+/// is dropped, even while senders live.
+#[test]
+fn mpsc_receiver_drop_drops_buffered_messages() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..3 {
+        tx.send(Counted(drops.clone())).unwrap();
+    }
+    drop(rx);
+    assert_eq!(drops.load(Ordering::SeqCst), 3);
+    drop(tx);
+}
+
+/// std: `sync_channel(0)` is a rendezvous: `send` does not return until a
+/// receiver took the message; `try_send` fails with `Full` when no receiver
+/// waits.
+#[test]
+fn mpsc_sync_channel_zero_is_a_rendezvous() {
+    within(10, || {
+        let (tx, rx) = mpsc::sync_channel(0);
+        assert_eq!(tx.try_send(1), Err(TrySendError::Full(1)));
+        let sent = Arc::new(AtomicBool::new(false));
+        let s = sent.clone();
+        let t = thread::spawn(move || {
+            tx.send(2).unwrap();
+            s.store(true, Ordering::SeqCst);
+        });
+        thread::sleep(40 * MS);
+        assert!(
+            !sent.load(Ordering::SeqCst),
+            "send returned with no receiver"
+        );
+        assert_eq!(rx.recv(), Ok(2));
+        t.join().unwrap();
+        assert!(sent.load(Ordering::SeqCst));
+
+        // Between greenlets: the sender resumes only after the receive.
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        greenhack::run(move || {
+            let (tx, rx) = mpsc::sync_channel(0);
+            let l2 = l.clone();
+            let _ = greenhack::spawn(move || {
+                l2.borrow_mut().push("send");
+                tx.send(1).unwrap();
+                l2.borrow_mut().push("sent");
+            });
+            greenhack::sleep(5 * MS);
+            l.borrow_mut().push("recv");
+            assert_eq!(rx.recv(), Ok(1));
+        });
+        assert_eq!(*log.borrow(), ["send", "recv", "sent"]);
+    });
+}
+
+/// std: `try_recv` says `Empty` while senders live, `Disconnected` once none
+/// is left and nothing is buffered.
+#[test]
+fn mpsc_try_recv_empty_vs_disconnected() {
+    let (tx, rx) = mpsc::channel::<u8>();
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    let tx2 = tx.clone();
+    drop(tx);
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty)); // a clone lives
+    tx2.send(1).unwrap();
+    drop(tx2);
+    assert_eq!(rx.try_recv(), Ok(1));
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+}
+
+/// std: `recv_timeout` returns `Timeout` after about the timeout when
+/// nothing comes, the message when one comes in time (from another thread),
+/// and `Disconnected` when the last sender goes while it waits.
+#[test]
+fn mpsc_recv_timeout_timeout_vs_message_vs_disconnected() {
+    within(10, || {
+        let (tx, rx) = mpsc::channel::<u8>();
+        let start = Instant::now();
+        assert_eq!(rx.recv_timeout(20 * MS), Err(RecvTimeoutError::Timeout));
+        assert!(start.elapsed() >= 20 * MS);
+
+        let t = thread::spawn(move || {
+            thread::sleep(10 * MS);
+            tx.send(9).unwrap();
+            thread::sleep(10 * MS);
+            drop(tx);
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(9));
+        let start = Instant::now();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        assert!(start.elapsed() < Duration::from_secs(4));
+        t.join().unwrap();
+
+        // Inside a greenlet; a huge timeout is "no timeout", as std's.
+        greenhack::run(|| {
+            let (tx, rx) = mpsc::channel::<u8>();
+            let h = greenhack::spawn(move || {
+                let a = rx.recv_timeout(5 * MS);
+                let b = rx.recv_timeout(Duration::MAX);
+                (a, b)
+            });
+            greenhack::sleep(20 * MS);
+            tx.send(3).unwrap();
+            assert_eq!(h.join().unwrap(), (Err(RecvTimeoutError::Timeout), Ok(3)));
+        });
+    });
+}
+
+/// std: `iter` waits and ends when every sender is gone; `try_iter` yields
+/// only what is there now, never waiting; `for x in rx` (into_iter) owns it.
+#[test]
+fn mpsc_iter_try_iter_into_iter() {
+    within(10, || {
+        let (tx, rx) = mpsc::channel();
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(rx.try_iter().next(), None); // empty, sender alive: no wait
+        let t = thread::spawn(move || {
+            for i in 3..6 {
+                thread::sleep(2 * MS);
+                tx.send(i).unwrap();
+            }
+        });
+        assert_eq!(rx.iter().collect::<Vec<_>>(), [3, 4, 5]);
+        t.join().unwrap();
+
+        let (tx, rx) = mpsc::sync_channel(0);
+        let t = thread::spawn(move || (0..4).for_each(|i| tx.send(i).unwrap()));
+        let mut got = Vec::new();
+        for i in rx {
+            got.push(i);
+        }
+        assert_eq!(got, [0, 1, 2, 3]);
+        t.join().unwrap();
+    });
+}
+
+/// The issue's case: 4 OS threads feed greenlets of one loop; every message
+/// arrives once, in per-sender order.
+#[test]
+fn mpsc_many_threads_to_greenlets_in_per_sender_order() {
+    within(30, || {
+        let (tx, rx) = mpsc::sync_channel::<(usize, usize)>(8);
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let tx = tx.clone();
+                thread::spawn(move || (0..500).for_each(|i| tx.send((p, i)).unwrap()))
+            })
+            .collect();
+        drop(tx);
+        let rx = Rc::new(rx);
+        let seen = Rc::new(RefCell::new(vec![Vec::new(); 4]));
+        greenhack::run(|| {
+            for _ in 0..3 {
+                let (rx, seen) = (rx.clone(), seen.clone());
+                let _ = greenhack::spawn(move || {
+                    while let Ok((p, i)) = rx.recv() {
+                        seen.borrow_mut()[p].push(i);
+                        greenhack::yield_now();
+                    }
+                });
+            }
+        });
+        producers.into_iter().for_each(|t| t.join().unwrap());
+        for per in seen.borrow().iter() {
+            assert_eq!(*per, (0..500).collect::<Vec<_>>());
+        }
+    });
+}
+
+/// `Sender` is `Send`: greenlets on two loops on two threads talk through
+/// channels both ways (ping-pong), each loop still running its other
+/// greenlets.
+#[test]
+fn mpsc_between_two_loops_on_two_threads() {
+    within(20, || {
+        let (ping_tx, ping_rx) = mpsc::channel::<u32>();
+        let (pong_tx, pong_rx) = mpsc::sync_channel::<u32>(0);
+        let other = thread::spawn(move || {
+            greenhack::run(move || {
+                let ticks = Rc::new(Cell::new(0));
+                let t = ticks.clone();
+                let ticker = greenhack::spawn(move || {
+                    for _ in 0..5 {
+                        greenhack::sleep(MS);
+                        t.set(t.get() + 1);
+                    }
+                });
+                greenhack::spawn(move || {
+                    for v in ping_rx {
+                        pong_tx.send(v + 1).unwrap();
+                    }
+                })
+                .join()
+                .unwrap();
+                ticker.join().unwrap();
+                ticks.get()
+            })
+        });
+        let sum = greenhack::run(move || {
+            greenhack::spawn(move || {
+                let mut sum = 0;
+                for i in 0..200 {
+                    ping_tx.send(i).unwrap();
+                    sum += pong_rx.recv().unwrap();
+                }
+                sum
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(sum, (1..=200).sum::<u32>());
+        assert_eq!(other.join().unwrap(), 5);
+    });
+}
+
+// ----- oneshot ---------------------------------------------------------------------
+
+/// tokio/std: a sender dropped unsent makes the receiver fail
+/// (`RecvError`), also while it waits; a receiver dropped first makes
+/// `send` hand the value back; `try_recv` Empty then the value.
+#[test]
+fn oneshot_sender_dropped_receiver_dropped_try_recv() {
+    within(10, || {
+        let (tx, rx) = oneshot::channel::<u8>();
+        drop(tx);
+        assert_eq!(rx.recv(), Err(oneshot::RecvError));
+
+        let (tx, rx) = oneshot::channel::<u8>();
+        let t = thread::spawn(move || {
+            thread::sleep(10 * MS);
+            drop(tx);
+        });
+        assert_eq!(rx.recv(), Err(oneshot::RecvError));
+        t.join().unwrap();
+
+        let (tx, rx) = oneshot::channel::<String>();
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(tx.send("back".into()), Err(String::from("back")));
+
+        let (tx, mut rx) = oneshot::channel::<u8>();
+        assert_eq!(rx.try_recv(), Err(oneshot::TryRecvError::Empty));
+        assert_eq!(
+            rx.recv_timeout(5 * MS),
+            Err(oneshot::RecvTimeoutError::Timeout)
+        );
+        tx.send(4).unwrap();
+        assert_eq!(rx.try_recv(), Ok(4));
+        assert_eq!(rx.try_recv(), Err(oneshot::TryRecvError::Disconnected));
+
+        // A greenlet waits for a plain thread's answer.
+        greenhack::run(|| {
+            let (tx, rx) = oneshot::channel();
+            let t = thread::spawn(move || {
+                thread::sleep(5 * MS);
+                tx.send(11).unwrap();
+            });
+            let h = greenhack::spawn(move || rx.recv());
+            assert_eq!(h.join().unwrap(), Ok(11));
+            t.join().unwrap();
+        });
+    });
+}
+
+// ----- Mutex -------------------------------------------------------------------
+
+/// std: a guard dropped by a panic poisons the mutex; `lock` then returns
+/// `Err(PoisonError)` holding the guard; `into_inner`/`get_mut` report it;
+/// `clear_poison` clears it. A greenlet's panic is its thread's panic here.
+#[test]
+fn mutex_poisoning_as_std() {
+    within(10, || {
+        let m = Rc::new(Mutex::new(1));
+        greenhack::run(|| {
+            let m2 = m.clone();
+            let h = greenhack::spawn(move || {
+                let mut g = m2.lock().unwrap();
+                *g = 2;
+                greenhack::sleep(MS);
+                panic!("while holding");
+            });
+            let err = h.join().unwrap_err();
+            assert!(err.is_panic());
+        });
+        assert!(m.is_poisoned());
+        let g = m.lock().unwrap_err().into_inner();
+        assert_eq!(*g, 2);
+        drop(g);
+        assert!(matches!(
+            m.try_lock(),
+            Err(std::sync::TryLockError::Poisoned(_))
+        ));
+        m.clear_poison();
+        assert!(!m.is_poisoned());
+        assert_eq!(*m.lock().unwrap(), 2);
+
+        let mut m = Mutex::new(vec![1]);
+        m.get_mut().unwrap().push(2);
+        assert_eq!(m.into_inner().unwrap(), [1, 2]);
+
+        // A panic caught while the lock was taken does not poison (the
+        // guard was made before the panic started).
+        let m = Mutex::new(0);
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _g = m.lock().unwrap();
+            panic!("poison me");
+        }));
+        assert!(r.is_err());
+        assert!(m.into_inner().is_err());
+    });
+}
+
+/// std: `try_lock` fails with `WouldBlock` while another holds the lock,
+/// also while the holder waits; Debug shows `<locked>` then, the data else.
+#[test]
+fn mutex_try_lock_and_debug() {
+    within(10, || {
+        let m = Rc::new(Mutex::new(5));
+        assert_eq!(format!("{m:?}"), "Mutex { data: 5, poisoned: false, .. }");
+        greenhack::run(|| {
+            let m2 = m.clone();
+            let _ = greenhack::spawn(move || {
+                let _g = m2.lock().unwrap();
+                greenhack::sleep(10 * MS);
+            });
+            greenhack::yield_now();
+            assert!(matches!(
+                m.try_lock(),
+                Err(std::sync::TryLockError::WouldBlock)
+            ));
+            assert!(format!("{m:?}").contains("<locked>"));
+            let g = m.lock().unwrap(); // waits for the sleeping holder
+            assert_eq!(*g, 5);
+        });
+    });
+}
+
+/// std: a `Mutex` shared by plain OS threads with no loop excludes them
+/// (each `lock` blocks like std's); the count is exact.
+#[test]
+fn mutex_between_plain_threads_with_no_loop() {
+    within(30, || {
+        let m = Arc::new(Mutex::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let mut g = m.lock().unwrap();
+                        let v = *g;
+                        std::hint::spin_loop();
+                        *g = v + 1;
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(*m.lock().unwrap(), 8000);
+    });
+}
+
+/// Greenlets on two loops on two threads contend on one `Arc<Mutex>`,
+/// holding it across waits: the count is exact.
+#[test]
+fn mutex_between_greenlets_of_two_loops() {
+    within(30, || {
+        let m = Arc::new(Mutex::new(0u64));
+        let loops: Vec<_> = (0..2)
+            .map(|_| {
+                let m = m.clone();
+                thread::spawn(move || {
+                    greenhack::run(move || {
+                        for _ in 0..20 {
+                            let m = m.clone();
+                            let _ = greenhack::spawn(move || {
+                                for _ in 0..20 {
+                                    let mut g = m.lock().unwrap();
+                                    let v = *g;
+                                    greenhack::yield_now();
+                                    *g = v + 1;
+                                }
+                            });
+                        }
+                    })
+                })
+            })
+            .collect();
+        loops.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(*m.lock().unwrap(), 800);
+    });
+}
+
+/// `timeout` around code holding a `sync::Mutex` guard across a wait: the
+/// guard is released by the unwind (others can lock at once), its
+/// destructors ran, and the timeout is not a panic: the mutex is not
+/// poisoned (tokio's cancellation does not poison either; see `Mutex`'s
+/// docs).
+#[test]
+fn timeout_releases_a_held_mutex_guard_without_poisoning() {
+    within(10, || {
+        let m = Rc::new(Mutex::new(0));
+        let drops = Arc::new(AtomicUsize::new(0));
+        greenhack::run(|| {
+            let (m2, d) = (m.clone(), drops.clone());
+            let waiter = greenhack::spawn(move || {
+                greenhack::sleep(2 * MS);
+                *m2.lock().unwrap() += 1; // queued behind the holder
+            });
+            let r = greenhack::timeout(10 * MS, || {
+                let _c = Counted(d);
+                let mut g = m.lock().unwrap();
+                *g += 10;
+                greenhack::sleep(Duration::from_secs(10));
+            });
+            assert_eq!(r, Err(greenhack::Elapsed::clone(&elapsed())));
+            waiter.join().unwrap();
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(m.try_lock().is_ok(), "mutex left locked or poisoned");
+        assert_eq!(*m.lock().unwrap(), 11);
+    });
+}
+
+/// A cancelled greenlet holding a guard releases it, without poisoning.
+#[test]
+fn cancel_releases_a_held_mutex_guard_without_poisoning() {
+    within(10, || {
+        let m = Rc::new(Mutex::new(0));
+        greenhack::run(|| {
+            let m2 = m.clone();
+            let h = greenhack::spawn(move || {
+                let _g = m2.lock().unwrap();
+                greenhack::sleep(Duration::from_secs(10));
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert!(m.try_lock().is_ok(), "mutex left locked or poisoned");
+    });
+}
+
+// ----- Condvar ---------------------------------------------------------------------
+
+/// std: `wait_while` returns once the condition is false, with the lock
+/// held; `notify_all` wakes every waiter; `notify_one` one.
+#[test]
+fn condvar_wait_while_notify_one_notify_all() {
+    within(10, || {
+        let pair = Rc::new((Mutex::new(0u32), Condvar::new()));
+        let woke = Rc::new(Cell::new(0));
+        greenhack::run(|| {
+            for _ in 0..3 {
+                let (p, w) = (pair.clone(), woke.clone());
+                let _ = greenhack::spawn(move || {
+                    let g = p.1.wait_while(p.0.lock().unwrap(), |n| *n == 0).unwrap();
+                    assert!(*g > 0);
+                    w.set(w.get() + 1);
+                });
+            }
+            greenhack::sleep(5 * MS);
+            assert_eq!(woke.get(), 0);
+            *pair.0.lock().unwrap() = 1;
+            pair.1.notify_one();
+            greenhack::sleep(5 * MS);
+            assert_eq!(woke.get(), 1);
+            pair.1.notify_all();
+        });
+        assert_eq!(woke.get(), 3);
+    });
+}
+
+/// std: `wait_timeout` returns `timed_out() == true` after the time with no
+/// notification; `wait_timeout_while` returns the guard and `timed_out()`
+/// true if the condition still holds, false if it became false in time.
+/// Between plain threads too (no loop anywhere).
+#[test]
+fn condvar_wait_timeout_and_wait_timeout_while() {
+    within(10, || {
+        let m = Mutex::new(false);
+        let cv = Condvar::new();
+        let start = Instant::now();
+        let (g, r) = cv.wait_timeout(m.lock().unwrap(), 15 * MS).unwrap();
+        assert!(r.timed_out());
+        assert!(start.elapsed() >= 15 * MS);
+        let (g, r) = cv.wait_timeout_while(g, 15 * MS, |b| !*b).unwrap();
+        assert!(r.timed_out());
+        assert!(!*g);
+        drop(g);
+
+        let pair = Arc::new((Mutex::new(false), Condvar::new()));
+        let p = pair.clone();
+        let t = thread::spawn(move || {
+            thread::sleep(10 * MS);
+            *p.0.lock().unwrap() = true;
+            p.1.notify_one();
+        });
+        let (g, r) = pair
+            .1
+            .wait_timeout_while(pair.0.lock().unwrap(), Duration::from_secs(5), |b| !*b)
+            .unwrap();
+        assert!(!r.timed_out());
+        assert!(*g);
+        drop(g);
+        t.join().unwrap();
+    });
+}
+
+// ----- RwLock ----------------------------------------------------------------------
+
+/// std: many readers at once, a writer alone; `try_read` fails while a
+/// writer holds it, `try_write` while a reader does; documented fairness: a
+/// waiting writer holds back readers that come after it.
+#[test]
+fn rwlock_readers_writers_and_documented_fairness() {
+    within(10, || {
+        let l = Rc::new(RwLock::new(0));
+        let log = Rc::new(RefCell::new(Vec::new()));
+        greenhack::run(|| {
+            let r1 = l.read().unwrap();
+            let r2 = l.try_read().unwrap(); // readers share
+            assert!(matches!(
+                l.try_write(),
+                Err(std::sync::TryLockError::WouldBlock)
+            ));
+            let (l2, log2) = (l.clone(), log.clone());
+            let writer = greenhack::spawn(move || {
+                *l2.write().unwrap() += 1;
+                log2.borrow_mut().push("writer");
+            });
+            greenhack::yield_now(); // the writer now waits
+            let (l3, log3) = (l.clone(), log.clone());
+            let late_reader = greenhack::spawn(move || {
+                let v = *l3.read().unwrap();
+                log3.borrow_mut().push("late reader");
+                v
+            });
+            greenhack::yield_now();
+            // Fair: the late reader does not pass the waiting writer.
+            assert!(matches!(
+                l.try_read(),
+                Err(std::sync::TryLockError::WouldBlock)
+            ));
+            drop((r1, r2));
+            writer.join().unwrap();
+            assert_eq!(late_reader.join().unwrap(), 1);
+        });
+        assert_eq!(*log.borrow(), ["writer", "late reader"]);
+        let mut l = Rc::try_unwrap(l).unwrap();
+        *l.get_mut().unwrap() += 1;
+        assert_eq!(l.into_inner().unwrap(), 2);
+    });
+}
+
+/// std: a writer that panics poisons the lock; a reader that panics does not.
+#[test]
+fn rwlock_poisoning_as_std() {
+    let l = RwLock::new(0);
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        let _r = l.read().unwrap();
+        panic!("reader");
+    }));
+    assert!(!l.is_poisoned());
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        let _w = l.write().unwrap();
+        panic!("writer");
+    }));
+    assert!(l.is_poisoned());
+    assert!(l.read().is_err());
+    l.clear_poison();
+    assert!(l.read().is_ok());
+}
+
+// ----- Semaphore ---------------------------------------------------------------------
+
+/// tokio: `try_acquire` fails with no permit free; a permit's drop returns
+/// it; `forget` keeps it; `add_permits` wakes waiters; `acquire_many`.
+#[test]
+fn semaphore_acquire_try_acquire_permits() {
+    within(10, || {
+        let s = Rc::new(Semaphore::new(2));
+        let a = s.try_acquire().unwrap();
+        let b = s.acquire();
+        assert_eq!(s.available_permits(), 0);
+        assert_eq!(
+            s.try_acquire().unwrap_err(),
+            TryAcquireError::clone(&s.try_acquire().unwrap_err())
+        );
+        drop(a);
+        assert_eq!(s.available_permits(), 1);
+        b.forget();
+        assert_eq!(s.available_permits(), 1);
+        greenhack::run(|| {
+            let s2 = s.clone();
+            let h = greenhack::spawn(move || s2.acquire_many(3).num_permits());
+            greenhack::yield_now();
+            assert!(!h.is_finished());
+            s.add_permits(2);
+            assert_eq!(h.join().unwrap(), 3);
+        });
+        assert_eq!(s.available_permits(), 3);
+    });
+}
+
+/// A semaphore shared by plain threads blocks them like a std-built one.
+#[test]
+fn semaphore_between_plain_threads() {
+    within(20, || {
+        let s = Arc::new(Semaphore::new(2));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let ts: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, inside, peak) = (s.clone(), inside.clone(), peak.clone());
+                thread::spawn(move || {
+                    let _p = s.acquire();
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    thread::sleep(5 * MS);
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        ts.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        assert_eq!(s.available_permits(), 2);
+    });
+}
+
+// ----- unblock -------------------------------------------------------------------
+
+/// tokio's `spawn_blocking`: the loop runs meanwhile; a panic in the
+/// closure is re-raised with its payload (a `String` from `panic!("{}")`).
+#[test]
+fn unblock_keeps_the_loop_running_and_carries_panics() {
+    within(20, || {
+        greenhack::run(|| {
+            let ticks = Rc::new(Cell::new(0));
+            let t = ticks.clone();
+            let ticker = greenhack::spawn(move || {
+                for _ in 0..10 {
+                    greenhack::sleep(2 * MS);
+                    t.set(t.get() + 1);
+                }
+            });
+            let v = greenhack::unblock(|| {
+                thread::sleep(60 * MS);
+                42
+            });
+            assert_eq!(v, 42);
+            assert!(ticks.get() >= 5, "the loop stalled during unblock");
+            ticker.join().unwrap();
+
+            let err = panic::catch_unwind(|| {
+                greenhack::unblock(|| -> u8 { panic!("bad row {}", std::hint::black_box(7)) })
+            })
+            .unwrap_err();
+            assert_eq!(
+                err.downcast_ref::<String>().map(String::as_str),
+                Some("bad row 7")
+            );
+
+            // In a spawned greenlet the panic reaches join() with its payload.
+            let h = greenhack::spawn(|| greenhack::unblock(|| -> u8 { panic!("static") }));
+            let p = h.join().unwrap_err().into_panic();
+            assert_eq!(p.downcast_ref::<&str>(), Some(&"static"));
+        });
+        // On a plain thread too.
+        assert_eq!(greenhack::unblock(|| 1 + 1), 2);
+    });
+}
+
+/// Name resolution off the loop: connecting to a host name ("localhost")
+/// works from a greenlet while another greenlet keeps ticking.
+#[test]
+fn connect_by_name_from_a_greenlet() {
+    within(20, || {
+        let listener = greenhack::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        greenhack::run(move || {
+            let acc = greenhack::spawn(move || listener.accept().map(|_| ()));
+            let c =
+                greenhack::spawn(move || greenhack::net::TcpStream::connect(("localhost", port)));
+            let s = c.join().unwrap();
+            // "localhost" may resolve to ::1 first; either way it connects.
+            assert!(s.is_ok(), "{s:?}");
+            acc.join().unwrap().unwrap();
+        });
+    });
+}
+
+// ----- timeout ---------------------------------------------------------------------
+
+/// Nested timeouts: the earliest wins and only its scope catches it; an
+/// outer deadline passes through an inner scope with a later one.
+#[test]
+fn timeout_nested_earliest_wins_and_only_its_scope_catches() {
+    within(10, || {
+        // Inner earlier: the inner catches, the outer goes on.
+        let r = greenhack::timeout(Duration::from_secs(5), || {
+            let inner = greenhack::timeout(5 * MS, || greenhack::sleep(Duration::from_secs(5)));
+            assert!(inner.is_err());
+            "outer went on"
+        });
+        assert_eq!(r, Ok("outer went on"));
+
+        // Outer earlier: the inner does not catch it.
+        let reached = Cell::new(false);
+        let r = greenhack::timeout(5 * MS, || {
+            let _inner = greenhack::timeout(Duration::from_secs(5), || {
+                greenhack::sleep(Duration::from_secs(5))
+            });
+            reached.set(true);
+        });
+        assert!(r.is_err());
+        assert!(!reached.get(), "inner scope caught the outer's expiry");
+
+        // Completes in time: Ok, and the scope is gone afterwards (a later
+        // long wait is not cut).
+        assert_eq!(greenhack::timeout(Duration::from_secs(5), || 3), Ok(3));
+        greenhack::sleep(20 * MS);
+
+        // A panic inside passes through unchanged.
+        let p =
+            panic::catch_unwind(|| greenhack::timeout(Duration::from_secs(5), || panic!("inner")))
+                .unwrap_err();
+        assert_eq!(p.downcast_ref::<&str>(), Some(&"inner"));
+    });
+}
+
+/// `timeout` cuts the sync primitives' waits: a `recv`, a `lock` and a
+/// `Condvar::wait` are abandoned, and the primitives still work afterwards
+/// (the abandoned waiter left their queues).
+#[test]
+fn timeout_cuts_sync_waits_and_leaves_primitives_usable() {
+    within(10, || {
+        greenhack::run(|| {
+            let (tx, rx) = mpsc::channel::<u8>();
+            assert!(greenhack::timeout(5 * MS, || rx.recv()).is_err());
+            tx.send(1).unwrap();
+            assert_eq!(rx.recv(), Ok(1));
+
+            let m = Rc::new(Mutex::new(0));
+            let m2 = m.clone();
+            let holder = greenhack::spawn(move || {
+                let _g = m2.lock().unwrap();
+                greenhack::sleep(20 * MS);
+            });
+            greenhack::yield_now();
+            assert!(greenhack::timeout(5 * MS, || drop(m.lock())).is_err());
+            holder.join().unwrap();
+            assert!(m.try_lock().is_ok());
+
+            let pair = (Mutex::new(()), Condvar::new());
+            let r = greenhack::timeout(5 * MS, || drop(pair.1.wait(pair.0.lock().unwrap())));
+            assert!(r.is_err());
+            assert!(
+                pair.0.try_lock().is_ok(),
+                "mutex left locked by the cut wait"
+            );
+
+            let s = Semaphore::new(0);
+            assert!(greenhack::timeout(5 * MS, || drop(s.acquire())).is_err());
+            s.add_permits(1);
+            assert!(s.try_acquire().is_ok());
+        });
+    });
+}
+
+// ----- with_async (exempt_cm) ---------------------------------------------------
+
+/// `with_async` inside `timeout`: the cleanup runs and completes (a
+/// rollback that itself waits), and is told the body did not return.
+#[test]
+fn with_async_cleanup_runs_when_a_timeout_cuts_the_body() {
+    within(10, || {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        let r = greenhack::run(move || {
+            greenhack::timeout(10 * MS, || {
+                greenhack::with_async(
+                    async { "tx" },
+                    |_tx| greenhack::sleep(Duration::from_secs(5)),
+                    async |tx, exit| {
+                        let what = match exit {
+                            greenhack::Exit::Returned(_) => "returned",
+                            greenhack::Exit::Panicked(_) => "panicked",
+                            greenhack::Exit::Cancelled => "cancelled",
+                            _ => "other",
+                        };
+                        l.borrow_mut().push(format!("{tx} {what}"));
+                        // The rollback waits, as a real one would.
+                        greenhack::sleep(2 * MS);
+                        l.borrow_mut().push("rolled back".to_string());
+                    },
+                )
+            })
+        });
+        assert!(r.is_err());
+        let log = log.borrow();
+        assert_eq!(log.len(), 2, "cleanup did not finish: {log:?}");
+        assert_eq!(log[1], "rolled back");
+        assert_ne!(log[0], "tx returned");
+    });
+}
+
+/// `with_async`: `?` in the body is a return the cleanup sees as `Err`.
+#[test]
+fn with_async_question_mark_is_seen_by_the_cleanup() {
+    let seen = Cell::new(None);
+    let r: Result<u8, String> = greenhack::with_async(
+        async { () },
+        |_| {
+            let n: u8 = "x".parse().map_err(|_| "not a number".to_string())?;
+            Ok(n)
+        },
+        async |(), exit| seen.set(Some(exit.is_ok())),
+    );
+    assert_eq!(r, Err("not a number".to_string()));
+    assert_eq!(seen.get(), Some(false));
+}
+
+// ----- exempt_iter (exempt_it) ----------------------------------------------------
+
+/// A tokio mpsc receiver read as a plain iterator from a greenlet, fed by
+/// a tokio task; it ends when the senders are gone.
+#[cfg(all(feature = "futures", feature = "tokio"))]
+#[test]
+fn exempt_iter_reads_a_tokio_channel() {
+    within(10, || {
+        greenhack::tokio::run(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tokio::spawn(async move {
+                for i in 0..5 {
+                    tx.send(i).await.unwrap();
+                }
+            });
+            let got: Vec<i32> =
+                greenhack::exempt_iter(tokio_stream::wrappers::ReceiverStream::new(rx)).collect();
+            assert_eq!(got, [0, 1, 2, 3, 4]);
+        });
+    });
+}
+
+// ----- greenlet-locals -----------------------------------------------------------
+
+greenhack::greenlet_local! {
+    static REQ: Cell<u32> = Cell::new(0);
+    static DROPPED: RefCell<Option<Counted>> = RefCell::new(None);
+}
+
+/// `thread_local!`-like: each greenlet its own value, fresh in spawned
+/// greenlets (not inherited), seen by the futures it exempts, dropped when
+/// the greenlet ends.
+#[test]
+fn greenlet_local_isolated_not_inherited_visible_in_exempted_futures_dropped() {
+    within(10, || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = drops.clone();
+        greenhack::run(move || {
+            REQ.with(|r| r.set(99));
+            let hs: Vec<_> = (1..=50)
+                .map(|i| {
+                    let d = d.clone();
+                    greenhack::spawn(move || {
+                        assert_eq!(REQ.with(Cell::get), 0, "inherited");
+                        REQ.with(|r| r.set(i));
+                        DROPPED.with(|c| *c.borrow_mut() = Some(Counted(d)));
+                        greenhack::sleep(MS);
+                        let in_future = greenhack::exempt(async { REQ.with(Cell::get) });
+                        (REQ.with(Cell::get), in_future)
+                    })
+                })
+                .collect();
+            for (i, h) in (1..=50).zip(hs) {
+                assert_eq!(h.join().unwrap(), (i, i));
+            }
+            assert_eq!(REQ.with(Cell::get), 99);
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 50);
+    });
+}
+
+// ----- hosted tokio and the Send entry ------------------------------------------------
+
+/// Under `greenhack::tokio::run` (tokio beneath greenhack's loop) the sync
+/// primitives work between greenlets, and a tokio task can feed a greenlet.
+#[cfg(feature = "tokio")]
+#[test]
+fn sync_under_hosted_tokio() {
+    within(10, || {
+        greenhack::tokio::run(|| {
+            let (tx, rx) = mpsc::channel();
+            tokio::spawn(async move {
+                for i in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tx.send(i).unwrap();
+                }
+            });
+            let m = Rc::new(Mutex::new(Vec::new()));
+            let m2 = m.clone();
+            greenhack::spawn(move || {
+                for i in rx {
+                    m2.lock().unwrap().push(i);
+                }
+            })
+            .join()
+            .unwrap();
+            assert_eq!(*m.lock().unwrap(), [0, 1, 2]);
+            assert_eq!(
+                mpsc::channel::<u8>().1.recv_timeout(5 * MS),
+                Err(RecvTimeoutError::Timeout)
+            );
+        });
+        // as_async polled by a plain tokio current_thread runtime.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let got = rt.block_on(async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tx.send(5u8).unwrap();
+            });
+            greenhack::as_async(move || {
+                let a = rx.recv_timeout(MS);
+                let b = rx.recv();
+                (a, b)
+            })
+            .await
+        });
+        assert_eq!(got, (Err(RecvTimeoutError::Timeout), Ok(5)));
+    });
+}
+
+/// Through the Send entry on a multi-thread runtime: a `spawn_sync` closure
+/// waits on a channel fed by a plain thread, and on a `Mutex` shared with
+/// other `spawn_sync` closures.
+#[cfg(feature = "tokio")]
+#[test]
+fn sync_through_spawn_sync() {
+    within(20, || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (tx, rx) = mpsc::channel();
+            let t = thread::spawn(move || {
+                thread::sleep(50 * MS);
+                tx.send(1u8).unwrap();
+            });
+            let got = greenhack::tokio::spawn_sync(move || {
+                let a = rx.recv_timeout(Duration::from_millis(1));
+                (a, rx.recv())
+            })
+            .await
+            .unwrap();
+            assert_eq!(got, (Err(RecvTimeoutError::Timeout), Ok(1)));
+            t.join().unwrap();
+
+            let m = Arc::new(Mutex::new(0));
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let m = m.clone();
+                    greenhack::tokio::spawn_sync(move || {
+                        for _ in 0..10 {
+                            let mut g = m.lock().unwrap();
+                            let v = *g;
+                            greenhack::yield_now();
+                            *g = v + 1;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert_eq!(*m.lock().unwrap(), 80);
+        });
+    });
+}
+
+// ----- the stall detector --------------------------------------------------------
+
+/// A greenlet blocked in a std call is named within twice the threshold,
+/// once, and the end is reported with the stall's length.
+#[test]
+fn stall_detector_names_the_stuck_greenlet() {
+    within(20, || {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let threshold = 30 * MS;
+        let detector = greenhack::debug::stall_detector_with(threshold, move |st| {
+            if st.name.as_deref() == Some("audit-blocker") {
+                s.lock()
+                    .unwrap()
+                    .push((st.ended, st.duration, Instant::now()));
+            }
+        });
+        let start = Instant::now();
+        greenhack::Builder::new()
+            .name("audit-blocker")
+            .spawn(|| thread::sleep(200 * MS))
+            .unwrap()
+            .join()
+            .unwrap();
+        greenhack::sleep(30 * MS);
+        drop(detector);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [false, true]);
+        assert!(
+            seen[0].2 - start <= 2 * threshold + 10 * MS,
+            "late: {:?}",
+            seen[0].2 - start
+        );
+        assert!(seen[1].1 >= 190 * MS);
+    });
+}
+
+/// The other side of the rule above: a real panic still poisons, inside a
+/// `timeout` too, and also right after a timeout was caught (nothing of the
+/// cancellation lingers).
+#[test]
+fn panics_still_poison_inside_and_after_a_timeout() {
+    within(10, || {
+        let m = Mutex::new(0);
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            greenhack::timeout(Duration::from_secs(5), || {
+                let _g = m.lock().unwrap();
+                panic!("inside a timeout");
+            })
+        }));
+        assert!(r.is_err());
+        assert!(m.is_poisoned());
+        m.clear_poison();
+
+        assert!(greenhack::timeout(MS, || greenhack::sleep(Duration::from_secs(5))).is_err());
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _g = m.lock().unwrap();
+            panic!("after a timeout");
+        }));
+        assert!(r.is_err());
+        assert!(m.is_poisoned());
+
+        // And in a greenlet whose sibling was cancelled.
+        let m = Rc::new(Mutex::new(0));
+        greenhack::run(|| {
+            let h = greenhack::spawn(|| greenhack::sleep(Duration::from_secs(5)));
+            greenhack::yield_now();
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+            let m2 = m.clone();
+            let p = greenhack::spawn(move || {
+                let _g = m2.lock().unwrap();
+                panic!("real");
+            });
+            assert!(p.join().unwrap_err().is_panic());
+        });
+        assert!(m.is_poisoned());
+    });
+}
