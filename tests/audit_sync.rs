@@ -1284,3 +1284,274 @@ fn panics_still_poison_inside_and_after_a_timeout() {
         assert!(m.is_poisoned());
     });
 }
+
+// ----- batch 2: what std says is *not* implemented, and more places to wait ----------
+
+/// The `static_assertions` trick: `some_item` resolves only if exactly one
+/// impl applies, i.e. only if `T` does *not* have the marker trait.
+trait AmbiguousIfSend<A> {
+    fn some_item() {}
+}
+impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+trait AmbiguousIfSync<A> {
+    fn some_item() {}
+}
+impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+
+/// std: guards are `!Send`; `Receiver` is `!Sync`; `Sender<T>` is `Send`
+/// only for `T: Send`; `Mutex<T>` is `Sync` only for `T: Send`; `RwLock<T>`
+/// is `Sync` only for `T: Send + Sync`. And `Mutex<dyn Trait>` coerces
+/// (`T: ?Sized`), as std's does.
+#[test]
+fn std_negative_auto_traits_and_unsizing() {
+    let _ = <MutexGuard<'static, u8> as AmbiguousIfSend<_>>::some_item;
+    let _ = <RwLockReadGuard<'static, u8> as AmbiguousIfSend<_>>::some_item;
+    let _ = <RwLockWriteGuard<'static, u8> as AmbiguousIfSend<_>>::some_item;
+    let _ = <mpsc::Receiver<u8> as AmbiguousIfSync<_>>::some_item;
+    let _ = <mpsc::Sender<Rc<u8>> as AmbiguousIfSend<_>>::some_item;
+    let _ = <mpsc::Receiver<Rc<u8>> as AmbiguousIfSend<_>>::some_item;
+    let _ = <Mutex<Rc<u8>> as AmbiguousIfSync<_>>::some_item;
+    let _ = <RwLock<Cell<u8>> as AmbiguousIfSync<_>>::some_item;
+    let _ = <oneshot::Sender<Rc<u8>> as AmbiguousIfSend<_>>::some_item;
+
+    let m: Arc<Mutex<dyn std::fmt::Debug + Send>> = Arc::new(Mutex::new(5u8));
+    assert_eq!(format!("{:?}", &*m.lock().unwrap()), "5");
+    let s: Box<Mutex<[u8]>> = Box::new(Mutex::new([1, 2, 3]));
+    assert_eq!(s.lock().unwrap().len(), 3);
+    let r: Arc<RwLock<[u8]>> = Arc::new(RwLock::new([1, 2]));
+    assert_eq!(r.read().unwrap().len(), 2);
+}
+
+/// std: `recv_timeout(Duration::ZERO)` returns a message that is there and
+/// `Timeout` at once otherwise; `wait_timeout(ZERO)` times out at once.
+#[test]
+fn zero_timeouts_do_not_wait() {
+    within(10, || {
+        let (tx, rx) = mpsc::channel();
+        tx.send(1).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::ZERO), Ok(1));
+        assert_eq!(rx.recv_timeout(Duration::ZERO), Err(RecvTimeoutError::Timeout));
+        let (m, cv) = (Mutex::new(()), Condvar::new());
+        let (_g, r) = cv.wait_timeout(m.lock().unwrap(), Duration::ZERO).unwrap();
+        assert!(r.timed_out());
+        greenhack::run(|| {
+            let (tx, rx) = mpsc::channel::<u8>();
+            let h = greenhack::spawn(move || rx.recv_timeout(Duration::ZERO));
+            assert_eq!(h.join().unwrap(), Err(RecvTimeoutError::Timeout));
+            drop(tx);
+        });
+    });
+}
+
+/// std: on a rendezvous channel `try_send` succeeds when a receiver is
+/// already waiting.
+#[test]
+fn mpsc_rendezvous_try_send_to_a_waiting_receiver() {
+    within(10, || {
+        greenhack::run(|| {
+            let (tx, rx) = mpsc::sync_channel(0);
+            let h = greenhack::spawn(move || rx.recv());
+            greenhack::yield_now(); // the receiver now waits
+            assert_eq!(tx.try_send(3), Ok(()));
+            assert_eq!(h.join().unwrap(), Ok(3));
+        });
+    });
+}
+
+/// Outside any greenlet on a tokio worker the primitives block the thread
+/// as std's would (documented), and a greenlet on another thread's loop
+/// wakes it.
+#[cfg(feature = "tokio")]
+#[test]
+fn sync_blocks_like_std_on_a_tokio_worker() {
+    within(20, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<u8>();
+        let m = Arc::new(Mutex::new(0));
+        let pair = Arc::new((Mutex::new(false), Condvar::new()));
+        let (m2, p2) = (m.clone(), pair.clone());
+        let other_loop = thread::spawn(move || {
+            greenhack::run(move || {
+                let g = m2.lock().unwrap();
+                greenhack::sleep(30 * MS);
+                drop(g);
+                tx.send(7).unwrap();
+                *p2.0.lock().unwrap() = true;
+                p2.1.notify_all();
+            })
+        });
+        let got = rt.block_on(async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let a = rx.recv_timeout(MS);
+                let b = rx.recv();
+                *m.lock().unwrap() += 1;
+                let (g, r) = pair
+                    .1
+                    .wait_timeout_while(pair.0.lock().unwrap(), Duration::from_secs(5), |b| !*b)
+                    .unwrap();
+                (a, b, *g, r.timed_out())
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(got, (Err(RecvTimeoutError::Timeout), Ok(7), true, false));
+        other_loop.join().unwrap();
+    });
+}
+
+/// A greenlet on one loop releases permits and a plain thread blocked in
+/// `acquire` (no loop) gets them; and the other way round.
+#[test]
+fn semaphore_between_a_loop_and_a_plain_thread() {
+    within(10, || {
+        let s = Arc::new(Semaphore::new(0));
+        let s2 = s.clone();
+        let t = thread::spawn(move || {
+            let p = s2.acquire_many(2);
+            p.num_permits()
+        });
+        greenhack::run(|| {
+            let s = s.clone();
+            greenhack::spawn(move || {
+                greenhack::sleep(10 * MS);
+                s.add_permits(2);
+            })
+            .join()
+            .unwrap();
+        });
+        assert_eq!(t.join().unwrap(), 2);
+        assert_eq!(s.available_permits(), 2);
+    });
+}
+
+/// `timeout` around `JoinHandle::join` and around `unblock`: the wait is
+/// abandoned, the greenlet (or the pool job) runs on; a greenlet spawned
+/// inside a timeout is not bound by it.
+#[test]
+fn timeout_around_join_and_unblock_abandons_only_the_wait() {
+    within(10, || {
+        greenhack::run(|| {
+            let h = Rc::new(RefCell::new(None));
+            let h2 = h.clone();
+            let r = greenhack::timeout(5 * MS, move || {
+                let child = greenhack::spawn(|| {
+                    greenhack::sleep(30 * MS);
+                    "child done"
+                });
+                *h2.borrow_mut() = Some(child);
+                greenhack::sleep(Duration::from_secs(5));
+            });
+            assert!(r.is_err());
+            let child = h.borrow_mut().take().unwrap();
+            assert_eq!(child.join().unwrap(), "child done");
+
+            let ran = Arc::new(AtomicBool::new(false));
+            let r2 = ran.clone();
+            let r = greenhack::timeout(5 * MS, move || {
+                greenhack::unblock(move || {
+                    thread::sleep(30 * MS);
+                    r2.store(true, Ordering::SeqCst);
+                })
+            });
+            assert!(r.is_err());
+            greenhack::sleep(60 * MS);
+            assert!(ran.load(Ordering::SeqCst), "the pool job was not left to run");
+        });
+    });
+}
+
+/// A greenlet's locals are dropped when it is cancelled, too; each
+/// `as_async` under tokio has its own.
+#[cfg(feature = "tokio")]
+#[test]
+fn greenlet_local_dropped_on_cancel_and_per_as_async() {
+    within(10, || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = drops.clone();
+        greenhack::run(move || {
+            let h = greenhack::spawn(move || {
+                DROPPED.with(|c| *c.borrow_mut() = Some(Counted(d)));
+                greenhack::sleep(Duration::from_secs(5));
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let got = local.block_on(&rt, async {
+            let a = tokio::task::spawn_local(greenhack::as_async(|| {
+                REQ.with(|r| r.set(1));
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+                REQ.with(Cell::get)
+            }));
+            let b = tokio::task::spawn_local(greenhack::as_async(|| {
+                REQ.with(|r| r.set(2));
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+                REQ.with(Cell::get)
+            }));
+            (a.await.unwrap(), b.await.unwrap())
+        });
+        assert_eq!(got, (1, 2));
+    });
+}
+
+/// `exempt_iter` over a `!Unpin` stream whose items are greenhack oneshot
+/// receivers awaited (the `Receiver` is a `Future`), answered by threads.
+#[cfg(feature = "futures")]
+#[test]
+fn exempt_iter_over_an_unpin_less_stream_of_oneshots() {
+    within(10, || {
+        let rxs: Vec<_> = (0..3)
+            .map(|i| {
+                let (tx, rx) = oneshot::channel();
+                thread::spawn(move || {
+                    thread::sleep((3 - i) * 5 * MS);
+                    tx.send(i).unwrap();
+                });
+                rx
+            })
+            .collect();
+        let stream = futures_util::stream::unfold(rxs.into_iter(), |mut it| async move {
+            let rx = it.next()?;
+            Some((rx.await.unwrap(), it))
+        });
+        let got: Vec<u32> = greenhack::run(|| greenhack::exempt_iter(stream).collect());
+        assert_eq!(got, [0, 1, 2]);
+    });
+}
+
+/// std: a `Mutex` hands the lock on in the order of waiting (documented
+/// FIFO): three greenlets queue behind a holder and get it in turn.
+#[test]
+fn mutex_waiters_served_in_arrival_order() {
+    within(10, || {
+        let m = Rc::new(Mutex::new(Vec::new()));
+        greenhack::run(|| {
+            let g = m.lock().unwrap();
+            let hs: Vec<_> = (0..3)
+                .map(|i| {
+                    let m = m.clone();
+                    let h = greenhack::spawn(move || m.lock().unwrap().push(i));
+                    greenhack::yield_now();
+                    h
+                })
+                .collect();
+            drop(g);
+            hs.into_iter().for_each(|h| h.join().unwrap());
+        });
+        assert_eq!(*m.lock().unwrap(), [0, 1, 2]);
+    });
+}
