@@ -18,8 +18,10 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::pin;
+use std::task::{Context, Waker};
 
 /// How the body of [`with_async`] ended, as its cleanup is told.
 #[non_exhaustive]
@@ -130,9 +132,11 @@ impl<T: fmt::Debug> fmt::Debug for Exit<'_, T> {
 /// The cleanup of a cancelled body waits while its greenlet is being
 /// dropped, outside any pair: on greenhack's loop (a cancelled `spawn`, an
 /// `as_async` dropped on a plain thread) that wait runs the loop; an
-/// `as_async` dropped by another executor has nothing to serve it, and
-/// `exempt` panics there as it does outside any greenlet (the panic
-/// replaces the cancellation, and the cleanup does not run).
+/// `as_async` dropped by another executor has nothing to serve it: a
+/// cleanup that completes without waiting (its first poll is ready) still
+/// runs there, and one that would wait makes `exempt` panic as it does
+/// outside any greenlet (the panic replaces the cancellation, and the
+/// cleanup does not complete).
 ///
 /// `body` gets `&mut R` and the cleanup gets `R` even after a panic, so the
 /// cleanup may find `R` in whatever state the body left it (the reason to
@@ -162,11 +166,25 @@ where
                     crate::exempt(cleanup(resource, Exit::Cancelled));
                 });
             } else if crate::greenlet::is_forced_unwind(&*payload) {
-                crate::exempt(cleanup(resource, Exit::Cancelled));
+                wait_cancelled_cleanup(cleanup(resource, Exit::Cancelled));
             } else {
                 crate::exempt(cleanup(resource, Exit::Panicked(&*payload)));
             }
             panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// Waits for the cleanup of a cancelled body, which runs outside any pair.
+/// Where `exempt` refuses (an `as_async` dropped by another executor), a
+/// cleanup that completes without waiting still runs: it is polled once.
+fn wait_cancelled_cleanup<F: Future<Output = ()>>(cleanup: F) {
+    if let Err(refused) = crate::try_exempt(cleanup) {
+        let mut cleanup = pin!(refused.into_future());
+        let mut cx = Context::from_waker(Waker::noop());
+        if cleanup.as_mut().poll(&mut cx).is_pending() {
+            // Refused again, with the message that names the fix.
+            crate::exempt(cleanup);
         }
     }
 }

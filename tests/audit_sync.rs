@@ -1332,7 +1332,10 @@ fn zero_timeouts_do_not_wait() {
         let (tx, rx) = mpsc::channel();
         tx.send(1).unwrap();
         assert_eq!(rx.recv_timeout(Duration::ZERO), Ok(1));
-        assert_eq!(rx.recv_timeout(Duration::ZERO), Err(RecvTimeoutError::Timeout));
+        assert_eq!(
+            rx.recv_timeout(Duration::ZERO),
+            Err(RecvTimeoutError::Timeout)
+        );
         let (m, cv) = (Mutex::new(()), Condvar::new());
         let (_g, r) = cv.wait_timeout(m.lock().unwrap(), Duration::ZERO).unwrap();
         assert!(r.timed_out());
@@ -1462,7 +1465,10 @@ fn timeout_around_join_and_unblock_abandons_only_the_wait() {
             });
             assert!(r.is_err());
             greenhack::sleep(60 * MS);
-            assert!(ran.load(Ordering::SeqCst), "the pool job was not left to run");
+            assert!(
+                ran.load(Ordering::SeqCst),
+                "the pool job was not left to run"
+            );
         });
     });
 }
@@ -1553,5 +1559,264 @@ fn mutex_waiters_served_in_arrival_order() {
             hs.into_iter().for_each(|h| h.join().unwrap());
         });
         assert_eq!(*m.lock().unwrap(), [0, 1, 2]);
+    });
+}
+
+// ----- batch 3: races between hand-offs and abandoned waits ----------------------------
+
+/// A tiny xorshift, for wait lengths.
+fn next_rand(state: &Cell<u64>) -> u64 {
+    let mut x = state.get();
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    state.set(x);
+    x
+}
+
+/// Every message is received exactly once although receivers keep giving
+/// up (`recv_timeout`, and `timeout` around `recv`) at random moments, while
+/// one receiver waits with plain `recv` (a lost wake-up would hang it).
+#[test]
+fn stress_mpsc_abandoned_receives_lose_nothing() {
+    within(60, || {
+        let (tx, rx) = mpsc::sync_channel::<u64>(2);
+        let producers: Vec<_> = (0..3u64)
+            .map(|p| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    for i in 0..2000 {
+                        tx.send(p * 10_000 + i).unwrap();
+                        if i % 64 == 0 {
+                            thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let rx = Rc::new(rx);
+        let got = Rc::new(RefCell::new(Vec::new()));
+        greenhack::run(|| {
+            for k in 0..5u64 {
+                let (rx, got) = (rx.clone(), got.clone());
+                let _ = greenhack::spawn(move || {
+                    let rng = Cell::new(0x9e37_79b9_7f4a_7c15 ^ (k + 1));
+                    loop {
+                        let us = next_rand(&rng) % 300;
+                        let r = match k {
+                            0 => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                            1 | 2 => rx.recv_timeout(Duration::from_micros(us)),
+                            _ => {
+                                match greenhack::timeout(Duration::from_micros(us), || rx.recv()) {
+                                    Ok(r) => r.map_err(|_| RecvTimeoutError::Disconnected),
+                                    Err(_) => Err(RecvTimeoutError::Timeout),
+                                }
+                            }
+                        };
+                        match r {
+                            Ok(v) => got.borrow_mut().push(v),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                });
+            }
+        });
+        producers.into_iter().for_each(|t| t.join().unwrap());
+        let mut got = got.borrow().clone();
+        got.sort_unstable();
+        let want: Vec<u64> = (0..3u64)
+            .flat_map(|p| (0..2000).map(move |i| p * 10_000 + i))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want);
+    });
+}
+
+/// Greenlets on two loops lock one `Mutex`, many through a `timeout` that
+/// may cut the wait at any moment (also just as the lock is handed over);
+/// the others lock plainly, so a lost hand-off would hang them. Every lock
+/// taken is counted once, and the mutex ends free and unpoisoned.
+#[test]
+fn stress_mutex_abandoned_locks_lose_no_hand_off() {
+    within(60, || {
+        let m = Arc::new(Mutex::new(0u64));
+        let taken = Arc::new(AtomicUsize::new(0));
+        let loops: Vec<_> = (0..2u64)
+            .map(|l| {
+                let (m, taken) = (m.clone(), taken.clone());
+                thread::spawn(move || {
+                    greenhack::run(move || {
+                        for k in 0..20u64 {
+                            let (m, taken) = (m.clone(), taken.clone());
+                            let _ = greenhack::spawn(move || {
+                                let rng = Cell::new(0x2545_f491_4f6c_dd1d ^ (l * 100 + k + 1));
+                                for _ in 0..100 {
+                                    let us = next_rand(&rng) % 200;
+                                    let body = || {
+                                        let mut g = m.lock().unwrap();
+                                        taken.fetch_add(1, Ordering::SeqCst);
+                                        *g += 1;
+                                        if us % 3 == 0 {
+                                            greenhack::yield_now();
+                                        }
+                                    };
+                                    if k % 4 == 0 {
+                                        body();
+                                    } else {
+                                        let _ = greenhack::timeout(Duration::from_micros(us), body);
+                                    }
+                                }
+                            });
+                        }
+                    })
+                })
+            })
+            .collect();
+        loops.into_iter().for_each(|t| t.join().unwrap());
+        assert!(!m.is_poisoned());
+        let g = m.try_lock().expect("mutex left locked");
+        assert_eq!(*g as usize, taken.load(Ordering::SeqCst));
+    });
+}
+
+/// The same for `Semaphore` (permits conserved), `RwLock` (ends free) and
+/// `Condvar` (every notified item consumed once).
+#[test]
+fn stress_semaphore_rwlock_condvar_abandoned_waits() {
+    within(60, || {
+        let sem = Rc::new(Semaphore::new(3));
+        let rw = Rc::new(RwLock::new(0u64));
+        let queue = Rc::new((Mutex::new(Vec::<u64>::new()), Condvar::new()));
+        let consumed = Rc::new(RefCell::new(Vec::new()));
+        greenhack::run(|| {
+            for k in 0..30u64 {
+                let (sem, rw) = (sem.clone(), rw.clone());
+                let _ = greenhack::spawn(move || {
+                    let rng = Cell::new(0x1234_5678_9abc_def1 ^ (k + 1));
+                    for i in 0..60u64 {
+                        let us = next_rand(&rng) % 300;
+                        let _ = greenhack::timeout(Duration::from_micros(us), || {
+                            let _p = sem.acquire_many(1 + (i % 2) as u32);
+                            if i % 5 == 0 {
+                                *rw.write().unwrap() += 1;
+                            } else {
+                                let _r = rw.read().unwrap();
+                                greenhack::yield_now();
+                            }
+                        });
+                    }
+                });
+            }
+            // Producers and consumers over a Condvar, consumers giving up
+            // at random.
+            let done = Rc::new(Cell::new(false));
+            let consumers: Vec<_> = (0..4u64)
+                .map(|k| {
+                    let (q, consumed, done) = (queue.clone(), consumed.clone(), done.clone());
+                    greenhack::spawn(move || {
+                        let rng = Cell::new(0xdead_beef_1234_5678 ^ (k + 1));
+                        loop {
+                            let us = next_rand(&rng) % 300;
+                            let g = q.0.lock().unwrap();
+                            let (mut g, _) =
+                                q.1.wait_timeout_while(g, Duration::from_micros(us), |v| {
+                                    v.is_empty() && !done.get()
+                                })
+                                .unwrap();
+                            match g.pop() {
+                                Some(v) => consumed.borrow_mut().push(v),
+                                None if done.get() => break,
+                                None => {}
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for i in 0..500u64 {
+                queue.0.lock().unwrap().push(i);
+                queue.1.notify_one();
+                if i % 7 == 0 {
+                    greenhack::yield_now();
+                }
+            }
+            while !queue.0.lock().unwrap().is_empty() {
+                greenhack::sleep(MS);
+            }
+            done.set(true);
+            queue.1.notify_all();
+            consumers.into_iter().for_each(|h| h.join().unwrap());
+        });
+        assert_eq!(sem.available_permits(), 3);
+        assert!(rw.try_write().is_ok(), "rwlock left held");
+        let mut c = consumed.borrow().clone();
+        c.sort_unstable();
+        assert_eq!(c, (0..500).collect::<Vec<_>>());
+    });
+}
+
+/// Aborting the tokio task of an `as_async` that holds a `Mutex` (its
+/// greenlet is dropped, so unwound) releases the lock unpoisoned, and the
+/// abandoned `with_async` is told `Cancelled`.
+#[cfg(feature = "tokio")]
+#[test]
+fn tokio_abort_of_an_as_async_releases_its_guard_unpoisoned() {
+    within(10, || {
+        let m = Arc::new(Mutex::new(0));
+        let told = Arc::new(std::sync::Mutex::new(None));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let (m2, t2) = (m.clone(), told.clone());
+        local.block_on(&rt, async move {
+            let task = tokio::task::spawn_local(greenhack::as_async(move || {
+                let _g = m2.lock().unwrap();
+                greenhack::with_async(
+                    async {},
+                    |()| greenhack::exempt(tokio::time::sleep(Duration::from_secs(5))),
+                    async |(), exit| {
+                        *t2.lock().unwrap() = Some(matches!(exit, greenhack::Exit::Cancelled));
+                    },
+                );
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        });
+        assert_eq!(*told.lock().unwrap(), Some(true));
+        assert!(m.try_lock().is_ok(), "mutex left locked or poisoned");
+    });
+}
+
+/// `timeout` inside an `as_async` under tokio and inside `spawn_sync`
+/// cuts a wait on a tokio future (documented: an `as_async` under tokio
+/// hosts greenhack's loop, whose timers enforce it).
+#[cfg(feature = "tokio")]
+#[test]
+fn timeout_under_tokio_and_spawn_sync() {
+    within(20, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(greenhack::as_async(|| {
+            greenhack::timeout(5 * MS, || {
+                greenhack::exempt(tokio::time::sleep(Duration::from_secs(5)))
+            })
+        }));
+        assert!(r.is_err());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(async {
+            greenhack::tokio::spawn_sync(|| {
+                let (_tx, rx) = mpsc::channel::<u8>();
+                greenhack::timeout(5 * MS, || rx.recv())
+            })
+            .await
+            .unwrap()
+        });
+        assert!(r.is_err());
     });
 }
