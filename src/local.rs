@@ -11,7 +11,9 @@
 //! The value is visible to the futures the greenlet waits on through
 //! [`exempt`](crate::exempt) while they are polled by it (they run on its
 //! stack, inside its wait), as Python's `contextvars` are to the coroutines
-//! a greenlet awaits. It is not inherited: a greenlet spawned from another
+//! a greenlet awaits, and to the destructors that run on its stack while it
+//! is cancelled (its frames unwound), as a `thread_local!` is to those of a
+//! panicking thread. It is not inherited: a greenlet spawned from another
 //! starts with its own fresh value (pass what it needs into its closure).
 
 /// Declares greenlet-local statics: like `std::thread_local!`, one value

@@ -1820,3 +1820,72 @@ fn timeout_under_tokio_and_spawn_sync() {
         assert!(r.is_err());
     });
 }
+
+/// A destructor on a cancelled greenlet's stack (a span guard, a request
+/// log) still sees that greenlet's locals while the cancellation unwinds
+/// it, as a `thread_local!` is still its thread's during an unwind.
+#[test]
+fn greenlet_local_seen_by_destructors_of_a_cancelled_greenlet() {
+    struct LogOnDrop(Rc<Cell<u32>>);
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            self.0.set(REQ.with(Cell::get));
+        }
+    }
+    within(10, || {
+        let seen = Rc::new(Cell::new(0));
+        let s = seen.clone();
+        greenhack::run(move || {
+            REQ.with(|r| r.set(1)); // the thread's own value
+            let h = greenhack::spawn(move || {
+                REQ.with(|r| r.set(42));
+                let _log = LogOnDrop(s);
+                greenhack::sleep(Duration::from_secs(5));
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert_eq!(seen.get(), 42);
+    });
+}
+
+/// Nested: while a cancelled greenlet unwinds, one of its destructors drops
+/// another suspended greenlet (an `as_async`), which unwinds in turn; each
+/// one's destructors see its own locals.
+#[test]
+fn greenlet_local_seen_by_destructors_of_nested_cancellations() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    struct LogOnDrop(Rc<RefCell<Vec<u32>>>);
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            self.0.borrow_mut().push(REQ.with(Cell::get));
+        }
+    }
+    within(10, || {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let s = seen.clone();
+        greenhack::run(move || {
+            let h = greenhack::spawn(move || {
+                REQ.with(|r| r.set(42));
+                let _outer_last = LogOnDrop(s.clone());
+                let s2 = s.clone();
+                let mut inner = greenhack::as_async(move || {
+                    REQ.with(|r| r.set(7));
+                    let _inner = LogOnDrop(s2);
+                    greenhack::exempt(std::future::pending::<()>());
+                });
+                let mut cx = Context::from_waker(Waker::noop());
+                assert!(std::pin::Pin::new(&mut inner).poll(&mut cx).is_pending());
+                let _inner_owner = inner; // dropped first by the unwind
+                greenhack::sleep(Duration::from_secs(5));
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert_eq!(*seen.borrow(), [7, 42]);
+    });
+}
