@@ -153,7 +153,7 @@ fn mpsc_recv_drains_the_buffer_before_reporting_disconnection() {
         greenhack::run(|| {
             let (tx, rx) = mpsc::sync_channel(2);
             let tx2 = tx.clone();
-            let _ = greenhack::spawn(move || {
+            let _detached = greenhack::spawn(move || {
                 tx.send(1).unwrap();
                 greenhack::sleep(5 * MS);
                 tx2.send(2).unwrap();
@@ -260,7 +260,7 @@ fn mpsc_sync_channel_zero_is_a_rendezvous() {
         greenhack::run(move || {
             let (tx, rx) = mpsc::sync_channel(0);
             let l2 = l.clone();
-            let _ = greenhack::spawn(move || {
+            let _detached = greenhack::spawn(move || {
                 l2.borrow_mut().push("send");
                 tx.send(1).unwrap();
                 l2.borrow_mut().push("sent");
@@ -377,7 +377,7 @@ fn mpsc_many_threads_to_greenlets_in_per_sender_order() {
         greenhack::run(|| {
             for _ in 0..3 {
                 let (rx, seen) = (rx.clone(), seen.clone());
-                let _ = greenhack::spawn(move || {
+                let _detached = greenhack::spawn(move || {
                     while let Ok((p, i)) = rx.recv() {
                         seen.borrow_mut()[p].push(i);
                         greenhack::yield_now();
@@ -545,7 +545,7 @@ fn mutex_try_lock_and_debug() {
         assert_eq!(format!("{m:?}"), "Mutex { data: 5, poisoned: false, .. }");
         greenhack::run(|| {
             let m2 = m.clone();
-            let _ = greenhack::spawn(move || {
+            let _detached = greenhack::spawn(move || {
                 let _g = m2.lock().unwrap();
                 greenhack::sleep(10 * MS);
             });
@@ -598,7 +598,7 @@ fn mutex_between_greenlets_of_two_loops() {
                     greenhack::run(move || {
                         for _ in 0..20 {
                             let m = m.clone();
-                            let _ = greenhack::spawn(move || {
+                            let _detached = greenhack::spawn(move || {
                                 for _ in 0..20 {
                                     let mut g = m.lock().unwrap();
                                     let v = *g;
@@ -678,7 +678,7 @@ fn condvar_wait_while_notify_one_notify_all() {
         greenhack::run(|| {
             for _ in 0..3 {
                 let (p, w) = (pair.clone(), woke.clone());
-                let _ = greenhack::spawn(move || {
+                let _detached = greenhack::spawn(move || {
                     let g = p.1.wait_while(p.0.lock().unwrap(), |n| *n == 0).unwrap();
                     assert!(*g > 0);
                     w.set(w.get() + 1);
@@ -1035,7 +1035,7 @@ fn with_async_cleanup_runs_when_a_timeout_cuts_the_body() {
 fn with_async_question_mark_is_seen_by_the_cleanup() {
     let seen = Cell::new(None);
     let r: Result<u8, String> = greenhack::with_async(
-        async { () },
+        async {},
         |_| {
             let n: u8 = "x".parse().map_err(|_| "not a number".to_string())?;
             Ok(n)
@@ -1600,7 +1600,7 @@ fn stress_mpsc_abandoned_receives_lose_nothing() {
         greenhack::run(|| {
             for k in 0..5u64 {
                 let (rx, got) = (rx.clone(), got.clone());
-                let _ = greenhack::spawn(move || {
+                let _detached = greenhack::spawn(move || {
                     let rng = Cell::new(0x9e37_79b9_7f4a_7c15 ^ (k + 1));
                     loop {
                         let us = next_rand(&rng) % 300;
@@ -1650,7 +1650,7 @@ fn stress_mutex_abandoned_locks_lose_no_hand_off() {
                     greenhack::run(move || {
                         for k in 0..20u64 {
                             let (m, taken) = (m.clone(), taken.clone());
-                            let _ = greenhack::spawn(move || {
+                            let _detached = greenhack::spawn(move || {
                                 let rng = Cell::new(0x2545_f491_4f6c_dd1d ^ (l * 100 + k + 1));
                                 for _ in 0..100 {
                                     let us = next_rand(&rng) % 200;
@@ -1693,7 +1693,7 @@ fn stress_semaphore_rwlock_condvar_abandoned_waits() {
         greenhack::run(|| {
             for k in 0..30u64 {
                 let (sem, rw) = (sem.clone(), rw.clone());
-                let _ = greenhack::spawn(move || {
+                let _detached = greenhack::spawn(move || {
                     let rng = Cell::new(0x1234_5678_9abc_def1 ^ (k + 1));
                     for i in 0..60u64 {
                         let us = next_rand(&rng) % 300;
