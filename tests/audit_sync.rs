@@ -1889,3 +1889,97 @@ fn greenlet_local_seen_by_destructors_of_nested_cancellations() {
         assert_eq!(*seen.borrow(), [7, 42]);
     });
 }
+
+/// Sliced greenlets (documented: greenhack's channels and locks keep no
+/// pointer into a waiting greenlet's stack) contend on a `Mutex`, pass
+/// messages and wait under `timeout`s; the counts are exact.
+#[test]
+fn sync_between_sliced_greenlets() {
+    within(30, || {
+        let m = Rc::new(Mutex::new(0u64));
+        let (tx, rx) = mpsc::sync_channel::<u64>(1);
+        let rx = Rc::new(rx);
+        let got = Rc::new(Cell::new(0u64));
+        greenhack::run(|| {
+            let mut hs = Vec::new();
+            for k in 0..100u64 {
+                let (m, tx, rx, got) = (m.clone(), tx.clone(), rx.clone(), got.clone());
+                // SAFETY: the greenlet waits only through greenhack's locks,
+                // channels and timers, passed by value to their waits.
+                let b = unsafe { greenhack::Builder::new().sliced() };
+                hs.push(
+                    b.spawn(move || {
+                        let frame = [k; 8]; // live across the waits
+                        for i in 0..10u64 {
+                            {
+                                let mut g = m.lock().unwrap();
+                                let v = *g;
+                                greenhack::yield_now();
+                                *g = v + 1;
+                            }
+                            if k % 2 == 0 {
+                                tx.send(i).unwrap();
+                            } else {
+                                loop {
+                                    match greenhack::timeout(Duration::from_micros(50), || {
+                                        rx.recv()
+                                    }) {
+                                        Ok(v) => {
+                                            got.set(got.get() + v.unwrap());
+                                            break;
+                                        }
+                                        Err(_) => continue,
+                                    }
+                                }
+                            }
+                        }
+                        frame.iter().sum::<u64>()
+                    })
+                    .unwrap(),
+                );
+            }
+            drop(tx);
+            for (k, h) in hs.into_iter().enumerate() {
+                assert_eq!(h.join().unwrap(), 8 * k as u64);
+            }
+        });
+        assert_eq!(*m.lock().unwrap(), 1000);
+        assert_eq!(got.get(), 50 * (0..10).sum::<u64>());
+    });
+}
+
+static COUNTED_INITS: AtomicUsize = AtomicUsize::new(0);
+
+greenhack::greenlet_local! {
+    static LAZY: Cell<u32> = {
+        COUNTED_INITS.fetch_add(1, Ordering::SeqCst);
+        Cell::new(100)
+    };
+    static NAMES: RefCell<Vec<String>> = RefCell::new(Vec::new());
+}
+
+/// std's `LocalKey<Cell<T>>`/`LocalKey<RefCell<T>>` shortcuts, per
+/// greenlet: `set` on first use skips the initialiser; `get`, `take`,
+/// `replace`, `with_borrow`, `with_borrow_mut`.
+#[test]
+fn greenlet_local_has_std_local_key_shortcuts() {
+    within(10, || {
+        greenhack::run(|| {
+            let a = greenhack::spawn(|| {
+                LAZY.set(5); // no initialiser
+                let first = LAZY.get();
+                let old = LAZY.replace(6);
+                NAMES.with_borrow_mut(|v| v.push("a".into()));
+                (first, old, LAZY.take(), NAMES.with_borrow(|v| v.clone()))
+            });
+            let b = greenhack::spawn(|| {
+                NAMES.set(vec!["b".into()]);
+                greenhack::yield_now();
+                (LAZY.get(), NAMES.take())
+            });
+            assert_eq!(a.join().unwrap(), (5, 5, 6, vec!["a".to_string()]));
+            assert_eq!(b.join().unwrap(), (100, vec!["b".to_string()]));
+        });
+        assert_eq!(COUNTED_INITS.load(Ordering::SeqCst), 1); // b's only
+    });
+}
