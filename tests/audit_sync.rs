@@ -1983,3 +1983,104 @@ fn greenlet_local_has_std_local_key_shortcuts() {
         assert_eq!(COUNTED_INITS.load(Ordering::SeqCst), 1); // b's only
     });
 }
+
+/// Under an executor that cannot host greenhack's loop
+/// (`futures::executor::block_on`), the sync primitives still wait and
+/// time out (documented: a shared timer thread serves their deadlines).
+#[test]
+fn sync_timeouts_under_a_foreign_executor() {
+    within(10, || {
+        let (tx, rx) = mpsc::channel::<u8>();
+        let pair = Arc::new((Mutex::new(false), Condvar::new()));
+        let p2 = pair.clone();
+        let t = thread::spawn(move || {
+            thread::sleep(30 * MS);
+            tx.send(1).unwrap();
+            *p2.0.lock().unwrap() = true;
+            p2.1.notify_all();
+        });
+        let got = futures_executor::block_on(greenhack::as_async(move || {
+            let a = rx.recv_timeout(5 * MS);
+            let b = rx.recv_timeout(Duration::from_secs(5));
+            let (m, cv) = &*pair;
+            let (g, r) = cv
+                .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(5), |b| !*b)
+                .unwrap();
+            let s = Semaphore::new(0);
+            let start = Instant::now();
+            let c = s.try_acquire().is_err();
+            let (_tx2, rx2) = oneshot::channel::<u8>();
+            let mut rx2 = rx2;
+            let d = rx2.recv_timeout(5 * MS);
+            (a, b, *g, r.timed_out(), c, d, start.elapsed() >= 5 * MS)
+        }));
+        t.join().unwrap();
+        assert_eq!(
+            got,
+            (
+                Err(RecvTimeoutError::Timeout),
+                Ok(1),
+                true,
+                false,
+                true,
+                Err(oneshot::RecvTimeoutError::Timeout),
+                true
+            )
+        );
+    });
+}
+
+/// `timeout` documents that code inside which catches the unwind and keeps
+/// waiting is unwound again at its next wait.
+#[test]
+fn timeout_caught_inside_is_raised_again_at_the_next_wait() {
+    within(10, || {
+        let reached = Cell::new(false);
+        let r = greenhack::timeout(5 * MS, || {
+            let first = panic::catch_unwind(AssertUnwindSafe(|| {
+                greenhack::sleep(Duration::from_secs(5))
+            }));
+            assert!(first.is_err());
+            greenhack::sleep(MS);
+            reached.set(true);
+        });
+        assert!(r.is_err());
+        assert!(!reached.get());
+    });
+}
+
+/// Messages dropped by the channel (receiver gone, blocked send abandoned)
+/// are dropped outside its lock: a message holding a `Sender` of its own
+/// channel, or sending on it from its destructor, does not deadlock.
+#[test]
+fn mpsc_messages_that_use_their_own_channel_when_dropped() {
+    enum Msg {
+        Tx(mpsc::Sender<Msg>),
+        SendOnDrop(mpsc::SyncSender<u8>),
+    }
+    impl Drop for Msg {
+        fn drop(&mut self) {
+            if let Msg::SendOnDrop(tx) = self {
+                let _ = tx.try_send(1);
+            }
+        }
+    }
+    within(10, || {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        tx.send(Msg::Tx(tx.clone())).unwrap();
+        drop(tx); // the last Sender outside is gone; one is in the buffer
+        drop(rx.try_recv().ok().expect("the message"));
+        // Its Sender was the last one.
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+        let (tx, rx) = mpsc::channel::<Msg>();
+        tx.send(Msg::Tx(tx.clone())).unwrap();
+        drop(rx); // drops the buffered Sender of this very channel
+
+        let (stx, srx) = mpsc::sync_channel::<u8>(1);
+        let (mtx, mrx) = mpsc::channel::<Msg>();
+        mtx.send(Msg::SendOnDrop(stx.clone())).unwrap();
+        drop(mrx);
+        assert_eq!(srx.try_recv(), Ok(1));
+        drop(stx);
+    });
+}
