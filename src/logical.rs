@@ -21,8 +21,9 @@ pub(crate) struct Logical {
     /// The scope whose expiry is unwinding this logical thread, until that
     /// scope closes: the unwind is a timeout, not a panic.
     unwinding_to: Cell<Option<u64>>,
-    /// While above 0, no scope fires (`with_async`'s cleanup after a
-    /// timeout, which must be able to wait).
+    /// The scopes below this index do not fire (`with_async`'s cleanup
+    /// after a timeout, which must be able to wait); scopes opened inside
+    /// the cleanup do.
     shielded: Cell<usize>,
 }
 
@@ -60,17 +61,15 @@ impl Logical {
 
     /// The scope whose deadline comes first: it is the one that fires.
     pub(crate) fn earliest_scope(&self) -> Option<Scope> {
-        if self.shielded.get() > 0 {
-            return None;
-        }
         let scopes = self.scopes.borrow();
-        scopes.iter().min_by_key(|s| (s.deadline, s.id)).copied()
+        let active = scopes.get(self.shielded.get()..).unwrap_or_default();
+        active.iter().min_by_key(|s| (s.deadline, s.id)).copied()
     }
 
     /// True when no timeout scope is active (the common case: one borrow).
     #[inline]
     pub(crate) fn has_no_scope(&self) -> bool {
-        self.scopes.borrow().is_empty() || self.shielded.get() > 0
+        self.scopes.borrow().len() <= self.shielded.get()
     }
 
     /// The local stored under `key`, created by `init` on first use.
@@ -118,17 +117,20 @@ pub(crate) fn raise_elapsed(scope: Scope) -> ! {
     std::panic::resume_unwind(Box::new(ScopeElapsed(scope.id)))
 }
 
-/// Runs `f` with every timeout scope of the current logical thread
-/// suspended: its waits are not cut.
+/// Runs `f` with the timeout scopes open now on the current logical thread
+/// suspended: its waits are not cut by them (only by scopes `f` opens).
 pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
-    struct Unshield;
+    struct Unshield(usize);
     impl Drop for Unshield {
         fn drop(&mut self) {
-            crate::pair::with_logical(|l| l.shielded.set(l.shielded.get() - 1));
+            crate::pair::with_logical(|l| l.shielded.set(self.0));
         }
     }
-    crate::pair::with_logical(|l| l.shielded.set(l.shielded.get() + 1));
-    let _unshield = Unshield;
+    let before = crate::pair::with_logical(|l| {
+        let open = l.scopes.borrow().len();
+        l.shielded.replace(open)
+    });
+    let _unshield = Unshield(before);
     f()
 }
 

@@ -2084,3 +2084,31 @@ fn mpsc_messages_that_use_their_own_channel_when_dropped() {
         drop(stx);
     });
 }
+
+/// The cleanup after a timeout is not cut by the expired deadline, but a
+/// timeout of its own (a bounded rollback) still fires.
+#[test]
+fn with_async_cleanup_after_a_timeout_keeps_its_own_timeouts() {
+    within(10, || {
+        let inner = Rc::new(Cell::new(None));
+        let i2 = inner.clone();
+        let start = Instant::now();
+        let r = greenhack::run(move || {
+            greenhack::timeout(5 * MS, || {
+                greenhack::with_async(
+                    async {},
+                    |()| greenhack::sleep(Duration::from_secs(5)),
+                    async |(), _exit| {
+                        let bounded = greenhack::timeout(10 * MS, || {
+                            greenhack::sleep(Duration::from_secs(5))
+                        });
+                        i2.set(Some(bounded.is_err()));
+                    },
+                )
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(inner.get(), Some(true));
+        assert!(start.elapsed() < Duration::from_secs(4));
+    });
+}
