@@ -2112,3 +2112,53 @@ fn with_async_cleanup_after_a_timeout_keeps_its_own_timeouts() {
         assert!(start.elapsed() < Duration::from_secs(4));
     });
 }
+
+/// No false alarm: a greenlet that waits through greenhack (sleep, a lock,
+/// a channel) for many thresholds is not a stall, nor is a loop idle in
+/// `epoll_wait`.
+#[test]
+fn stall_detector_quiet_for_greenlets_that_wait() {
+    within(20, || {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let detector = greenhack::debug::stall_detector_with(10 * MS, move |st| {
+            if st
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("audit-waiter"))
+            {
+                s.lock().unwrap().push(st.clone());
+            }
+        });
+        greenhack::run(|| {
+            let m = Rc::new(Mutex::new(()));
+            let (tx, rx) = mpsc::channel::<u8>();
+            let g = m.lock().unwrap();
+            let m2 = m.clone();
+            let a = greenhack::Builder::new()
+                .name("audit-waiter-sleep")
+                .spawn(|| greenhack::sleep(80 * MS))
+                .unwrap();
+            let b = greenhack::Builder::new()
+                .name("audit-waiter-lock")
+                .spawn(move || drop(m2.lock().unwrap()))
+                .unwrap();
+            let c = greenhack::Builder::new()
+                .name("audit-waiter-recv")
+                .spawn(move || rx.recv().unwrap())
+                .unwrap();
+            greenhack::sleep(80 * MS);
+            drop(g);
+            tx.send(1).unwrap();
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(c.join().unwrap(), 1);
+        });
+        drop(detector);
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+    });
+}
