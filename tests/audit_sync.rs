@@ -2162,3 +2162,61 @@ fn stall_detector_quiet_for_greenlets_that_wait() {
         );
     });
 }
+
+/// A `Runtime`'s loops share sync primitives: greenlets handed to two
+/// loops contend on one `Mutex` and feed one channel; greenlets still
+/// holding a guard when the runtime shuts down are unwound, releasing it
+/// unpoisoned; a cancelled remote greenlet too.
+#[test]
+fn sync_across_runtime_loops_and_shutdown() {
+    within(30, || {
+        let rt = greenhack::runtime::Builder::new()
+            .worker_threads(2)
+            .build(|| Ok(()))
+            .unwrap();
+        let m = Arc::new(Mutex::new(0u64));
+        let (tx, rx) = mpsc::channel::<u64>();
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let (m, tx) = (m.clone(), tx.clone());
+                rt.handle(i % 2).spawn(move || {
+                    for _ in 0..50 {
+                        let mut g = m.lock().unwrap();
+                        let v = *g;
+                        greenhack::yield_now();
+                        *g = v + 1;
+                    }
+                    tx.send(i as u64).unwrap();
+                })
+            })
+            .collect();
+        drop(tx);
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(rx.iter().sum::<u64>(), (0..8).sum());
+        assert_eq!(*m.lock().unwrap(), 400);
+
+        // Holders unwound by a cancel and by the shutdown.
+        let m1 = Arc::new(Mutex::new(()));
+        let m2 = Arc::new(Mutex::new(()));
+        let (held_tx, held_rx) = mpsc::channel::<()>();
+        let (a, ht) = (m1.clone(), held_tx.clone());
+        let cancelled = rt.handle(0).spawn(move || {
+            let _g = a.lock().unwrap();
+            ht.send(()).unwrap();
+            greenhack::sleep(Duration::from_secs(30));
+        });
+        let (b, ht) = (m2.clone(), held_tx);
+        let _left = rt.handle(1).spawn(move || {
+            let _g = b.lock().unwrap();
+            ht.send(()).unwrap();
+            greenhack::sleep(Duration::from_secs(30));
+        });
+        held_rx.recv().unwrap();
+        held_rx.recv().unwrap();
+        cancelled.cancel();
+        assert!(cancelled.join().unwrap_err().is_cancelled());
+        assert!(m1.try_lock().is_ok(), "cancel left it locked or poisoned");
+        rt.shutdown().unwrap();
+        assert!(m2.try_lock().is_ok(), "shutdown left it locked or poisoned");
+    });
+}
