@@ -2060,8 +2060,12 @@ fn mpsc_messages_that_use_their_own_channel_when_dropped() {
     }
     impl Drop for Msg {
         fn drop(&mut self) {
-            if let Msg::SendOnDrop(tx) = self {
-                let _ = tx.try_send(1);
+            match self {
+                Msg::SendOnDrop(tx) => {
+                    let _ = tx.try_send(1);
+                }
+                // Dropped with the message, after this.
+                Msg::Tx(tx) => assert!(format!("{tx:?}").starts_with("Sender")),
             }
         }
     }
@@ -2069,7 +2073,10 @@ fn mpsc_messages_that_use_their_own_channel_when_dropped() {
         let (tx, rx) = mpsc::channel::<Msg>();
         tx.send(Msg::Tx(tx.clone())).unwrap();
         drop(tx); // the last Sender outside is gone; one is in the buffer
-        drop(rx.try_recv().ok().expect("the message"));
+        match rx.try_recv() {
+            Ok(msg) => drop(msg),
+            Err(e) => panic!("the message: {e}"),
+        }
         // Its Sender was the last one.
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
         let (tx, rx) = mpsc::channel::<Msg>();
