@@ -6,7 +6,8 @@
 //! it. [`greenlet_local!`](crate::greenlet_local) declares a
 //! [`GreenletLocal`] instead: each logical thread (each greenlet, and a
 //! plain thread's own stack outside any greenlet) has its own value, made
-//! by the initialiser on first use and dropped when the greenlet ends.
+//! by the initialiser on first use and dropped when the greenlet ends
+//! (newest first; a value's destructor may use the locals still alive).
 //!
 //! The value is visible to the futures the greenlet waits on through
 //! [`exempt`](crate::exempt) while they are polled by it (they run on its

@@ -91,17 +91,44 @@ impl Logical {
                 // `init` runs with no borrow held: it may use other locals.
                 let boxed: Box<dyn Any> = Box::new(init());
                 let at = &*boxed as *const dyn Any;
-                self.locals.borrow_mut().push((key, boxed));
+                let mut locals = self.locals.borrow_mut();
+                // `init` used this very key (made it recursively): ours
+                // replaces that value, as with std's `thread_local!`.
+                let replaced = match locals.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => Some(std::mem::replace(v, boxed)),
+                    None => {
+                        locals.push((key, boxed));
+                        None
+                    }
+                };
+                drop(locals);
+                drop(replaced);
                 at
             }
         };
-        // SAFETY: the box lives until this Logical drops (entries are never
-        // removed before), and boxes do not move when the vector grows; the
-        // reference does not outlive `f`, which runs on this logical thread.
+        // SAFETY: boxes do not move when the vector grows, and one is
+        // removed (replaced above, or dropped by `Logical`'s `drop`) only
+        // when no `with` of its key runs: a reference made here does not
+        // outlive `f`, which runs on this logical thread.
         let value = unsafe { &*value };
         f(value
             .downcast_ref::<T>()
             .expect("greenhack: a greenlet-local key maps to its own type"))
+    }
+}
+
+impl Drop for Logical {
+    /// Drops the locals newest first, one at a time and with no borrow
+    /// held: a value's destructor may use the locals still alive (as a
+    /// `thread_local!`'s may); one it makes afresh is dropped in turn.
+    fn drop(&mut self) {
+        loop {
+            let newest = self.locals.borrow_mut().pop();
+            match newest {
+                Some(entry) => drop(entry),
+                None => break,
+            }
+        }
     }
 }
 

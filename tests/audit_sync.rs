@@ -2227,3 +2227,77 @@ fn sync_across_runtime_loops_and_shutdown() {
         assert!(m2.try_lock().is_ok(), "shutdown left it locked or poisoned");
     });
 }
+
+/// std: a thread-local's destructor may use the thread's other locals that
+/// are still alive. Here: a greenlet-local whose value reads another one
+/// when the greenlet's locals are dropped, in either order of creation.
+#[test]
+fn greenlet_local_destructor_uses_another_local() {
+    struct ReadsReqOnDrop(Arc<std::sync::Mutex<Vec<u32>>>);
+    impl Drop for ReadsReqOnDrop {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push(REQ.with(Cell::get));
+        }
+    }
+    greenhack::greenlet_local! {
+        static READER: RefCell<Option<ReadsReqOnDrop>> = RefCell::new(None);
+    }
+    within(10, || {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        greenhack::run(move || {
+            let s1 = s.clone();
+            // REQ first, then READER.
+            greenhack::spawn(move || {
+                REQ.with(|r| r.set(5));
+                READER.with(|r| *r.borrow_mut() = Some(ReadsReqOnDrop(s1)));
+            })
+            .join()
+            .unwrap();
+            // READER first, then REQ.
+            greenhack::spawn(move || {
+                READER.with(|r| *r.borrow_mut() = Some(ReadsReqOnDrop(s)));
+                REQ.with(|r| r.set(6));
+            })
+            .join()
+            .unwrap();
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], 5);
+        // The second may see 6, or REQ made afresh (0): never garbage.
+        assert!(seen[1] == 6 || seen[1] == 0, "{seen:?}");
+    });
+}
+
+static REENTERED: AtomicUsize = AtomicUsize::new(0);
+
+greenhack::greenlet_local! {
+    /// Its initialiser uses the key itself once.
+    static REENTRANT: Cell<usize> = {
+        let n = REENTERED.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            // The inner value (1) is made and then replaced by ours (0).
+            assert_eq!(REENTRANT.with(Cell::get), 1);
+        }
+        Cell::new(n)
+    };
+}
+
+/// std's `thread_local!`: an initialiser that uses its own key ends with the
+/// outer value in place, one value per key.
+#[test]
+fn greenlet_local_reentrant_initialiser_keeps_the_outer_value() {
+    within(10, || {
+        greenhack::run(|| {
+            greenhack::spawn(|| {
+                assert_eq!(REENTRANT.with(Cell::get), 0);
+                assert_eq!(REENTRANT.with(Cell::get), 0, "two values for one key");
+                REENTRANT.with(|c| c.set(9));
+                assert_eq!(REENTRANT.get(), 9);
+            })
+            .join()
+            .unwrap();
+        });
+    });
+}
