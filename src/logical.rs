@@ -117,11 +117,11 @@ impl Logical {
     }
 }
 
-impl Drop for Logical {
+impl Logical {
     /// Drops the locals newest first, one at a time and with no borrow
     /// held: a value's destructor may use the locals still alive (as a
     /// `thread_local!`'s may); one it makes afresh is dropped in turn.
-    fn drop(&mut self) {
+    pub(crate) fn drop_locals(&self) {
         loop {
             let newest = self.locals.borrow_mut().pop();
             match newest {
@@ -129,6 +129,12 @@ impl Drop for Logical {
                 None => break,
             }
         }
+    }
+}
+
+impl Drop for Logical {
+    fn drop(&mut self) {
+        self.drop_locals();
     }
 }
 

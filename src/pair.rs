@@ -126,13 +126,15 @@ impl Drop for UnwindingStarts<'_> {
 }
 
 /// Armed around the pair's closure: dropped only if it unwinds, when it
-/// hands UNWINDING back (a panic's unwind never set it: a no-op).
+/// drops the pair's locals (their destructors still find the pair's
+/// other locals) and hands UNWINDING back (a panic's unwind never set it).
 struct UnwindingEnds<'a>(&'a Pair);
 
 impl Drop for UnwindingEnds<'_> {
     fn drop(&mut self) {
         let _ = UNWINDING.try_with(|u| {
             if ptr::eq(u.get(), self.0) {
+                self.0.logical.drop_locals();
                 u.set(self.0.unwinding_prev.get());
             }
         });

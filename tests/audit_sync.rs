@@ -2301,3 +2301,34 @@ fn greenlet_local_reentrant_initialiser_keeps_the_outer_value() {
         });
     });
 }
+
+/// The same while a cancellation unwinds the greenlet: its locals'
+/// destructors still see its other locals, not the thread's.
+#[test]
+fn greenlet_local_destructor_uses_another_local_on_cancel() {
+    struct ReadsReqOnDrop(Rc<Cell<u32>>);
+    impl Drop for ReadsReqOnDrop {
+        fn drop(&mut self) {
+            self.0.set(REQ.with(Cell::get));
+        }
+    }
+    greenhack::greenlet_local! {
+        static READER: RefCell<Option<ReadsReqOnDrop>> = RefCell::new(None);
+    }
+    within(10, || {
+        let seen = Rc::new(Cell::new(0));
+        let s = seen.clone();
+        greenhack::run(move || {
+            REQ.with(|r| r.set(1)); // the thread's own
+            let h = greenhack::spawn(move || {
+                REQ.with(|r| r.set(42));
+                READER.with(|r| *r.borrow_mut() = Some(ReadsReqOnDrop(s)));
+                greenhack::sleep(Duration::from_secs(5));
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert_eq!(seen.get(), 42);
+    });
+}
