@@ -134,7 +134,10 @@ impl Logical {
 
 impl Drop for Logical {
     fn drop(&mut self) {
-        self.drop_locals();
+        // Most greenlets have none: no borrow to take.
+        if !self.locals.get_mut().is_empty() {
+            self.drop_locals();
+        }
     }
 }
 

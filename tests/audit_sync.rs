@@ -2332,3 +2332,25 @@ fn greenlet_local_destructor_uses_another_local_on_cancel() {
         assert_eq!(seen.get(), 42);
     });
 }
+
+/// std: on a rendezvous channel `try_recv` takes the message of a sender
+/// blocked in `send` (and releases it); `Empty` when none is.
+#[test]
+fn mpsc_rendezvous_try_recv_takes_from_a_blocked_sender() {
+    within(10, || {
+        let (tx, rx) = mpsc::sync_channel(0);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        let t = thread::spawn(move || tx.send(8));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            match rx.try_recv() {
+                Ok(v) => break v,
+                Err(TryRecvError::Empty) if Instant::now() < deadline => thread::sleep(MS),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(got, 8);
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    });
+}
