@@ -2354,3 +2354,20 @@ fn mpsc_rendezvous_try_recv_takes_from_a_blocked_sender() {
         assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
     });
 }
+
+/// `RwLock` documents the same rule as `Mutex`: a write guard released by
+/// a timeout's unwind does not poison; by a panic it does.
+#[test]
+fn rwlock_write_guard_released_by_timeout_unpoisoned() {
+    within(10, || {
+        let l = RwLock::new(0);
+        let r = greenhack::timeout(5 * MS, || {
+            let mut w = l.write().unwrap();
+            *w += 1;
+            greenhack::sleep(Duration::from_secs(5));
+        });
+        assert!(r.is_err());
+        assert!(!l.is_poisoned());
+        assert_eq!(*l.try_read().unwrap(), 1);
+    });
+}
