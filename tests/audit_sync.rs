@@ -2371,3 +2371,31 @@ fn rwlock_write_guard_released_by_timeout_unpoisoned() {
         assert_eq!(*l.try_read().unwrap(), 1);
     });
 }
+
+fn is_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe + ?Sized>() {}
+
+/// std: `Mutex`, `RwLock` (poisoning makes them so), `Condvar`, the mpsc
+/// halves and `MutexGuard` are `UnwindSafe + RefUnwindSafe`, so
+/// `catch_unwind(|| m.lock() ...)` compiles with a plain `&Mutex`.
+#[test]
+fn unwind_safe_as_std() {
+    is_unwind_safe::<Mutex<u8>>();
+    is_unwind_safe::<Mutex<Cell<u8>>>();
+    is_unwind_safe::<RwLock<u8>>();
+    is_unwind_safe::<Condvar>();
+    is_unwind_safe::<Semaphore>();
+    is_unwind_safe::<mpsc::Sender<u8>>();
+    is_unwind_safe::<mpsc::SyncSender<u8>>();
+    is_unwind_safe::<mpsc::Receiver<u8>>();
+    is_unwind_safe::<MutexGuard<'static, u8>>();
+    is_unwind_safe::<oneshot::Sender<u8>>();
+    is_unwind_safe::<oneshot::Receiver<u8>>();
+
+    let m = Mutex::new(0);
+    let r = panic::catch_unwind(|| {
+        let _g = m.lock().unwrap();
+        panic!("poison");
+    });
+    assert!(r.is_err());
+    assert!(m.is_poisoned());
+}

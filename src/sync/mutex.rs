@@ -117,6 +117,11 @@ unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
 // SAFETY: as above.
 unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 
+// As std's: poisoning tells later holders that a panic interrupted a
+// critical section, so a `&Mutex` may cross `catch_unwind`.
+impl<T: ?Sized> std::panic::UnwindSafe for Mutex<T> {}
+impl<T: ?Sized> std::panic::RefUnwindSafe for Mutex<T> {}
+
 /// Holds a [`Mutex`] locked; unlocks it when dropped. Dereferences to the
 /// protected data.
 ///

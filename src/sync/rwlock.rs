@@ -59,6 +59,11 @@ unsafe impl<T: ?Sized + Send> Send for RwLock<T> {}
 // SAFETY: as above.
 unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
 
+// As std's: poisoning tells later holders that a panic interrupted a
+// writer, so a `&RwLock` may cross `catch_unwind`.
+impl<T: ?Sized> std::panic::UnwindSafe for RwLock<T> {}
+impl<T: ?Sized> std::panic::RefUnwindSafe for RwLock<T> {}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Read,
