@@ -22,9 +22,12 @@ pub(crate) struct Logical {
     /// scope closes: the unwind is a timeout, not a panic.
     unwinding_to: Cell<Option<u64>>,
     /// The scopes below this index do not fire (`with_async`'s cleanup
-    /// after a timeout, which must be able to wait); scopes opened inside
-    /// the cleanup do.
+    /// after a timeout, which must be able to wait; a greenlet being
+    /// cancelled); scopes opened inside the cleanup do.
     shielded: Cell<usize>,
+    /// What `shielded` never goes below again: the scopes open when the
+    /// greenlet's cancellation began.
+    cancelled_below: Cell<usize>,
 }
 
 /// An active `timeout` scope.
@@ -64,6 +67,15 @@ impl Logical {
         let scopes = self.scopes.borrow();
         let active = scopes.get(self.shielded.get()..).unwrap_or_default();
         active.iter().min_by_key(|s| (s.deadline, s.id)).copied()
+    }
+
+    /// Suspends every scope open now, for good: a greenlet being
+    /// cancelled, whose remaining waits (its destructors') are bounded only
+    /// by the scopes they open themselves.
+    pub(crate) fn suspend_open_scopes(&self) {
+        let open = self.scopes.borrow().len();
+        self.cancelled_below.set(open);
+        self.shielded.set(self.shielded.get().max(open));
     }
 
     /// True when no timeout scope is active (the common case: one borrow).
@@ -159,7 +171,8 @@ pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
     struct Unshield(usize);
     impl Drop for Unshield {
         fn drop(&mut self) {
-            crate::pair::with_logical(|l| l.shielded.set(self.0));
+            // Not below a cancellation's floor, if one began meanwhile.
+            crate::pair::with_logical(|l| l.shielded.set(self.0.max(l.cancelled_below.get())));
         }
     }
     let before = crate::pair::with_logical(|l| {

@@ -122,6 +122,9 @@ impl Drop for UnwindingStarts<'_> {
     fn drop(&mut self) {
         let prev = UNWINDING.with(|u| u.replace(self.0));
         self.0.unwinding_prev.set(prev);
+        // The timeouts of the cancelled computation no longer apply: only
+        // those its destructors (a `with_async` cleanup) open themselves.
+        self.0.logical.suspend_open_scopes();
     }
 }
 
@@ -586,7 +589,7 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
 fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
     match place_outside() {
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
-        Place::Thread => match THREAD_LOGICAL.with(Logical::earliest_scope) {
+        Place::Thread => match with_logical(Logical::earliest_scope) {
             None => Ok(reactor::block_on(fut)),
             Some(scope) => {
                 let fut = pin!(fut);

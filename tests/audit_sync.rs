@@ -14,6 +14,8 @@ use std::sync::mpsc::{RecvError, RecvTimeoutError, SendError, TryRecvError, TryS
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod util;
+
 use greenhack::sync::{
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Semaphore,
     SemaphorePermit, TryAcquireError, WaitTimeoutResult, mpsc, oneshot,
@@ -2398,4 +2400,126 @@ fn unwind_safe_as_std() {
     });
     assert!(r.is_err());
     assert!(m.is_poisoned());
+}
+
+/// A cancelled greenlet's `with_async` cleanup may bound its own waits with
+/// a `timeout`, which fires.
+#[test]
+fn cancelled_cleanup_keeps_its_own_timeouts() {
+    within(10, || {
+        let inner = Rc::new(Cell::new(None));
+        let i2 = inner.clone();
+        greenhack::run(move || {
+            let h = greenhack::spawn(move || {
+                greenhack::with_async(
+                    async {},
+                    |()| greenhack::sleep(Duration::from_secs(5)),
+                    async |(), _exit| {
+                        let bounded =
+                            greenhack::timeout(5 * MS, || greenhack::sleep(Duration::from_secs(5)));
+                        i2.set(Some(bounded.is_err()));
+                    },
+                )
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert_eq!(inner.get(), Some(true));
+    });
+}
+
+/// A greenlet cancelled inside a `timeout` whose deadline passes while its
+/// cleanup waits: the cleanup completes (the cancelled computation's
+/// deadline does not cut it, nor turn the cancellation into an `Elapsed`
+/// that would let the greenlet run on). In a child process: getting this
+/// wrong aborts.
+#[test]
+fn cancelled_inside_a_timeout_cleanup_outlives_the_deadline() {
+    if util::is_child("cancelled_inside_a_timeout_cleanup_outlives_the_deadline") {
+        let done = Rc::new(Cell::new(false));
+        let d = done.clone();
+        greenhack::run(move || {
+            let h = greenhack::spawn(move || {
+                greenhack::timeout(10 * MS, || {
+                    greenhack::with_async(
+                        async {},
+                        |()| greenhack::sleep(Duration::from_secs(5)),
+                        async |(), _exit| {
+                            greenhack::sleep(30 * MS); // past the 10 ms deadline
+                            d.set(true);
+                        },
+                    )
+                })
+            });
+            greenhack::sleep(2 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert!(done.get(), "cleanup cut");
+        println!("child ok");
+        return;
+    }
+    let out = util::run_child("cancelled_inside_a_timeout_cleanup_outlives_the_deadline");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("child ok"),
+        "status {:?}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Cancelled while a `with_async` cleanup runs after a timeout (shielded),
+/// inside an outer `with_async` inside the same timeout: the outer cleanup
+/// completes, not cut by the expired deadline, and the greenlet ends
+/// cancelled. In a child process: getting this wrong aborts.
+#[test]
+fn cancelled_during_a_shielded_cleanup() {
+    if util::is_child("cancelled_during_a_shielded_cleanup") {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        greenhack::run(move || {
+            let h = greenhack::spawn(move || {
+                let l2 = l.clone();
+                let _ = greenhack::timeout(5 * MS, || {
+                    greenhack::with_async(
+                        async {},
+                        |()| {
+                            greenhack::with_async(
+                                async {},
+                                |()| greenhack::sleep(Duration::from_secs(5)),
+                                async |(), _| {
+                                    l2.borrow_mut().push("inner cleanup starts");
+                                    greenhack::sleep(Duration::from_secs(5)); // cancelled here
+                                },
+                            )
+                        },
+                        async |(), exit| {
+                            let cancelled = matches!(exit, greenhack::Exit::Cancelled);
+                            greenhack::sleep(20 * MS);
+                            l.borrow_mut().push(if cancelled {
+                                "outer cancelled"
+                            } else {
+                                "outer other"
+                            });
+                        },
+                    )
+                });
+            });
+            greenhack::sleep(15 * MS);
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+        });
+        assert_eq!(*log.borrow(), ["inner cleanup starts", "outer cancelled"]);
+        println!("child ok");
+        return;
+    }
+    let out = util::run_child("cancelled_during_a_shielded_cleanup");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("child ok"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
