@@ -1146,13 +1146,16 @@ fn sync_under_hosted_tokio() {
             .build()
             .unwrap();
         let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = oneshot::channel::<()>();
         let got = rt.block_on(async move {
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                go_rx.await.unwrap(); // greenhack's oneshot, awaited by tokio
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 tx.send(5u8).unwrap();
             });
             greenhack::as_async(move || {
                 let a = rx.recv_timeout(MS);
+                go_tx.send(()).unwrap();
                 let b = rx.recv();
                 (a, b)
             })
@@ -1172,11 +1175,14 @@ fn sync_through_spawn_sync() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let (tx, rx) = mpsc::channel();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let t = thread::spawn(move || {
+                ready_rx.recv().unwrap(); // the closure runs
                 thread::sleep(50 * MS);
                 tx.send(1u8).unwrap();
             });
             let got = greenhack::tokio::spawn_sync(move || {
+                ready_tx.send(()).unwrap();
                 let a = rx.recv_timeout(Duration::from_millis(1));
                 (a, rx.recv())
             })
@@ -1381,9 +1387,11 @@ fn sync_blocks_like_std_on_a_tokio_worker() {
         let m = Arc::new(Mutex::new(0));
         let pair = Arc::new((Mutex::new(false), Condvar::new()));
         let (m2, p2) = (m.clone(), pair.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let other_loop = thread::spawn(move || {
             greenhack::run(move || {
                 let g = m2.lock().unwrap();
+                ready_rx.recv().unwrap(); // the tokio task runs
                 greenhack::sleep(30 * MS);
                 drop(g);
                 tx.send(7).unwrap();
@@ -1393,10 +1401,10 @@ fn sync_blocks_like_std_on_a_tokio_worker() {
         });
         let got = rt.block_on(async move {
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                ready_tx.send(()).unwrap();
                 let a = rx.recv_timeout(MS);
+                *m.lock().unwrap() += 1; // held by the other loop meanwhile
                 let b = rx.recv();
-                *m.lock().unwrap() += 1;
                 let (g, r) = pair
                     .1
                     .wait_timeout_while(pair.0.lock().unwrap(), Duration::from_secs(5), |b| !*b)
@@ -1995,13 +2003,16 @@ fn sync_timeouts_under_a_foreign_executor() {
         let (tx, rx) = mpsc::channel::<u8>();
         let pair = Arc::new((Mutex::new(false), Condvar::new()));
         let p2 = pair.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let t = thread::spawn(move || {
+            ready_rx.recv().unwrap(); // the greenlet runs
             thread::sleep(30 * MS);
             tx.send(1).unwrap();
             *p2.0.lock().unwrap() = true;
             p2.1.notify_all();
         });
         let got = futures_executor::block_on(greenhack::as_async(move || {
+            ready_tx.send(()).unwrap();
             let a = rx.recv_timeout(5 * MS);
             let b = rx.recv_timeout(Duration::from_secs(5));
             let (m, cv) = &*pair;
