@@ -20,14 +20,16 @@ pub(crate) struct Logical {
     locals: RefCell<Vec<(usize, Box<dyn Any>)>>,
     /// The scope whose expiry is unwinding this logical thread, until that
     /// scope closes: the unwind is a timeout, not a panic.
-    unwinding_to: Cell<Option<u64>>,
+    /// 0: none (scope ids start at 1). Kept small, as the fields below: a
+    /// sliced greenlet's switch copies its `Logical` with its frames.
+    unwinding_to: Cell<u64>,
     /// The scopes below this index do not fire (`with_async`'s cleanup
     /// after a timeout, which must be able to wait; a greenlet being
     /// cancelled); scopes opened inside the cleanup do.
-    shielded: Cell<usize>,
+    shielded: Cell<u32>,
     /// What `shielded` never goes below again: the scopes open when the
     /// greenlet's cancellation began.
-    cancelled_below: Cell<usize>,
+    cancelled_below: Cell<u32>,
 }
 
 /// An active `timeout` scope.
@@ -52,9 +54,9 @@ impl Logical {
 
     /// Closes the scope `id` (the innermost).
     pub(crate) fn pop_scope(&self, id: u64) {
-        if self.unwinding_to.get() == Some(id) {
+        if self.unwinding_to.get() == id {
             // Its own expiry reached it: that unwind ends here.
-            self.unwinding_to.set(None);
+            self.unwinding_to.set(0);
         }
         let mut scopes = self.scopes.borrow_mut();
         if let Some(i) = scopes.iter().rposition(|s| s.id == id) {
@@ -65,7 +67,9 @@ impl Logical {
     /// The scope whose deadline comes first: it is the one that fires.
     pub(crate) fn earliest_scope(&self) -> Option<Scope> {
         let scopes = self.scopes.borrow();
-        let active = scopes.get(self.shielded.get()..).unwrap_or_default();
+        let active = scopes
+            .get(self.shielded.get() as usize..)
+            .unwrap_or_default();
         active.iter().min_by_key(|s| (s.deadline, s.id)).copied()
     }
 
@@ -73,15 +77,20 @@ impl Logical {
     /// cancelled, whose remaining waits (its destructors') are bounded only
     /// by the scopes they open themselves.
     pub(crate) fn suspend_open_scopes(&self) {
-        let open = self.scopes.borrow().len();
+        let open = self.open_scopes();
         self.cancelled_below.set(open);
         self.shielded.set(self.shielded.get().max(open));
+    }
+
+    /// How many scopes are open (they nest: far fewer than `u32::MAX`).
+    fn open_scopes(&self) -> u32 {
+        u32::try_from(self.scopes.borrow().len()).expect("timeout scopes nest")
     }
 
     /// True when no timeout scope is active (the common case: one borrow).
     #[inline]
     pub(crate) fn has_no_scope(&self) -> bool {
-        self.scopes.borrow().len() <= self.shielded.get()
+        self.scopes.borrow().len() <= self.shielded.get() as usize
     }
 
     /// The local stored under `key`, created by `init` on first use.
@@ -161,14 +170,14 @@ pub(crate) struct ScopeElapsed(pub(crate) u64);
 /// cancellation, this runs every destructor between the wait and the scope
 /// (`resume_unwind`: the panic hook is not called, nothing is printed).
 pub(crate) fn raise_elapsed(scope: Scope) -> ! {
-    crate::pair::with_logical(|l| l.unwinding_to.set(Some(scope.id)));
+    crate::pair::with_logical(|l| l.unwinding_to.set(scope.id));
     std::panic::resume_unwind(Box::new(ScopeElapsed(scope.id)))
 }
 
 /// Runs `f` with the timeout scopes open now on the current logical thread
 /// suspended: its waits are not cut by them (only by scopes `f` opens).
 pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
-    struct Unshield(usize);
+    struct Unshield(u32);
     impl Drop for Unshield {
         fn drop(&mut self) {
             // Not below a cancellation's floor, if one began meanwhile.
@@ -176,7 +185,7 @@ pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let before = crate::pair::with_logical(|l| {
-        let open = l.scopes.borrow().len();
+        let open = l.open_scopes();
         l.shielded.replace(open)
     });
     let _unshield = Unshield(before);
@@ -195,6 +204,5 @@ pub(crate) fn is_elapsed(payload: &(dyn Any + Send)) -> bool {
 /// end, as it is for tokio's locks.
 #[cold]
 pub(crate) fn unwinding_for_cancellation() -> bool {
-    crate::greenlet::in_forced_unwind()
-        || crate::pair::with_logical(|l| l.unwinding_to.get().is_some())
+    crate::greenlet::in_forced_unwind() || crate::pair::with_logical(|l| l.unwinding_to.get() != 0)
 }
