@@ -205,6 +205,36 @@ pub(crate) fn is_forced_unwind(payload: &(dyn std::any::Any + Send)) -> bool {
     payload.is::<ForcedUnwind>()
 }
 
+thread_local! {
+    /// Forced unwinds running on this thread (nested when a destructor drops
+    /// another suspended greenlet): `sync`'s guards do not poison their lock
+    /// for a cancellation, only for a panic.
+    static FORCED_UNWINDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// True while a greenlet of this thread is being force-unwound (dropped or
+/// cancelled): the unwind in flight is that, not a panic. No other greenlet
+/// runs meanwhile (a wait during an unwind blocks the thread).
+pub(crate) fn in_forced_unwind() -> bool {
+    FORCED_UNWINDS.with(|n| n.get() > 0)
+}
+
+/// Counts one forced unwind for as long as it lives.
+struct ForcedUnwindRunning;
+
+impl ForcedUnwindRunning {
+    fn enter() -> ForcedUnwindRunning {
+        FORCED_UNWINDS.with(|n| n.set(n.get() + 1));
+        ForcedUnwindRunning
+    }
+}
+
+impl Drop for ForcedUnwindRunning {
+    fn drop(&mut self) {
+        FORCED_UNWINDS.with(|n| n.set(n.get() - 1));
+    }
+}
+
 /// Greenlet ids are handed to threads in blocks, so that creating a
 /// greenlet costs no atomic read-modify-write (a `lock xadd` was the largest
 /// single cost of a pooled create on the bench).
@@ -745,7 +775,9 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         // SAFETY: not finished, so the stack and its header are live.
         let header = unsafe { &*self.header };
         header.unwinding.set(true);
+        let running = ForcedUnwindRunning::enter();
         let (kind, _) = self.switch(self.sp, UNWIND, 0);
+        drop(running);
         if kind == YIELD {
             // It caught the forced unwind and suspended again: it can be
             // neither resumed nor freed.

@@ -4,21 +4,24 @@
 //! This is the Python library's `exempt_cm` (an async context manager used
 //! as a plain `with`), done so that the cleanup sees errors: a transaction
 //! commits when the body succeeded and rolls back when it returned an error,
-//! panicked, or its greenlet was cancelled.
+//! panicked, timed out, or its greenlet was cancelled.
 //!
 //! # Implementation
 //!
-//! The body runs inside `catch_unwind`. A caught panic is either a real one
-//! or the private payload of a forced unwind (the greenlet is being dropped
-//! or cancelled while the body waited); either way the unwind is stopped,
+//! The body runs inside `catch_unwind`. A caught panic is either a real one,
+//! the private payload of a forced unwind (the greenlet is being dropped
+//! or cancelled while the body waited), or a timeout scope's (after which
+//! the cleanup runs shielded from the scopes); either way the unwind is stopped,
 //! the cleanup runs through [`exempt`](crate::exempt) outside it, and then
 //! the same payload is re-raised with `resume_unwind`, so the panic (or the
 //! cancellation) continues exactly as if nothing had caught it.
 
 use std::any::Any;
 use std::fmt;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::pin;
+use std::task::{Context, Waker};
 
 /// How the body of [`with_async`] ended, as its cleanup is told.
 #[non_exhaustive]
@@ -32,8 +35,9 @@ pub enum Exit<'a, T> {
     /// once the cleanup is done.
     Panicked(&'a (dyn Any + Send)),
     /// The body's greenlet was cancelled ([`JoinHandle::cancel`](crate::JoinHandle::cancel),
-    /// or its `as_async` dropped) while the body waited; the greenlet goes on
-    /// unwinding once the cleanup is done.
+    /// or its `as_async` dropped) while the body waited, or a
+    /// [`timeout`](crate::timeout) around it expired; the unwind goes on
+    /// once the cleanup is done.
     Cancelled,
 }
 
@@ -114,8 +118,12 @@ impl<T: fmt::Debug> fmt::Debug for Exit<'_, T> {
 ///
 /// A panic in `body` is caught, the cleanup runs (told
 /// [`Exit::Panicked`]), and the panic then continues with its original
-/// payload. If the body's greenlet is cancelled while the body waits, the
-/// cleanup runs (told [`Exit::Cancelled`]) and the unwind then continues.
+/// payload. If the body's greenlet is cancelled while the body waits, or a
+/// [`timeout`](crate::timeout) around it expires, the cleanup runs (told
+/// [`Exit::Cancelled`]) and the unwind then continues. After a timeout the
+/// cleanup runs with the timeouts around it suspended, so that a rollback
+/// can wait (on the network, a lock) to its end: it is not cut by the
+/// deadline that already passed.
 /// The cleanup itself is not protected: a panic in it replaces the body's,
 /// and a cancellation that arrives while it waits stops it at that wait.
 /// If `setup` does not complete (it panics, or the greenlet is cancelled
@@ -124,9 +132,11 @@ impl<T: fmt::Debug> fmt::Debug for Exit<'_, T> {
 /// The cleanup of a cancelled body waits while its greenlet is being
 /// dropped, outside any pair: on greenhack's loop (a cancelled `spawn`, an
 /// `as_async` dropped on a plain thread) that wait runs the loop; an
-/// `as_async` dropped by another executor has nothing to serve it, and
-/// `exempt` panics there as it does outside any greenlet (the panic
-/// replaces the cancellation, and the cleanup does not run).
+/// `as_async` dropped by another executor has nothing to serve it: a
+/// cleanup that completes without waiting (its first poll is ready) still
+/// runs there, and one that would wait makes `exempt` panic as it does
+/// outside any greenlet (the panic replaces the cancellation, and the
+/// cleanup does not complete).
 ///
 /// `body` gets `&mut R` and the cleanup gets `R` even after a panic, so the
 /// cleanup may find `R` in whatever state the body left it (the reason to
@@ -149,13 +159,32 @@ where
             value
         }
         Err(payload) => {
-            let exit = if crate::greenlet::is_forced_unwind(&*payload) {
-                Exit::Cancelled
+            if crate::logical::is_elapsed(&*payload) {
+                // A timeout expired: the cleanup's own waits must not be cut
+                // by that same, already expired, deadline.
+                crate::logical::shielded(|| {
+                    crate::pair::exempt(cleanup(resource, Exit::Cancelled));
+                });
+            } else if crate::greenlet::is_forced_unwind(&*payload) {
+                wait_cancelled_cleanup(cleanup(resource, Exit::Cancelled));
             } else {
-                Exit::Panicked(&*payload)
-            };
-            crate::pair::exempt(cleanup(resource, exit));
+                crate::pair::exempt(cleanup(resource, Exit::Panicked(&*payload)));
+            }
             panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// Waits for the cleanup of a cancelled body, which runs outside any pair.
+/// Where `exempt` refuses (an `as_async` dropped by another executor), a
+/// cleanup that completes without waiting still runs: it is polled once.
+fn wait_cancelled_cleanup<F: Future<Output = ()>>(cleanup: F) {
+    if let Err(refused) = crate::pair::try_exempt(cleanup) {
+        let mut cleanup = pin!(refused.into_future());
+        let mut cx = Context::from_waker(Waker::noop());
+        if cleanup.as_mut().poll(&mut cx).is_pending() {
+            // Refused again, with the message that names the fix.
+            crate::pair::exempt(cleanup);
         }
     }
 }

@@ -18,6 +18,18 @@ pub(crate) struct Logical {
     /// Greenlet-local values, by key address. Few per greenlet: a vector
     /// beats a map.
     locals: RefCell<Vec<(usize, Box<dyn Any>)>>,
+    /// The scope whose expiry is unwinding this logical thread, until that
+    /// scope closes: the unwind is a timeout, not a panic.
+    /// 0: none (scope ids start at 1). Kept small, as the fields below: a
+    /// sliced greenlet's switch copies its `Logical` with its frames.
+    unwinding_to: Cell<u64>,
+    /// The scopes below this index do not fire (`with_async`'s cleanup
+    /// after a timeout, which must be able to wait; a greenlet being
+    /// cancelled); scopes opened inside the cleanup do.
+    shielded: Cell<u32>,
+    /// What `shielded` never goes below again: the scopes open when the
+    /// greenlet's cancellation began.
+    cancelled_below: Cell<u32>,
 }
 
 /// An active `timeout` scope.
@@ -42,6 +54,10 @@ impl Logical {
 
     /// Closes the scope `id` (the innermost).
     pub(crate) fn pop_scope(&self, id: u64) {
+        if self.unwinding_to.get() == id {
+            // Its own expiry reached it: that unwind ends here.
+            self.unwinding_to.set(0);
+        }
         let mut scopes = self.scopes.borrow_mut();
         if let Some(i) = scopes.iter().rposition(|s| s.id == id) {
             scopes.remove(i);
@@ -51,13 +67,30 @@ impl Logical {
     /// The scope whose deadline comes first: it is the one that fires.
     pub(crate) fn earliest_scope(&self) -> Option<Scope> {
         let scopes = self.scopes.borrow();
-        scopes.iter().min_by_key(|s| (s.deadline, s.id)).copied()
+        let active = scopes
+            .get(self.shielded.get() as usize..)
+            .unwrap_or_default();
+        active.iter().min_by_key(|s| (s.deadline, s.id)).copied()
+    }
+
+    /// Suspends every scope open now, for good: a greenlet being
+    /// cancelled, whose remaining waits (its destructors') are bounded only
+    /// by the scopes they open themselves.
+    pub(crate) fn suspend_open_scopes(&self) {
+        let open = self.open_scopes();
+        self.cancelled_below.set(open);
+        self.shielded.set(self.shielded.get().max(open));
+    }
+
+    /// How many scopes are open (they nest: far fewer than `u32::MAX`).
+    fn open_scopes(&self) -> u32 {
+        u32::try_from(self.scopes.borrow().len()).expect("timeout scopes nest")
     }
 
     /// True when no timeout scope is active (the common case: one borrow).
     #[inline]
     pub(crate) fn has_no_scope(&self) -> bool {
-        self.scopes.borrow().is_empty()
+        self.scopes.borrow().len() <= self.shielded.get() as usize
     }
 
     /// The local stored under `key`, created by `init` on first use.
@@ -79,17 +112,53 @@ impl Logical {
                 // `init` runs with no borrow held: it may use other locals.
                 let boxed: Box<dyn Any> = Box::new(init());
                 let at = &*boxed as *const dyn Any;
-                self.locals.borrow_mut().push((key, boxed));
+                let mut locals = self.locals.borrow_mut();
+                // `init` used this very key (made it recursively): ours
+                // replaces that value, as with std's `thread_local!`.
+                let replaced = match locals.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => Some(std::mem::replace(v, boxed)),
+                    None => {
+                        locals.push((key, boxed));
+                        None
+                    }
+                };
+                drop(locals);
+                drop(replaced);
                 at
             }
         };
-        // SAFETY: the box lives until this Logical drops (entries are never
-        // removed before), and boxes do not move when the vector grows; the
-        // reference does not outlive `f`, which runs on this logical thread.
+        // SAFETY: boxes do not move when the vector grows, and one is
+        // removed (replaced above, or dropped by `Logical`'s `drop`) only
+        // when no `with` of its key runs: a reference made here does not
+        // outlive `f`, which runs on this logical thread.
         let value = unsafe { &*value };
         f(value
             .downcast_ref::<T>()
             .expect("greenhack: a greenlet-local key maps to its own type"))
+    }
+}
+
+impl Logical {
+    /// Drops the locals newest first, one at a time and with no borrow
+    /// held: a value's destructor may use the locals still alive (as a
+    /// `thread_local!`'s may); one it makes afresh is dropped in turn.
+    pub(crate) fn drop_locals(&self) {
+        loop {
+            let newest = self.locals.borrow_mut().pop();
+            match newest {
+                Some(entry) => drop(entry),
+                None => break,
+            }
+        }
+    }
+}
+
+impl Drop for Logical {
+    fn drop(&mut self) {
+        // Most greenlets have none: no borrow to take.
+        if !self.locals.get_mut().is_empty() {
+            self.drop_locals();
+        }
     }
 }
 
@@ -101,5 +170,39 @@ pub(crate) struct ScopeElapsed(pub(crate) u64);
 /// cancellation, this runs every destructor between the wait and the scope
 /// (`resume_unwind`: the panic hook is not called, nothing is printed).
 pub(crate) fn raise_elapsed(scope: Scope) -> ! {
+    crate::pair::with_logical(|l| l.unwinding_to.set(scope.id));
     std::panic::resume_unwind(Box::new(ScopeElapsed(scope.id)))
+}
+
+/// Runs `f` with the timeout scopes open now on the current logical thread
+/// suspended: its waits are not cut by them (only by scopes `f` opens).
+pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
+    struct Unshield(u32);
+    impl Drop for Unshield {
+        fn drop(&mut self) {
+            // Not below a cancellation's floor, if one began meanwhile.
+            crate::pair::with_logical(|l| l.shielded.set(self.0.max(l.cancelled_below.get())));
+        }
+    }
+    let before = crate::pair::with_logical(|l| {
+        let open = l.open_scopes();
+        l.shielded.replace(open)
+    });
+    let _unshield = Unshield(before);
+    f()
+}
+
+/// True if `payload` is a timeout scope's unwind.
+pub(crate) fn is_elapsed(payload: &(dyn Any + Send)) -> bool {
+    payload.is::<ScopeElapsed>()
+}
+
+/// True when the unwind in flight (`std::thread::panicking()`) is a
+/// cancellation — a timeout scope's expiry, or a greenlet being dropped or
+/// cancelled — rather than a panic. `sync`'s guards poison their lock only
+/// for a panic: a cancellation is an expected way for the code inside to
+/// end, as it is for tokio's locks.
+#[cold]
+pub(crate) fn unwinding_for_cancellation() -> bool {
+    crate::greenlet::in_forced_unwind() || crate::pair::with_logical(|l| l.unwinding_to.get() != 0)
 }

@@ -74,6 +74,8 @@ pub(super) struct Pair {
     /// The greenlet is sliced (see `crate::slice`): a future it waits on
     /// must not stay on its stack.
     sliced: bool,
+    /// UNWINDING's value before this pair's forced unwind set it.
+    unwinding_prev: Cell<*const Pair>,
 }
 
 // What CURRENT points at when no pair's greenlet runs: an empty
@@ -90,14 +92,55 @@ thread_local! {
     static CURRENT: Cell<*const Pair> = const { Cell::new(NONE) };
     /// The logical thread of code outside any greenlet.
     static THREAD_LOGICAL: Logical = Logical::default();
+    /// The pair whose greenlet is being force-unwound (dropped, cancelled),
+    /// or null. Its code runs in no pair then (CURRENT is `NONE`: its waits
+    /// block the thread), but its destructors still see its locals.
+    static UNWINDING: Cell<*const Pair> = const { Cell::new(ptr::null()) };
 }
 
 /// Runs `f` with the current logical thread: the running pair's greenlet,
-/// or the thread's own stack outside any greenlet.
+/// the greenlet being force-unwound, or the thread's own stack outside any
+/// greenlet.
 pub(crate) fn with_logical<R>(f: impl FnOnce(&Logical) -> R) -> R {
     match current_pair() {
         Some(pair) => f(&pair.logical),
-        None => THREAD_LOGICAL.with(f),
+        None => match UNWINDING.with(Cell::get) {
+            // SAFETY: UNWINDING points at a pair on the stack being unwound:
+            // set as its unwind leaves `suspend`, reset (by `UnwindingEnds`)
+            // before that pair is dropped.
+            p if !p.is_null() => f(unsafe { &(*p).logical }),
+            _ => THREAD_LOGICAL.with(f),
+        },
+    }
+}
+
+/// Armed around `suspend`: dropped only if a forced unwind leaves it, when
+/// it makes its pair the one being unwound.
+struct UnwindingStarts<'a>(&'a Pair);
+
+impl Drop for UnwindingStarts<'_> {
+    fn drop(&mut self) {
+        let prev = UNWINDING.with(|u| u.replace(self.0));
+        self.0.unwinding_prev.set(prev);
+        // The timeouts of the cancelled computation no longer apply: only
+        // those its destructors (a `with_async` cleanup) open themselves.
+        self.0.logical.suspend_open_scopes();
+    }
+}
+
+/// Armed around the pair's closure: dropped only if it unwinds, when it
+/// drops the pair's locals (their destructors still find the pair's
+/// other locals) and hands UNWINDING back (a panic's unwind never set it).
+struct UnwindingEnds<'a>(&'a Pair);
+
+impl Drop for UnwindingEnds<'_> {
+    fn drop(&mut self) {
+        let _ = UNWINDING.try_with(|u| {
+            if ptr::eq(u.get(), self.0) {
+                self.0.logical.drop_locals();
+                u.set(self.0.unwinding_prev.get());
+            }
+        });
     }
 }
 
@@ -178,7 +221,9 @@ impl Pair {
             let suspender = unsafe { &*self.suspender };
             let header = suspender.header();
             header.wait.set(what);
+            let unwinding = UnwindingStarts(self);
             let next = suspender.suspend(());
+            std::mem::forget(unwinding);
             header.wait.set(Wait::Nothing);
             self.resume.set(next);
             CURRENT.with(|c| c.set(self));
@@ -280,9 +325,13 @@ impl Builder {
                 stack: s.stack_range(),
                 logical: Logical::default(),
                 sliced,
+                unwinding_prev: Cell::new(ptr::null()),
             };
             CURRENT.with(|c| c.set(&pair));
-            f()
+            let ends = UnwindingEnds(&pair);
+            let r = f();
+            std::mem::forget(ends);
+            r
         };
         let (greenlet, slice) = if sliced {
             let (greenlet, slice) = self.build_sliced(body)?;
@@ -540,7 +589,7 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
 fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
     match place_outside() {
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
-        Place::Thread => match THREAD_LOGICAL.with(Logical::earliest_scope) {
+        Place::Thread => match with_logical(Logical::earliest_scope) {
             None => Ok(reactor::block_on(fut)),
             Some(scope) => {
                 let fut = pin!(fut);

@@ -5,7 +5,8 @@
 //! std's primitives block the OS thread: a greenlet that waits on a
 //! `std::sync::Mutex` held by another greenlet of the same thread stops the
 //! whole loop, and the holder never runs again. These have std's names,
-//! signatures, errors and poisoning, but wait through
+//! signatures, errors and poisoning (by a panic; not by a timeout or a
+//! cancellation, see [`Mutex`]), but wait through
 //! [`exempt`](crate::exempt):
 //!
 //! * inside a greenlet ([`spawn`](crate::spawn), [`as_async`](crate::as_async)),

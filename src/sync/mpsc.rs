@@ -473,6 +473,10 @@ pub struct Receiver<T> {
     _not_sync: PhantomData<Cell<()>>,
 }
 
+// As std's: the `Cell` marker only makes it `!Sync`.
+impl<T> std::panic::UnwindSafe for Receiver<T> {}
+impl<T> std::panic::RefUnwindSafe for Receiver<T> {}
+
 impl<T> Receiver<T> {
     fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
         Receiver {

@@ -58,7 +58,12 @@ const QUEUE_LOCKED: u8 = 4;
 ///
 /// The API is std's [`std::sync::Mutex`], with its poisoning: a guard
 /// dropped while its thread panics marks the mutex poisoned, and later
-/// `lock`s return the guard inside a [`PoisonError`].
+/// `lock`s return the guard inside a [`PoisonError`]. A cancellation is not
+/// a panic: a guard dropped because a [`timeout`](crate::timeout) expired,
+/// or because its greenlet was cancelled, releases the lock without
+/// poisoning it (as tokio's locks, which never poison), since that is an
+/// expected way for the code inside to end. What it changed before its
+/// wait stays changed.
 ///
 /// ```
 /// use std::rc::Rc;
@@ -111,6 +116,11 @@ pub struct Mutex<T: ?Sized> {
 unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
 // SAFETY: as above.
 unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
+
+// As std's: poisoning tells later holders that a panic interrupted a
+// critical section, so a `&Mutex` may cross `catch_unwind`.
+impl<T: ?Sized> std::panic::UnwindSafe for Mutex<T> {}
+impl<T: ?Sized> std::panic::RefUnwindSafe for Mutex<T> {}
 
 /// Holds a [`Mutex`] locked; unlocks it when dropped. Dereferences to the
 /// protected data.
@@ -498,7 +508,7 @@ impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
 impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        if !self.panicking && thread::panicking() {
+        if !self.panicking && thread::panicking() && !crate::logical::unwinding_for_cancellation() {
             self.mutex.poisoned.store(true, Ordering::Relaxed);
         }
         self.mutex.unlock();

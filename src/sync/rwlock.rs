@@ -24,6 +24,9 @@ use super::waiters::{Key, Status, WaitList};
 /// A reader-writer lock for greenlets, with std's API and poisoning
 /// ([`std::sync::RwLock`]): `read` and `write` suspend the calling greenlet
 /// while they wait. Fair: readers and writers are served in arrival order.
+/// As for [`Mutex`](super::Mutex), a write guard dropped by a cancellation
+/// (an expired [`timeout`](crate::timeout), a cancelled greenlet) does not
+/// poison; one dropped by a panic does.
 ///
 /// ```
 /// use std::rc::Rc;
@@ -55,6 +58,11 @@ pub struct RwLock<T: ?Sized> {
 unsafe impl<T: ?Sized + Send> Send for RwLock<T> {}
 // SAFETY: as above.
 unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
+
+// As std's: poisoning tells later holders that a panic interrupted a
+// writer, so a `&RwLock` may cross `catch_unwind`.
+impl<T: ?Sized> std::panic::UnwindSafe for RwLock<T> {}
+impl<T: ?Sized> std::panic::RefUnwindSafe for RwLock<T> {}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -359,7 +367,7 @@ impl<T: ?Sized> DerefMut for RwLockWriteGuard<'_, T> {
 
 impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
-        if !self.panicking && thread::panicking() {
+        if !self.panicking && thread::panicking() && !crate::logical::unwinding_for_cancellation() {
             self.lock.poisoned.store(true, Ordering::Relaxed);
         }
         self.lock.release(Kind::Write);

@@ -36,6 +36,12 @@ pub(crate) struct SpinLock<T> {
 // only `T: Send`, as for std's Mutex.
 unsafe impl<T: Send> Sync for SpinLock<T> {}
 
+// A critical section runs none of a user's code (see the module docs), so an
+// unwind never leaves the state half-changed: the primitives built on it are
+// unwind-safe, as std's `Mutex`, `Condvar` and channels are.
+impl<T> std::panic::UnwindSafe for SpinLock<T> {}
+impl<T> std::panic::RefUnwindSafe for SpinLock<T> {}
+
 impl<T> SpinLock<T> {
     pub(crate) const fn new(value: T) -> SpinLock<T> {
         SpinLock {
