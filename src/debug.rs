@@ -204,10 +204,10 @@ pub fn backtrace<I, Y, R>(greenlet: &mut Greenlet<I, Y, R>) -> Option<String> {
     greenlet::capture_backtrace(header).map(|bt| trim(&bt.to_string()))
 }
 
-/// Cuts a backtrace captured by `serve_control` to the greenlet's frames:
-/// drops the frames of the capture itself (down to `Suspender::suspend`
-/// exclusive) and everything from the trampoline on (the capturing side),
-/// then renumbers.
+/// Cuts a backtrace captured by `greenlet::serve` to the greenlet's frames:
+/// drops the frames of the capture itself (`serve` and any above it, down
+/// to `Suspender::suspend` exclusive) and everything from the trampoline on
+/// (the capturing side), then renumbers.
 fn trim(bt: &str) -> String {
     // Group lines into frames: a frame starts with "<spaces><n>: ".
     let mut frames: Vec<Vec<&str>> = Vec::new();
@@ -224,7 +224,7 @@ fn trim(bt: &str) -> String {
     }
     let first = frames
         .iter()
-        .rposition(|f| f[0].contains("greenhack::greenlet::serve_control"))
+        .rposition(|f| is_frame_of(f[0], "greenhack::greenlet::serve"))
         .map_or(0, |i| i + 1);
     let end = frames
         .iter()
@@ -242,6 +242,19 @@ fn trim(bt: &str) -> String {
         }
     }
     out
+}
+
+/// True if the backtrace line `line` ("  N: name" or "  N: 0xADDR - name")
+/// starts the frame of the function `name` itself (a symbol hash suffix
+/// allowed), not of one whose name merely begins the same way.
+fn is_frame_of(line: &str, name: &str) -> bool {
+    let Some((_, rest)) = line.trim_start().split_once(": ") else {
+        return false;
+    };
+    let symbol = rest.rsplit_once(" - ").map_or(rest, |(_, s)| s).trim_end();
+    symbol
+        .strip_prefix(name)
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with("::h"))
 }
 
 // ----- dump on a signal ---------------------------------------------------------

@@ -73,6 +73,7 @@ impl Builder {
         let future = self.as_async(f)?;
         let state = Rc::new(JoinState {
             result: RefCell::new(None),
+            finished: Cell::new(false),
             joiner: RefCell::new(None),
             task: OnceCell::new(),
             cancelled: Cell::new(false),
@@ -88,8 +89,11 @@ impl Builder {
 
 /// Shared between a task and its handle.
 struct JoinState<T> {
-    /// Set once, when the greenlet ends.
+    /// Set once, when the greenlet ends; taken by the joiner.
     result: RefCell<Option<Result<T, JoinError>>>,
+    /// Set when the greenlet ends, and stays set after the joiner took
+    /// `result` (a handle awaited by reference is still finished).
+    finished: Cell<bool>,
     /// Who waits in `join` or polls the handle.
     joiner: RefCell<Option<Waker>>,
     /// The task's own waker, to make it notice a cancellation. Set once at
@@ -101,6 +105,7 @@ struct JoinState<T> {
 impl<T> JoinState<T> {
     fn finish(&self, result: Result<T, JoinError>) {
         *self.result.borrow_mut() = Some(result);
+        self.finished.set(true);
         if let Some(w) = self.joiner.borrow_mut().take() {
             w.wake();
         }
@@ -207,7 +212,7 @@ impl<T> JoinHandle<T> {
     /// True once the greenlet has finished (returned, panicked or been
     /// cancelled).
     pub fn is_finished(&self) -> bool {
-        self.state.result.borrow().is_some()
+        self.state.finished.get()
     }
 
     /// Asks the greenlet to stop: at the loop's next turn its stack is
@@ -233,6 +238,11 @@ impl<T> Future for JoinHandle<T> {
         if let Some(r) = self.state.result.borrow_mut().take() {
             return Poll::Ready(r);
         }
+        if self.state.finished.get() {
+            // Its result was handed out by an earlier poll: waiting again
+            // would never end.
+            polled_after_completion();
+        }
         *self.state.joiner.borrow_mut() = Some(cx.waker().clone());
         if !reactor::is_loop_poll() {
             // Polled by another executor, not through greenhack's loop: that
@@ -252,6 +262,11 @@ impl<T> Future for JoinHandle<T> {
         }
         Poll::Pending
     }
+}
+
+#[cold]
+fn polled_after_completion() -> ! {
+    panic!("greenhack: JoinHandle polled after it completed")
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
