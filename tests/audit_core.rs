@@ -1888,3 +1888,344 @@ fn public_types_implement_debug() {
     let _ = debug(&greenhack::stack::stats());
     let _ = debug(&greenhack::debug::dump());
 }
+
+// ----- probes (moved into sections once settled) -------------------------------------------
+
+#[test]
+fn a_greenlet_resumed_from_a_different_parent_each_time() {
+    let mut shared = Box::new(Greenlet::<u32, u32, u32>::new(|s, mut x| {
+        for _ in 0..3 {
+            x = s.suspend(x + 1);
+        }
+        x
+    }));
+    assert_eq!(shared.resume(1).into_yielded(), Some(2));
+    // Moved (in its box, and out of it) while suspended, then resumed from
+    // inside another greenlet.
+    let moved: Greenlet<u32, u32, u32> = *shared;
+    let mut host = Greenlet::<(), (), (Greenlet<u32, u32, u32>, u32)>::new(move |_, ()| {
+        let mut g = moved;
+        let v = g.resume(10).into_yielded().unwrap();
+        (g, v)
+    });
+    let (mut g, v) = host.resume(()).into_complete().unwrap();
+    assert_eq!(v, 11);
+    // And back from the thread's own stack.
+    assert_eq!(g.resume(20).into_yielded(), Some(21));
+    assert_eq!(g.resume(30).into_complete(), Some(30));
+}
+
+#[test]
+fn a_panic_unwinding_through_a_greenlet_drops_its_suspended_children() {
+    let drops = Rc::new(Cell::new(0));
+    let d = drops.clone();
+    let mut outer = Greenlet::<(), (), ()>::new(move |_, ()| {
+        let mut child = Greenlet::<(), (), ()>::new(move |s, ()| {
+            let _c = DropCounter(d);
+            s.suspend(());
+        });
+        child.resume(());
+        panic!("outer failed");
+    });
+    let err = catch(|| outer.resume(())).unwrap_err();
+    assert_eq!(panic_message(&*err), "outer failed");
+    assert_eq!(drops.get(), 1, "the child was unwound during the panic");
+}
+
+#[test]
+fn a_raw_greenlet_waiting_inside_a_spawned_greenlet() {
+    const NAME: &str = "a_raw_greenlet_waiting_inside_a_spawned_greenlet";
+    if is_child(NAME) {
+        let out = greenhack::run(|| {
+            let other = greenhack::spawn(|| {
+                greenhack::sleep(Duration::from_millis(5));
+                "other"
+            });
+            let h = greenhack::spawn(|| {
+                let mut raw = Greenlet::<(), (), u32>::new(|_, ()| {
+                    greenhack::sleep(Duration::from_millis(10));
+                    greenhack::exempt(async { 5 })
+                });
+                raw.resume(()).into_complete().unwrap()
+            });
+            (h.join().unwrap(), other.join().unwrap())
+        });
+        assert_eq!(out, (5, "other"));
+        return;
+    }
+    let out = run_child_with_limit(NAME, Duration::from_secs(20));
+    eprintln!("{}", stderr_of(&out));
+    assert_child_passed(&out);
+}
+
+#[test]
+fn a_wait_in_a_destructor_of_a_cancelled_greenlet_blocks_only_on_that_wait() {
+    greenhack::run(|| {
+        struct SlowClose(Rc<RefCell<Vec<&'static str>>>);
+        impl Drop for SlowClose {
+            fn drop(&mut self) {
+                self.0.borrow_mut().push("close start");
+                greenhack::sleep(Duration::from_millis(20));
+                self.0.borrow_mut().push("close end");
+            }
+        }
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        let victim = greenhack::spawn(move || {
+            let _c = SlowClose(l);
+            greenhack::sleep(Duration::from_secs(3600));
+        });
+        let l = log.clone();
+        let ticker = greenhack::spawn(move || {
+            for _ in 0..3 {
+                greenhack::sleep(Duration::from_millis(5));
+                l.borrow_mut().push("tick");
+            }
+        });
+        greenhack::yield_now();
+        victim.cancel();
+        assert!(victim.join().unwrap_err().is_cancelled());
+        ticker.join().unwrap();
+        let log = log.borrow();
+        // No tick between the destructor's start and end.
+        let start = log.iter().position(|e| *e == "close start").unwrap();
+        assert_eq!(log[start + 1], "close end", "{log:?}");
+        assert_eq!(log.iter().filter(|e| **e == "tick").count(), 3);
+    });
+}
+
+#[test]
+fn timeout_of_code_that_does_not_wait_returns_ok() {
+    std::thread::spawn(|| {
+        assert_eq!(greenhack::timeout(Duration::ZERO, || 5), Ok(5));
+        assert_eq!(
+            greenhack::timeout(Duration::ZERO, || greenhack::exempt(async { 6 })),
+            Ok(6)
+        );
+        assert_eq!(greenhack::timeout(Duration::MAX, || 7), Ok(7));
+        // On a plain thread, outside run: the deadline still cuts a wait.
+        let start = Instant::now();
+        let r = greenhack::timeout(Duration::from_millis(10), || {
+            greenhack::sleep(Duration::from_secs(3600))
+        });
+        assert!(r.is_err());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // And a wait after the scope closed is not cut.
+        greenhack::sleep(Duration::from_millis(15));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn run_nested_on_a_plain_thread() {
+    std::thread::spawn(|| {
+        let n = greenhack::run(|| {
+            let a = greenhack::spawn(|| {
+                greenhack::sleep(Duration::from_millis(5));
+                1
+            });
+            let inner = greenhack::run(|| greenhack::spawn(|| 2).join().unwrap());
+            inner + a.join().unwrap()
+        });
+        assert_eq!(n, 3);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn resuming_a_sliced_greenlet_inside_another_sliced_one_panics() {
+    const NAME: &str = "resuming_a_sliced_greenlet_inside_another_sliced_one_panics";
+    if is_child(NAME) {
+        greenhack::run(|| {
+            // SAFETY: the greenlets wait on nothing outside them.
+            let b = unsafe { greenhack::Builder::new().sliced() };
+            let h = b
+                .clone()
+                .spawn(move || {
+                    let inner = b.as_async(|| 1).unwrap();
+                    catch(|| greenhack::exempt(inner)).map_err(|p| panic_message(&*p))
+                })
+                .unwrap();
+            let r = h.join().unwrap();
+            let msg = r.unwrap_err();
+            assert!(msg.contains("sliced"), "{msg}");
+        });
+        return;
+    }
+    let out = run_child(NAME);
+    assert_child_passed(&out);
+}
+
+#[test]
+fn a_sliced_greenlet_passes_values_and_panics_like_any_other() {
+    greenhack::run(|| {
+        let handles: Vec<_> = (0..50u64)
+            .map(|i| {
+                // SAFETY: the greenlets wait only on greenhack's timer.
+                let b = unsafe { greenhack::Builder::new().sliced() };
+                b.name(format!("sliced-{i}"))
+                    .spawn(move || {
+                        let local = vec![i; 10];
+                        greenhack::sleep(Duration::from_millis(i % 5));
+                        greenhack::yield_now();
+                        if i == 7 {
+                            panic!("seven");
+                        }
+                        local.iter().sum::<u64>()
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let r = h.join();
+            if i == 7 {
+                assert_eq!(r.unwrap_err().to_string(), "greenlet panicked: seven");
+            } else {
+                assert_eq!(r.unwrap(), 10 * i as u64);
+            }
+        }
+    });
+}
+
+#[test]
+fn cancelling_a_sliced_greenlet_runs_its_destructors() {
+    greenhack::run(|| {
+        let drops = Rc::new(Cell::new(0));
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                let d = drops.clone();
+                // SAFETY: the greenlets wait only on greenhack's timer.
+                let b = unsafe { greenhack::Builder::new().sliced() };
+                b.spawn(move || {
+                    let _g = DropCounter(d);
+                    greenhack::sleep(Duration::from_secs(3600));
+                })
+                .unwrap()
+            })
+            .collect();
+        greenhack::yield_now();
+        for h in &hs {
+            h.cancel();
+        }
+        for h in hs {
+            assert!(h.join().unwrap_err().is_cancelled());
+        }
+        assert_eq!(drops.get(), 3);
+    });
+}
+
+#[test]
+fn as_async_under_a_multi_thread_runtimes_block_on() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = rt.block_on(greenhack::as_async(|| {
+        greenhack::sleep(Duration::from_millis(2));
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
+        greenhack::spawn(|| 4).join().unwrap()
+    }));
+    assert_eq!(n, 4);
+}
+
+#[test]
+fn a_frame_larger_than_the_stack_hits_the_guard_page_and_is_reported() {
+    const NAME: &str = "a_frame_larger_than_the_stack_hits_the_guard_page_and_is_reported";
+    if is_child(NAME) {
+        #[inline(never)]
+        fn huge_frame() -> u8 {
+            let big = std::hint::black_box([1u8; 1 << 20]);
+            big[12345]
+        }
+        let mut g: Greenlet<(), (), u8> = Builder::new()
+            .name("big-frame")
+            .build(|_, ()| huge_frame())
+            .unwrap();
+        g.resume(());
+        unreachable!("must abort");
+    }
+    let out = run_child(NAME);
+    assert_aborted(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("greenlet 'big-frame'") && err.contains("overflowed its stack of 262144 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_thread_stack_overflow_is_still_reported_by_std() {
+    const NAME: &str = "a_thread_stack_overflow_is_still_reported_by_std";
+    if is_child(NAME) {
+        // A greenlet stack first, so greenhack's handler is installed.
+        let mut g = Greenlet::<(), (), ()>::new(|_, ()| ());
+        g.resume(());
+        std::thread::Builder::new()
+            .name("deep-thread".into())
+            .stack_size(256 * 1024)
+            .spawn(|| recurse(0))
+            .unwrap()
+            .join()
+            .unwrap();
+        unreachable!("must abort");
+    }
+    let out = run_child(NAME);
+    assert_aborted(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("thread 'deep-thread'") && err.contains("overflowed its stack"),
+        "{err}"
+    );
+    assert!(!err.contains("greenhack"), "not a greenlet's: {err}");
+}
+
+#[test]
+fn join_inside_an_as_async_of_a_foreign_executor_panics_naming_the_alternative() {
+    std::thread::spawn(|| {
+        let h = greenhack::spawn(|| 1);
+        let err = catch(|| {
+            futures_executor::block_on(greenhack::as_async(move || h.join().unwrap()))
+        })
+        .unwrap_err();
+        let msg = panic_message(&*err);
+        assert!(
+            msg.contains("JoinHandle::join") && msg.contains("spawn_local"),
+            "{msg}"
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn dump_gives_the_creation_site_of_spawned_greenlets_and_backtraces_from_inside_one() {
+    greenhack::run(|| {
+        let line = line!() + 1;
+        let sleeper = greenhack::spawn(|| greenhack::sleep(Duration::from_secs(3600)));
+        let sleeper_id = Rc::new(Cell::new(0u64));
+        greenhack::yield_now();
+        let inspector = greenhack::spawn(move || {
+            let dump = greenhack::debug::dump();
+            let mine = dump
+                .greenlets
+                .iter()
+                .filter(|g| {
+                    g.created_at
+                        .is_some_and(|l| l.file().ends_with("audit_core.rs") && l.line() == line)
+                })
+                .collect::<Vec<_>>();
+            assert_eq!(mine.len(), 1, "{dump}");
+            let s = mine[0];
+            assert_eq!(s.state, "suspended");
+            let bt = s.backtrace.as_deref().expect("a suspended greenlet's backtrace");
+            assert!(bt.contains("greenhack::time::sleep"), "{bt}");
+            s.id
+        });
+        sleeper_id.set(inspector.join().unwrap());
+        assert_ne!(sleeper_id.get(), 0);
+        sleeper.cancel();
+    });
+}
