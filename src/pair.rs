@@ -800,12 +800,20 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
         return f();
     }
     let reactor = Reactor::current();
-    let was_explicit = reactor.has_explicit_loop();
+    // The permission to block this thread lasts for the call only, also
+    // when `f` panics (on a foreign executor's thread, `exempt` must refuse
+    // again afterwards).
+    struct Permit(Option<std::rc::Rc<Reactor>>);
+    impl Drop for Permit {
+        fn drop(&mut self) {
+            if let Some(reactor) = &self.0 {
+                reactor.clear_explicit_loop();
+            }
+        }
+    }
+    let _permit = Permit((!reactor.has_explicit_loop()).then(|| reactor.clone()));
     reactor.set_explicit_loop();
     let out = f();
     reactor::block_on(reactor::AllTasksDone);
-    if !was_explicit {
-        reactor.clear_explicit_loop();
-    }
     out
 }

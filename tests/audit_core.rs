@@ -2229,3 +2229,236 @@ fn dump_gives_the_creation_site_of_spawned_greenlets_and_backtraces_from_inside_
         sleeper.cancel();
     });
 }
+
+#[test]
+fn after_a_panic_in_run_the_greenlets_left_run_at_the_next_run() {
+    std::thread::spawn(|| {
+        let ran = Rc::new(Cell::new(false));
+        let r = ran.clone();
+        let err = catch(move || {
+            greenhack::run(move || {
+                let _detached = greenhack::spawn(move || r.set(true));
+                panic!("body failed")
+            })
+        })
+        .unwrap_err();
+        assert_eq!(panic_message(&*err), "body failed");
+        assert!(!ran.get(), "the panic propagated at once");
+        greenhack::run(|| ());
+        assert!(ran.get(), "ran the next time the loop ran");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_panic_in_run_on_a_tokio_thread_does_not_leave_blocking_permitted() {
+    // `run` on a foreign executor's thread permits blocking for its
+    // duration only: after it returns, or panics, `exempt` refuses again.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            assert_eq!(greenhack::run(|| greenhack::exempt(async { 1 })), 1);
+            assert!(greenhack::try_exempt(async { 2 }).is_err(), "after run returned");
+            let _ = catch(|| greenhack::run(|| panic!("body failed")));
+            assert!(
+                greenhack::try_exempt(async { 3 }).is_err(),
+                "after run panicked"
+            );
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn thread_exit_drops_the_closures_of_greenlets_that_never_ran() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (d, r) = (drops.clone(), ran.clone());
+    std::thread::spawn(move || {
+        struct Count(Arc<AtomicUsize>);
+        impl Drop for Count {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        for _ in 0..5 {
+            let c = Count(d.clone());
+            let r = r.clone();
+            drop(greenhack::spawn(move || {
+                let _c = c;
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        // The thread never waits: the greenlets never run.
+    })
+    .join()
+    .unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert_eq!(drops.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn thread_exit_with_a_destructor_that_waits() {
+    const NAME: &str = "thread_exit_with_a_destructor_that_waits";
+    if is_child(NAME) {
+        static CLOSED: AtomicUsize = AtomicUsize::new(0);
+        std::thread::spawn(|| {
+            struct SlowClose;
+            impl Drop for SlowClose {
+                fn drop(&mut self) {
+                    greenhack::sleep(Duration::from_millis(5));
+                    greenhack::exempt(async {});
+                    CLOSED.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            greenhack::start_loop();
+            for _ in 0..3 {
+                drop(greenhack::spawn(|| {
+                    let _c = SlowClose;
+                    greenhack::sleep(Duration::from_secs(3600));
+                }));
+            }
+            greenhack::yield_now();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(CLOSED.load(Ordering::SeqCst), 3);
+        return;
+    }
+    assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(20)));
+}
+
+#[test]
+fn a_greenlet_woken_from_another_thread() {
+    greenhack::run(|| {
+        let hs: Vec<_> = (0..10u32)
+            .map(|i| {
+                greenhack::spawn(move || {
+                    let (tx, rx) = futures_channel_oneshot();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(2));
+                        tx.send(i)
+                    });
+                    greenhack::exempt(rx)
+                })
+            })
+            .collect();
+        let sum: u32 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(sum, 45);
+    });
+}
+
+/// Keeps the waker of the task that polls it.
+struct StealWaker(Rc<RefCell<Option<Waker>>>);
+
+impl Future for StealWaker {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        *self.0.borrow_mut() = Some(cx.waker().clone());
+        Poll::Ready(())
+    }
+}
+
+#[test]
+fn stale_wakers_of_finished_greenlets_are_harmless() {
+    let stash = Rc::new(RefCell::new(None));
+    let s = stash.clone();
+    greenhack::run(move || {
+        greenhack::spawn(move || greenhack::exempt(StealWaker(s)))
+            .join()
+            .unwrap();
+        let stale = stash.borrow_mut().take().unwrap();
+        // New greenlets may reuse the finished one's slot: a stale wake must
+        // not run them early, twice, or crash.
+        let counts = Rc::new(Cell::new(0));
+        let hs: Vec<_> = (0..5)
+            .map(|_| {
+                let c = counts.clone();
+                greenhack::spawn(move || {
+                    greenhack::sleep(Duration::from_millis(5));
+                    c.set(c.get() + 1);
+                })
+            })
+            .collect();
+        for _ in 0..10 {
+            stale.wake_by_ref();
+            greenhack::yield_now();
+        }
+        let thread_waker = stale.clone();
+        std::thread::spawn(move || thread_waker.wake()).join().unwrap();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(counts.get(), 5);
+        stale.wake();
+    });
+}
+
+#[test]
+fn a_waker_of_a_greenlet_woken_after_its_thread_exited_is_harmless() {
+    let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+    std::thread::spawn(move || {
+        greenhack::run(move || {
+            let stash = Rc::new(RefCell::new(None));
+            let s = stash.clone();
+            drop(greenhack::spawn(move || {
+                greenhack::exempt(StealWaker(s.clone()));
+                // Suspended at thread exit, its waker in another thread.
+                greenhack::exempt(std::future::pending::<()>());
+            }));
+            greenhack::yield_now();
+            tx.send(stash.borrow_mut().take().unwrap()).unwrap();
+        })
+    });
+    let waker = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    waker.wake_by_ref();
+    waker.wake();
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn a_far_deadline_neither_spins_nor_wakes_early() {
+    std::thread::spawn(|| {
+        greenhack::run(|| {
+            let woke = Rc::new(Cell::new(false));
+            let w = woke.clone();
+            // Centuries, but representable by `Instant`.
+            let far = greenhack::spawn(move || {
+                greenhack::sleep(Duration::from_secs(1 << 40));
+                w.set(true);
+            });
+            greenhack::yield_now();
+            let cpu = thread_cpu_time();
+            let (tx, rx) = futures_channel_oneshot();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                tx.send(1)
+            });
+            assert_eq!(greenhack::exempt(rx), 1);
+            let spent = thread_cpu_time() - cpu;
+            assert!(spent < Duration::from_millis(50), "the idle loop spun: {spent:?}");
+            assert!(!woke.get());
+            far.cancel();
+            assert!(far.join().unwrap_err().is_cancelled());
+        });
+    })
+    .join()
+    .unwrap();
+}
