@@ -810,11 +810,22 @@ impl<I, Y> Suspender<I, Y> {
     /// (with a private payload, silently) so that the greenlet's destructors
     /// run. Let that unwind pass: a greenlet that catches it and then
     /// suspends again aborts the process.
+    ///
+    /// Only the greenlet's own code may suspend it: a `Suspender` lent to a
+    /// nested greenlet (as its resume value) and used on that greenlet's
+    /// stack is a bug, caught by an assertion in debug builds only (the
+    /// check would cost every switch).
     #[inline(always)]
     pub fn suspend(&self, value: Y) -> I {
         // SAFETY: the header lives at the top of our own stack, which is
         // mapped while we run.
         let header = unsafe { &*self.header };
+        debug_assert!(
+            self.stack_range()
+                .contains(&crate::asan::stack_address(ptr::from_ref(&header) as usize)),
+            "greenhack: Suspender::suspend called on another greenlet's stack (a Suspender \
+             lent to a nested greenlet); only the greenlet's own code may suspend it"
+        );
         let mut slot = MaybeUninit::uninit();
         // SAFETY: `slot` stays put until we are resumed; the resumer unpacks
         // the word first thing.

@@ -2462,3 +2462,64 @@ fn a_far_deadline_neither_spins_nor_wakes_early() {
     .join()
     .unwrap();
 }
+
+/// How many pages of `range` are resident.
+fn resident_pages(range: std::ops::Range<usize>) -> usize {
+    let page = 4096;
+    let pages = range.len().div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `range` is page aligned and mapped (a pooled stack); `vec`
+    // has one byte per page.
+    let rc = unsafe { libc::mincore(range.start as *mut libc::c_void, range.len(), vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    vec.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+#[test]
+fn a_pooled_stack_gives_back_its_deep_pages() {
+    std::thread::spawn(|| {
+        use greenhack::stack::{POOL_KEEP_BYTES, stats};
+        let mut g: Greenlet<(), (), u64> = Builder::new()
+            .stack_size(1 << 20)
+            .build(|s, ()| {
+                #[inline(never)]
+                fn deep(s: &Suspender<(), ()>, n: u64) -> u64 {
+                    let pad = std::hint::black_box([n; 128]); // 1 KiB a frame
+                    if n == 0 {
+                        s.suspend(()); // at the bottom
+                        0
+                    } else {
+                        deep(s, n - 1) + pad[1]
+                    }
+                }
+                deep(s, 150) // 150+ KiB deep: far below the kept top
+            })
+            .unwrap();
+        let range = g.stack_range().unwrap();
+        let deep_part = range.start..range.end - POOL_KEEP_BYTES - 4096;
+        g.resume(());
+        assert!(resident_pages(deep_part.clone()) > 16, "the recursion went deep");
+        g.resume(());
+        assert_eq!(stats().pooled, 1, "the stack is in the pool, still mapped");
+        assert_eq!(resident_pages(deep_part), 0, "deep pages released");
+        assert!(resident_pages(range.end - 4096..range.end) > 0, "the top is kept");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+#[cfg(debug_assertions)]
+fn a_suspender_lent_to_a_nested_greenlet_is_refused_in_debug_builds() {
+    let mut outer = Greenlet::<u32, u32, u32>::new(|s, first| {
+        // The resume value may be a reference: here, the outer suspender.
+        let mut inner = Greenlet::<&Suspender<u32, u32>, (), u32>::new(|_, outer_s| {
+            outer_s.suspend(100) + 1
+        });
+        first + inner.resume(s).into_complete().unwrap()
+    });
+    let err = catch(|| outer.resume(1)).unwrap_err();
+    let msg = panic_message(&*err);
+    assert!(msg.contains("another greenlet's stack"), "{msg}");
+    assert!(outer.is_finished());
+}
