@@ -267,8 +267,10 @@ impl Builder {
         }
     }
 
-    /// Names the greenlet; the name appears in panic, abort and overflow
-    /// messages.
+    /// Names the greenlet; the name appears in [`debug::dump`](crate::debug::dump),
+    /// the stall detector's reports and greenhack's own panic, abort and
+    /// overflow messages (a panic raised by the greenlet's code is reported
+    /// by the panic hook as usual, under the thread's name).
     pub fn name(mut self, name: impl Into<String>) -> Builder {
         self.name = Some(name.into());
         self
@@ -377,7 +379,10 @@ impl Builder {
     ///
     /// The stack could not be mapped: out of memory, out of address space,
     /// or `vm.max_map_count` reached. The message says which and what to do.
-    /// `InvalidInput` for a [`sliced`](Builder::sliced) builder.
+    /// `InvalidInput` for a [`sliced`](Builder::sliced) builder, a stack
+    /// size that overflows when rounded up to pages, or a closure that would
+    /// fill more than half the stack (box its captures, or raise
+    /// [`stack_size`](Builder::stack_size)).
     #[track_caller]
     pub fn build<I, Y, R, F>(self, f: F) -> io::Result<Greenlet<I, Y, R>>
     where

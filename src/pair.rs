@@ -265,7 +265,8 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// The greenlet's stack could not be mapped.
+    /// The greenlet's stack could not be mapped, or as
+    /// [`build`](Builder::build) for a bad stack size or closure size.
     #[track_caller]
     pub fn as_async<T, F>(self, f: F) -> io::Result<AsAsync<T>>
     where

@@ -55,7 +55,8 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// The greenlet's stack could not be mapped.
+    /// The greenlet's stack could not be mapped, or as
+    /// [`build`](Builder::build) for a bad stack size or closure size.
     ///
     /// # Panics
     ///

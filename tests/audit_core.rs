@@ -2523,3 +2523,171 @@ fn a_suspender_lent_to_a_nested_greenlet_is_refused_in_debug_builds() {
     assert!(msg.contains("another greenlet's stack"), "{msg}");
     assert!(outer.is_finished());
 }
+
+#[test]
+fn each_poll_of_an_as_async_hands_the_current_pollers_waker_to_the_wait() {
+    let ready = Rc::new(Cell::new(false));
+    let slot = Rc::new(RefCell::new(None::<Waker>));
+    let (r, w) = (ready.clone(), slot.clone());
+    let mut fut = Box::pin(greenhack::as_async(move || {
+        greenhack::exempt(Gate { ready: r, waker: w })
+    }));
+    let a = Waker::from(Arc::new(CountingWaker::default()));
+    let b = Waker::from(Arc::new(CountingWaker::default()));
+    assert!(fut.as_mut().poll(&mut Context::from_waker(&a)).is_pending());
+    assert!(slot.borrow().as_ref().unwrap().will_wake(&a));
+    // Moved to another task (a spurious poll): the wait now sees b.
+    assert!(fut.as_mut().poll(&mut Context::from_waker(&b)).is_pending());
+    assert!(slot.borrow().as_ref().unwrap().will_wake(&b));
+    ready.set(true);
+    assert_eq!(fut.as_mut().poll(&mut Context::from_waker(&b)), Poll::Ready("opened"));
+}
+
+#[test]
+fn exempt_takes_any_into_future() {
+    struct Later(u8);
+    impl std::future::IntoFuture for Later {
+        type Output = u8;
+        type IntoFuture = std::future::Ready<u8>;
+        fn into_future(self) -> Self::IntoFuture {
+            std::future::ready(self.0 * 2)
+        }
+    }
+    std::thread::spawn(|| {
+        assert_eq!(greenhack::exempt(Later(21)), 42);
+        assert_eq!(greenhack::run(|| greenhack::spawn(|| greenhack::exempt(Later(4))).join().unwrap()), 8);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_timed_out_join_leaves_the_greenlet_running_detached() {
+    greenhack::run(|| {
+        let done = Rc::new(Cell::new(false));
+        let d = done.clone();
+        let h = greenhack::spawn(move || {
+            greenhack::sleep(Duration::from_millis(30));
+            d.set(true);
+        });
+        assert!(greenhack::timeout(Duration::from_millis(5), move || h.join()).is_err());
+        assert!(!done.get());
+        greenhack::sleep(Duration::from_millis(60));
+        assert!(done.get());
+    });
+}
+
+#[test]
+fn many_greenlets_spawned_and_joined() {
+    let total = greenhack::run(|| {
+        let hs: Vec<_> = (0..5_000u64)
+            .map(|i| {
+                greenhack::spawn(move || {
+                    greenhack::yield_now();
+                    i
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    });
+    assert_eq!(total, (0..5_000).sum::<u64>());
+}
+
+#[test]
+fn a_later_dump_on_signal_call_moves_the_dump_to_its_thread() {
+    const NAME: &str = "a_later_dump_on_signal_call_moves_the_dump_to_its_thread";
+    if is_child(NAME) {
+        std::thread::Builder::new()
+            .name("first-target".into())
+            .spawn(|| greenhack::debug::dump_on_signal(libc::SIGUSR2).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        std::thread::Builder::new()
+            .name("second-target".into())
+            .spawn(|| {
+                greenhack::debug::dump_on_signal(libc::SIGUSR2).unwrap();
+                greenhack::run(|| {
+                    let _s = greenhack::Builder::new()
+                        .name("moved-dump-sleeper")
+                        .spawn(|| greenhack::sleep(Duration::from_millis(100)))
+                        .unwrap();
+                    greenhack::yield_now();
+                    // SAFETY: raising a signal whose handler is installed.
+                    unsafe { libc::raise(libc::SIGUSR2) };
+                    greenhack::sleep(Duration::from_millis(30));
+                });
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        return;
+    }
+    let out = run_child(NAME);
+    assert_child_passed(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("on thread \"second-target\"") && err.contains("moved-dump-sleeper"),
+        "{err}"
+    );
+}
+
+#[test]
+fn overflow_on_a_thread_created_by_c_is_reported() {
+    // Such a thread has no alternate signal stack until greenhack gives it
+    // one (module docs of the overflow handler).
+    const NAME: &str = "overflow_on_a_thread_created_by_c_is_reported";
+    if is_child(NAME) {
+        extern "C" fn body(_: *mut libc::c_void) -> *mut libc::c_void {
+            let mut g: Greenlet<(), (), u64> = Builder::new()
+                .name("c-thread-deep")
+                .stack_size(64 * 1024)
+                .build(|_, ()| recurse(0))
+                .unwrap();
+            g.resume(());
+            std::ptr::null_mut()
+        }
+        let mut t: libc::pthread_t = 0;
+        // SAFETY: a plain pthread running `body`, joined below.
+        unsafe {
+            assert_eq!(
+                libc::pthread_create(&mut t, std::ptr::null(), body, std::ptr::null_mut()),
+                0
+            );
+            libc::pthread_join(t, std::ptr::null_mut());
+        }
+        unreachable!("must abort");
+    }
+    let out = run_child(NAME);
+    assert_aborted(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("greenlet 'c-thread-deep'") && err.contains("overflowed its stack of 65536 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dump_names_the_future_a_greenlet_waits_on() {
+    let ready = Rc::new(Cell::new(false));
+    let slot = Rc::new(RefCell::new(None::<Waker>));
+    let (r, w) = (ready.clone(), slot.clone());
+    let mut fut = Box::pin(
+        greenhack::Builder::new()
+            .name("gated")
+            .as_async(move || greenhack::exempt(Gate { ready: r, waker: w }))
+            .unwrap(),
+    );
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
+    assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+    let dump = greenhack::debug::dump();
+    let g = dump
+        .greenlets
+        .iter()
+        .find(|g| g.name.as_deref() == Some("gated"))
+        .unwrap();
+    assert_eq!(g.wait, greenhack::debug::Wait::Future("audit_core::Gate"));
+    assert!(dump.to_string().contains("waiting for future audit_core::Gate"), "{dump}");
+    ready.set(true);
+    assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
+}
