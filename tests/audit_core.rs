@@ -2691,3 +2691,176 @@ fn dump_names_the_future_a_greenlet_waits_on() {
     ready.set(true);
     assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
 }
+
+#[test]
+fn a_greenlet_that_cancels_itself_is_unwound_at_its_next_wait() {
+    greenhack::run(|| {
+        let me: Rc<RefCell<Option<JoinHandle<u32>>>> = Rc::new(RefCell::new(None));
+        let drops = Rc::new(Cell::new(0));
+        let (m, d) = (me.clone(), drops.clone());
+        let h = greenhack::spawn(move || {
+            let _g = DropCounter(d);
+            greenhack::yield_now(); // the handle is stored meanwhile
+            m.borrow().as_ref().unwrap().cancel();
+            greenhack::sleep(Duration::from_millis(1));
+            unreachable!("unwound at the wait");
+        });
+        *me.borrow_mut() = Some(h);
+        greenhack::sleep(Duration::from_millis(20));
+        let h = me.borrow_mut().take().unwrap();
+        assert!(h.is_finished());
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert_eq!(drops.get(), 1);
+
+        // Cancelled, but it finishes without waiting again: its value.
+        let me: Rc<RefCell<Option<JoinHandle<u32>>>> = Rc::new(RefCell::new(None));
+        let m = me.clone();
+        let h = greenhack::spawn(move || {
+            greenhack::yield_now();
+            m.borrow().as_ref().unwrap().cancel();
+            7
+        });
+        *me.borrow_mut() = Some(h);
+        greenhack::sleep(Duration::from_millis(5));
+        let h = me.borrow_mut().take().unwrap();
+        assert_eq!(h.join().unwrap(), 7);
+    });
+}
+
+#[test]
+fn cancelling_a_greenlet_inside_a_nested_as_async_unwinds_both() {
+    greenhack::run(|| {
+        let drops = Rc::new(Cell::new(0));
+        let d = drops.clone();
+        let h = greenhack::spawn(move || {
+            let _outer = DropCounter(d.clone());
+            greenhack::exempt(greenhack::as_async(move || {
+                let _inner = DropCounter(d);
+                greenhack::sleep(Duration::from_secs(3600));
+            }));
+        });
+        greenhack::sleep(Duration::from_millis(2));
+        h.cancel();
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert_eq!(drops.get(), 2);
+    });
+}
+
+#[test]
+fn spawning_from_a_destructor_during_thread_exit() {
+    const NAME: &str = "spawning_from_a_destructor_during_thread_exit";
+    if is_child(NAME) {
+        static EVENTS: AtomicUsize = AtomicUsize::new(0);
+        std::thread::spawn(|| {
+            struct SpawnOnDrop;
+            impl Drop for SpawnOnDrop {
+                fn drop(&mut self) {
+                    EVENTS.fetch_add(1, Ordering::SeqCst);
+                    struct Counted;
+                    impl Drop for Counted {
+                        fn drop(&mut self) {
+                            EVENTS.fetch_add(10, Ordering::SeqCst);
+                        }
+                    }
+                    let c = Counted;
+                    let _ = catch(move || drop(greenhack::spawn(move || drop(c))));
+                }
+            }
+            greenhack::start_loop();
+            drop(greenhack::spawn(|| {
+                let _s = SpawnOnDrop;
+                greenhack::sleep(Duration::from_secs(3600));
+            }));
+            greenhack::yield_now();
+        })
+        .join()
+        .unwrap();
+        // The destructor ran, and the closure it spawned was dropped (run or
+        // not) rather than leaked.
+        assert_eq!(EVENTS.load(Ordering::SeqCst), 11);
+        return;
+    }
+    let out = run_child_with_limit(NAME, Duration::from_secs(20));
+    assert_child_passed(&out);
+}
+
+#[test]
+fn timeout_cuts_a_tokio_wait_inside_as_async_on_tokio() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let drops = Rc::new(Cell::new(0));
+    let d = drops.clone();
+    let start = Instant::now();
+    let r = rt.block_on(greenhack::as_async(move || {
+        greenhack::timeout(Duration::from_millis(10), move || {
+            let _g = DropCounter(d);
+            greenhack::exempt(tokio::time::sleep(Duration::from_secs(3600)));
+        })
+    }));
+    assert!(r.is_err());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn thread_exit_unwinds_suspended_sliced_greenlets_and_frees_their_stack() {
+    const NAME: &str = "thread_exit_unwinds_suspended_sliced_greenlets_and_frees_their_stack";
+    if is_child(NAME) {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        struct Count;
+        impl Drop for Count {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let work = || {
+            greenhack::start_loop();
+            for i in 0..100u64 {
+                // SAFETY: the greenlets wait only on greenhack's timer.
+                let b = unsafe { greenhack::Builder::new().sliced() };
+                drop(
+                    b.spawn(move || {
+                        let _c = Count;
+                        let frames = std::hint::black_box([i; 16]);
+                        greenhack::sleep(Duration::from_secs(3600));
+                        frames[0]
+                    })
+                    .unwrap(),
+                );
+            }
+            greenhack::yield_now();
+        };
+        std::thread::spawn(work).join().unwrap();
+        let before = mapping_count();
+        let start = DROPS.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            std::thread::spawn(work).join().unwrap();
+        }
+        assert_eq!(DROPS.load(Ordering::SeqCst) - start, 300);
+        let after = mapping_count();
+        assert!(after <= before + 4, "mappings {before} -> {after}");
+        return;
+    }
+    assert_child_passed(&run_child(NAME));
+}
+
+#[test]
+fn dropping_a_greenlet_unwinds_the_suspended_greenlets_it_owns() {
+    let drops = Rc::new(Cell::new(0));
+    let d = drops.clone();
+    let mut outer = Greenlet::<(), (), ()>::new(move |s, ()| {
+        let _o = DropCounter(d.clone());
+        let mut inner = Greenlet::<(), (), ()>::new(move |s, ()| {
+            let _i = DropCounter(d);
+            s.suspend(());
+        });
+        inner.resume(());
+        s.suspend(());
+        unreachable!();
+    });
+    outer.resume(());
+    drop(outer);
+    assert_eq!(drops.get(), 2);
+}
