@@ -2864,3 +2864,26 @@ fn dropping_a_greenlet_unwinds_the_suspended_greenlets_it_owns() {
     drop(outer);
     assert_eq!(drops.get(), 2);
 }
+
+#[test]
+fn odd_sized_and_over_aligned_values_cross_intact() {
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    #[repr(align(64))]
+    struct Wide(u64, u8);
+    let mut g = Greenlet::new(|s: &Suspender<u128, [u8; 3]>, first: u128| {
+        let a = s.suspend([1, 2, 3]);
+        let b = s.suspend([4, 5, 6]);
+        (Wide(first as u64, 9), a, b)
+    });
+    assert_eq!(g.resume(u128::MAX - 1).into_yielded(), Some([1, 2, 3]));
+    assert_eq!(g.resume(1 << 100).into_yielded(), Some([4, 5, 6]));
+    let (w, a, b) = g.resume(7).into_complete().unwrap();
+    assert_eq!(w, Wide((u128::MAX - 1) as u64, 9));
+    assert_eq!((a, b), (1 << 100, 7));
+    let mut g = Greenlet::<Wide, Wide, Wide>::new(|s, w| {
+        let w2 = s.suspend(Wide(w.0 + 1, w.1));
+        Wide(w2.0 * 2, w2.1)
+    });
+    assert_eq!(g.resume(Wide(1, 2)).into_yielded(), Some(Wide(2, 2)));
+    assert_eq!(g.resume(Wide(5, 3)).into_complete(), Some(Wide(10, 3)));
+}
