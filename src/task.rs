@@ -279,8 +279,14 @@ impl<T> fmt::Debug for JoinHandle<T> {
 }
 
 /// Why a spawned greenlet produced no value.
+///
+/// `Send` and `Sync`, as tokio's `JoinError` is: it converts into
+/// `Box<dyn Error + Send + Sync>` (and so `io::Error::other`, `anyhow`).
 pub struct JoinError {
-    panic: Option<Box<dyn Any + Send>>,
+    /// The panic's payload. In a `Mutex` only to make the error `Sync`
+    /// without `unsafe` (the payload is `Send` but need not be `Sync`):
+    /// `Display` locks it to read a string message; nothing else shares it.
+    panic: Option<std::sync::Mutex<Box<dyn Any + Send>>>,
 }
 
 impl JoinError {
@@ -290,7 +296,7 @@ impl JoinError {
 
     pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
         JoinError {
-            panic: Some(payload),
+            panic: Some(std::sync::Mutex::new(payload)),
         }
     }
 
@@ -310,23 +316,27 @@ impl JoinError {
     ///
     /// If the greenlet was cancelled rather than panicking.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
-        self.panic
-            .expect("greenhack: the greenlet was cancelled, it did not panic")
+        let payload = self
+            .panic
+            .expect("greenhack: the greenlet was cancelled, it did not panic");
+        // Never poisoned: nothing panics while holding the lock.
+        payload.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.panic {
-            None => f.write_str("greenlet was cancelled"),
-            Some(p) => match p
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-            {
-                Some(msg) => write!(f, "greenlet panicked: {msg}"),
-                None => f.write_str("greenlet panicked"),
-            },
+        let Some(payload) = &self.panic else {
+            return f.write_str("greenlet was cancelled");
+        };
+        let p = payload.lock().unwrap_or_else(|e| e.into_inner());
+        match p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        {
+            Some(msg) => write!(f, "greenlet panicked: {msg}"),
+            None => f.write_str("greenlet panicked"),
         }
     }
 }

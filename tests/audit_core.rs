@@ -1847,8 +1847,9 @@ fn greenlets_and_their_handles_are_not_send() {
     assert!(!is_sync!(Suspender<(), ()>));
     assert!(!is_send!(greenhack::AsAsync<u32>));
     assert!(!is_send!(JoinHandle<u32>));
-    // The errors travel: Send, so they can cross to another thread.
-    assert!(is_send!(JoinError));
+    // The errors travel: Send and Sync, so they convert into
+    // `Box<dyn Error + Send + Sync>` (anyhow, io::Error::other) as tokio's do.
+    assert!(is_send!(JoinError) && is_sync!(JoinError));
     assert!(is_send!(Elapsed) && is_sync!(Elapsed));
     assert!(is_send!(ExemptError<std::future::Ready<u32>>));
     assert!(is_send!(Builder) && is_sync!(Builder));
@@ -2886,4 +2887,29 @@ fn odd_sized_and_over_aligned_values_cross_intact() {
     });
     assert_eq!(g.resume(Wide(1, 2)).into_yielded(), Some(Wide(2, 2)));
     assert_eq!(g.resume(Wide(5, 3)).into_complete(), Some(Wide(10, 3)));
+}
+
+#[test]
+fn join_errors_convert_into_boxed_send_sync_errors() {
+    fn boxed(e: JoinError) -> Box<dyn std::error::Error + Send + Sync> {
+        e.into()
+    }
+    greenhack::run(|| {
+        let err = greenhack::spawn(|| panic!("{}", "as a box")).join().unwrap_err();
+        let b = boxed(err);
+        assert_eq!(b.to_string(), "greenlet panicked: as a box");
+        // io::Error::other takes it too, and it comes back out.
+        let h = greenhack::spawn(|| greenhack::sleep(Duration::from_secs(3600)));
+        h.cancel();
+        let io = std::io::Error::other(h.join().unwrap_err());
+        let inner = io.into_inner().unwrap().downcast::<JoinError>().unwrap();
+        assert!(inner.is_cancelled());
+        // Shared between threads, its message reads the same.
+        let err = Arc::new(greenhack::spawn(|| panic!("shared")).join().unwrap_err());
+        let e2 = err.clone();
+        let text = std::thread::spawn(move || e2.to_string()).join().unwrap();
+        assert_eq!(text, "greenlet panicked: shared");
+        let payload = Arc::try_unwrap(err).unwrap().into_panic();
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"shared"));
+    });
 }
