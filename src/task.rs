@@ -324,6 +324,29 @@ impl JoinError {
     }
 }
 
+impl JoinError {
+    /// The panic's payload, or the error back if the greenlet was cancelled
+    /// (tokio's `JoinError::try_into_panic`).
+    ///
+    /// ```
+    /// greenhack::run(|| {
+    ///     let h = greenhack::spawn(|| std::panic::panic_any(7u8));
+    ///     let payload = h.join().unwrap_err().try_into_panic().unwrap();
+    ///     assert_eq!(payload.downcast_ref::<u8>(), Some(&7));
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error itself when the greenlet was cancelled.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
+        match self.panic {
+            Some(_) => Ok(self.into_panic()),
+            None => Err(self),
+        }
+    }
+}
+
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(payload) = &self.panic else {

@@ -1246,7 +1246,10 @@ fn cancel_unwinds_a_waiting_greenlet_and_join_reports_it() {
         assert!(!err.is_panic());
         assert_eq!(err.to_string(), "greenlet was cancelled");
         assert_eq!(drops.get(), 1);
-        // into_panic on a cancellation panics, as documented.
+        // into_panic on a cancellation panics, as documented;
+        // try_into_panic hands the error back.
+        let err = err.try_into_panic().unwrap_err();
+        assert!(err.is_cancelled());
         assert!(catch(move || err.into_panic()).is_err());
     });
 }
