@@ -157,10 +157,7 @@ fn greenlet_passes_values_of_every_size_both_ways() {
     });
     assert!(!g.is_started());
     assert!(!g.is_finished());
-    assert_eq!(
-        g.resume("a".into()),
-        GreenletResult::Yielded([1, 2, 3, 4])
-    );
+    assert_eq!(g.resume("a".into()), GreenletResult::Yielded([1, 2, 3, 4]));
     assert!(g.is_started());
     assert_eq!(g.resume("b".into()).into_yielded(), Some([10, 20, 30, 40]));
     assert_eq!(
@@ -260,10 +257,8 @@ fn builder_names_the_greenlet_and_sizes_its_stack() {
 fn stack_size_zero_is_raised_to_the_minimum() {
     // Documented: "rounded up to whole pages, at least MIN_STACK_SIZE".
     for size in [0, 1, 4095, greenhack::stack::MIN_STACK_SIZE - 1] {
-        let mut g: Greenlet<(), (), u32> = Builder::new()
-            .stack_size(size)
-            .build(|_, ()| 5)
-            .unwrap();
+        let mut g: Greenlet<(), (), u32> =
+            Builder::new().stack_size(size).build(|_, ()| 5).unwrap();
         let len = g.stack_range().unwrap().len();
         assert!(len >= greenhack::stack::MIN_STACK_SIZE, "{size}: {len}");
         assert_eq!(len % 4096, 0);
@@ -296,12 +291,7 @@ fn absurd_stack_sizes_are_clear_errors() {
             .is_err()
     );
     greenhack::run(|| {
-        assert!(
-            Builder::new()
-                .stack_size(usize::MAX)
-                .spawn(|| ())
-                .is_err()
-        );
+        assert!(Builder::new().stack_size(usize::MAX).spawn(|| ()).is_err());
     });
 }
 
@@ -594,7 +584,8 @@ fn deep_recursion_reports_the_overflow_and_aborts() {
         .find_map(|l| l.strip_prefix("child greenlet id "))
         .expect("id line");
     // The documented line, word for word.
-    let expected = format!("greenhack: greenlet 'parser' (id {id}) overflowed its stack of 131072 bytes");
+    let expected =
+        format!("greenhack: greenlet 'parser' (id {id}) overflowed its stack of 131072 bytes");
     assert!(err.contains(&expected), "expected {expected:?} in:\n{err}");
 }
 
@@ -616,7 +607,8 @@ fn overflow_in_a_spawned_greenlet_is_reported_too() {
     assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
-        err.contains("greenlet 'spawned-deep'") && err.contains("overflowed its stack of 65536 bytes"),
+        err.contains("greenlet 'spawned-deep'")
+            && err.contains("overflowed its stack of 65536 bytes"),
         "{err}"
     );
 }
@@ -734,9 +726,11 @@ fn the_pool_reuses_a_stack_only_for_the_same_rounded_size() {
 fn stack_constants_are_consistent() {
     use greenhack::stack::*;
     assert_eq!(DEFAULT_STACK_SIZE, 256 * 1024);
-    assert!(MIN_STACK_SIZE <= DEFAULT_STACK_SIZE);
-    assert!(POOL_KEEP_BYTES < DEFAULT_STACK_SIZE);
-    assert!(POOL_CAPACITY > 0);
+    const {
+        assert!(MIN_STACK_SIZE <= DEFAULT_STACK_SIZE);
+        assert!(POOL_KEEP_BYTES < DEFAULT_STACK_SIZE);
+        assert!(POOL_CAPACITY > 0);
+    }
     let s = stats();
     let _ = format!("{s:?}");
 }
@@ -746,7 +740,11 @@ fn a_deep_but_fitting_recursion_completes_on_a_big_stack() {
     #[inline(never)]
     fn depth(n: u32) -> u32 {
         let pad = std::hint::black_box([n as u8; 512]);
-        if n == 0 { 0 } else { depth(n - 1) + 1 + (pad[0] & 0) as u32 }
+        if n == 0 {
+            0
+        } else {
+            depth(n - 1) + 1 + u32::from(pad[511] != n as u8)
+        }
     }
     let mut g: Greenlet<(), (), u32> = Builder::new()
         .stack_size(8 << 20)
@@ -866,9 +864,8 @@ fn exempt_on_a_tokio_thread_outside_a_greenlet_panics_naming_the_fix() {
             let back = err.into_future();
             assert_eq!(back.await, 2);
             // sleep, spawn and join refuse the same way.
-            let msg = panic_message(
-                &*catch(|| greenhack::sleep(Duration::from_millis(1))).unwrap_err(),
-            );
+            let msg =
+                panic_message(&*catch(|| greenhack::sleep(Duration::from_millis(1))).unwrap_err());
             assert!(msg.contains("as_async"), "sleep: {msg}");
         });
     })
@@ -924,7 +921,10 @@ fn as_async_polled_by_a_hand_written_executor_uses_the_pollers_waker() {
     assert!(fut.as_mut().poll(&mut cx).is_pending());
     // The gate saw our waker: waking it wakes us.
     let seen = waker_slot.borrow_mut().take().expect("the gate was polled");
-    assert!(seen.will_wake(&waker), "the exempted future sees the poller's waker");
+    assert!(
+        seen.will_wake(&waker),
+        "the exempted future sees the poller's waker"
+    );
     assert_eq!(counter.0.load(Ordering::SeqCst), 0);
     ready.set(true);
     seen.wake();
@@ -1071,7 +1071,11 @@ fn dropping_a_suspended_as_async_unwinds_it_and_drops_its_future() {
         unreachable!("never woken");
     }));
     let waker = Waker::from(Arc::new(CountingWaker::default()));
-    assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
     assert!(!future_dropped.get());
     drop(fut);
     assert!(future_dropped.get());
@@ -1096,24 +1100,28 @@ fn as_async_on_tokio_current_thread_hosts_greenhacks_loop() {
     tokio::task_local! {
         static REQUEST: u32;
     }
-    let out = rt.block_on(REQUEST.scope(
-        77,
-        greenhack::Builder::new().name("legacy").as_async(|| {
-            // A tokio timer and a greenhack timer from sync code.
-            greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
-            greenhack::sleep(Duration::from_millis(2));
-            // Task-locals of the polling task are visible.
-            let req = REQUEST.with(|r| *r);
-            // Spawned greenlets run and join.
-            let h = greenhack::spawn(move || req + 1);
-            let joined = h.join().unwrap();
-            // A tokio channel.
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            tx.send(3).unwrap();
-            joined + greenhack::exempt(rx).unwrap()
-        })
-        .unwrap(),
-    ));
+    let out = rt.block_on(
+        REQUEST.scope(
+            77,
+            greenhack::Builder::new()
+                .name("legacy")
+                .as_async(|| {
+                    // A tokio timer and a greenhack timer from sync code.
+                    greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
+                    greenhack::sleep(Duration::from_millis(2));
+                    // Task-locals of the polling task are visible.
+                    let req = REQUEST.with(|r| *r);
+                    // Spawned greenlets run and join.
+                    let h = greenhack::spawn(move || req + 1);
+                    let joined = h.join().unwrap();
+                    // A tokio channel.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    tx.send(3).unwrap();
+                    joined + greenhack::exempt(rx).unwrap()
+                })
+                .unwrap(),
+        ),
+    );
     assert_eq!(out, 81);
 }
 
@@ -1373,7 +1381,10 @@ fn builder_spawn_names_the_greenlet() {
                     .any(|g| g.name.as_deref() == Some("named-worker") && g.state == "running")
             })
             .unwrap();
-        assert!(h.join().unwrap(), "the dump shows the running greenlet by name");
+        assert!(
+            h.join().unwrap(),
+            "the dump shows the running greenlet by name"
+        );
     });
 }
 
@@ -1468,8 +1479,10 @@ impl ElapsedForTest for Elapsed {
     /// An `Elapsed` to compare with, from a real timeout (it has no public
     /// constructor).
     fn default_for_test() -> Elapsed {
-        greenhack::timeout(Duration::ZERO, || greenhack::sleep(Duration::from_secs(3600)))
-            .unwrap_err()
+        greenhack::timeout(Duration::ZERO, || {
+            greenhack::sleep(Duration::from_secs(3600))
+        })
+        .unwrap_err()
     }
 }
 
@@ -1496,7 +1509,10 @@ fn nested_timeouts_the_earliest_wins_and_only_its_scope_returns_err() {
             inner
         });
         assert!(r.is_err());
-        assert!(!inner_returned.get(), "the outer expiry passed through the inner scope");
+        assert!(
+            !inner_returned.get(),
+            "the outer expiry passed through the inner scope"
+        );
         // Inner earlier: the inner returns Err, the outer goes on.
         let r = greenhack::timeout(Duration::from_secs(3600), || {
             let inner = greenhack::timeout(Duration::from_millis(5), || {
@@ -1512,7 +1528,8 @@ fn nested_timeouts_the_earliest_wins_and_only_its_scope_returns_err() {
 #[test]
 fn a_panic_inside_timeout_passes_through_unchanged() {
     greenhack::run(|| {
-        let err = catch(|| greenhack::timeout(Duration::from_secs(1), || panic!("inner"))).unwrap_err();
+        let err =
+            catch(|| greenhack::timeout(Duration::from_secs(1), || panic!("inner"))).unwrap_err();
         assert_eq!(panic_message(&*err), "inner");
     });
 }
@@ -1587,7 +1604,12 @@ fn dump_lists_every_greenlet_of_the_thread_with_state_name_and_wait() {
                 let r = find("raw-suspended");
                 assert_eq!(r.state, "suspended");
                 assert_eq!(r.id, raw.id());
-                assert!(r.backtrace.as_deref().unwrap().contains("audit_parked_here"));
+                assert!(
+                    r.backtrace
+                        .as_deref()
+                        .unwrap()
+                        .contains("audit_parked_here")
+                );
                 assert_eq!(r.wait, greenhack::debug::Wait::Nothing);
                 assert!(r.created_at.unwrap().file().ends_with("audit_core.rs"));
                 let f = find("raw-fresh");
@@ -1595,11 +1617,18 @@ fn dump_lists_every_greenlet_of_the_thread_with_state_name_and_wait() {
                 assert!(f.backtrace.is_none());
                 let s = find("sleeper");
                 assert_eq!(s.state, "suspended");
-                assert!(matches!(s.wait, greenhack::debug::Wait::Sleep(_)), "{:?}", s.wait);
+                assert!(
+                    matches!(s.wait, greenhack::debug::Wait::Sleep(_)),
+                    "{:?}",
+                    s.wait
+                );
                 assert_eq!(s.stack_size, 64 * 1024);
                 let text = dump.to_string();
                 assert!(text.contains("thread \"dump-thread\""), "{text}");
-                assert!(text.contains("'sleeper': suspended, waiting for sleeping"), "{text}");
+                assert!(
+                    text.contains("'sleeper': suspended, waiting for sleeping"),
+                    "{text}"
+                );
                 assert!(text.contains("(stack 64 KiB)"), "{text}");
                 sleeper.cancel();
             });
@@ -1767,7 +1796,7 @@ fn thread_exit_with_a_greenlet_stored_in_a_late_thread_local_does_not_crash() {
     if is_child(NAME) {
         struct Holder(RefCell<Vec<Greenlet<(), (), ()>>>);
         thread_local! {
-            static EARLY: Holder = Holder(RefCell::new(Vec::new()));
+            static EARLY: Holder = const { Holder(RefCell::new(Vec::new())) };
         }
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         std::thread::spawn(|| {
@@ -1867,21 +1896,23 @@ fn public_types_implement_debug() {
     let b = Builder::new().name("dbg").stack_size(64 * 1024);
     let text = debug(&b);
     assert!(text.contains("dbg") && text.contains("65536"), "{text}");
-    let mut g: Greenlet<(), (), ()> = b.build(|s, ()| {
-        assert!(format!("{s:?}").contains("Suspender"));
-        s.suspend(());
-    }).unwrap();
+    let mut g: Greenlet<(), (), ()> = b
+        .build(|s, ()| {
+            assert!(format!("{s:?}").contains("Suspender"));
+            s.suspend(());
+        })
+        .unwrap();
     let text = debug(&g);
     assert!(text.contains("dbg") && text.contains("fresh"), "{text}");
     g.resume(());
     assert!(debug(&g).contains("suspended"));
     g.resume(());
     assert!(debug(&g).contains("finished"));
-    assert_eq!(
-        debug(&GreenletResult::<u8, u8>::Yielded(1)),
-        "Yielded(1)"
-    );
-    let a = greenhack::Builder::new().name("pair").as_async(|| 1).unwrap();
+    assert_eq!(debug(&GreenletResult::<u8, u8>::Yielded(1)), "Yielded(1)");
+    let a = greenhack::Builder::new()
+        .name("pair")
+        .as_async(|| 1)
+        .unwrap();
     assert!(debug(&a).contains("AsAsync"), "{}", debug(&a));
     assert_eq!(a.name(), Some("pair"));
     greenhack::run(|| {
@@ -1893,7 +1924,7 @@ fn public_types_implement_debug() {
     let _ = debug(&greenhack::debug::dump());
 }
 
-// ----- probes (moved into sections once settled) -------------------------------------------
+// ----- edges: re-parented greenlets, waits in destructors, sliced greenlets, thread exit, ... --
 
 #[test]
 fn a_greenlet_resumed_from_a_different_parent_each_time() {
@@ -2071,7 +2102,7 @@ fn a_sliced_greenlet_passes_values_and_panics_like_any_other() {
                 let b = unsafe { greenhack::Builder::new().sliced() };
                 b.name(format!("sliced-{i}"))
                     .spawn(move || {
-                        let local = vec![i; 10];
+                        let local = std::hint::black_box(vec![i; 10]); // on the heap, across waits
                         greenhack::sleep(Duration::from_millis(i % 5));
                         greenhack::yield_now();
                         if i == 7 {
@@ -2155,7 +2186,8 @@ fn a_frame_larger_than_the_stack_hits_the_guard_page_and_is_reported() {
     assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
-        err.contains("greenlet 'big-frame'") && err.contains("overflowed its stack of 262144 bytes"),
+        err.contains("greenlet 'big-frame'")
+            && err.contains("overflowed its stack of 262144 bytes"),
         "{err}"
     );
 }
@@ -2190,10 +2222,9 @@ fn a_thread_stack_overflow_is_still_reported_by_std() {
 fn join_inside_an_as_async_of_a_foreign_executor_panics_naming_the_alternative() {
     std::thread::spawn(|| {
         let h = greenhack::spawn(|| 1);
-        let err = catch(|| {
-            futures_executor::block_on(greenhack::as_async(move || h.join().unwrap()))
-        })
-        .unwrap_err();
+        let err =
+            catch(|| futures_executor::block_on(greenhack::as_async(move || h.join().unwrap())))
+                .unwrap_err();
         let msg = panic_message(&*err);
         assert!(
             msg.contains("JoinHandle::join") && msg.contains("spawn_local"),
@@ -2224,7 +2255,10 @@ fn dump_gives_the_creation_site_of_spawned_greenlets_and_backtraces_from_inside_
             assert_eq!(mine.len(), 1, "{dump}");
             let s = mine[0];
             assert_eq!(s.state, "suspended");
-            let bt = s.backtrace.as_deref().expect("a suspended greenlet's backtrace");
+            let bt = s
+                .backtrace
+                .as_deref()
+                .expect("a suspended greenlet's backtrace");
             assert!(bt.contains("greenhack::time::sleep"), "{bt}");
             s.id
         });
@@ -2266,7 +2300,10 @@ fn a_panic_in_run_on_a_tokio_thread_does_not_leave_blocking_permitted() {
     std::thread::spawn(move || {
         rt.block_on(async {
             assert_eq!(greenhack::run(|| greenhack::exempt(async { 1 })), 1);
-            assert!(greenhack::try_exempt(async { 2 }).is_err(), "after run returned");
+            assert!(
+                greenhack::try_exempt(async { 2 }).is_err(),
+                "after run returned"
+            );
             let _ = catch(|| greenhack::run(|| panic!("body failed")));
             assert!(
                 greenhack::try_exempt(async { 3 }).is_err(),
@@ -2394,7 +2431,9 @@ fn stale_wakers_of_finished_greenlets_are_harmless() {
             greenhack::yield_now();
         }
         let thread_waker = stale.clone();
-        std::thread::spawn(move || thread_waker.wake()).join().unwrap();
+        std::thread::spawn(move || thread_waker.wake())
+            .join()
+            .unwrap();
         for h in hs {
             h.join().unwrap();
         }
@@ -2457,7 +2496,10 @@ fn a_far_deadline_neither_spins_nor_wakes_early() {
             });
             assert_eq!(greenhack::exempt(rx), 1);
             let spent = thread_cpu_time() - cpu;
-            assert!(spent < Duration::from_millis(50), "the idle loop spun: {spent:?}");
+            assert!(
+                spent < Duration::from_millis(50),
+                "the idle loop spun: {spent:?}"
+            );
             assert!(!woke.get());
             far.cancel();
             assert!(far.join().unwrap_err().is_cancelled());
@@ -2474,7 +2516,13 @@ fn resident_pages(range: std::ops::Range<usize>) -> usize {
     let mut vec = vec![0u8; pages];
     // SAFETY: `range` is page aligned and mapped (a pooled stack); `vec`
     // has one byte per page.
-    let rc = unsafe { libc::mincore(range.start as *mut libc::c_void, range.len(), vec.as_mut_ptr()) };
+    let rc = unsafe {
+        libc::mincore(
+            range.start as *mut libc::c_void,
+            range.len(),
+            vec.as_mut_ptr(),
+        )
+    };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     vec.iter().filter(|&&b| b & 1 != 0).count()
 }
@@ -2502,11 +2550,17 @@ fn a_pooled_stack_gives_back_its_deep_pages() {
         let range = g.stack_range().unwrap();
         let deep_part = range.start..range.end - POOL_KEEP_BYTES - 4096;
         g.resume(());
-        assert!(resident_pages(deep_part.clone()) > 16, "the recursion went deep");
+        assert!(
+            resident_pages(deep_part.clone()) > 16,
+            "the recursion went deep"
+        );
         g.resume(());
         assert_eq!(stats().pooled, 1, "the stack is in the pool, still mapped");
         assert_eq!(resident_pages(deep_part), 0, "deep pages released");
-        assert!(resident_pages(range.end - 4096..range.end) > 0, "the top is kept");
+        assert!(
+            resident_pages(range.end - 4096..range.end) > 0,
+            "the top is kept"
+        );
     })
     .join()
     .unwrap();
@@ -2517,9 +2571,8 @@ fn a_pooled_stack_gives_back_its_deep_pages() {
 fn a_suspender_lent_to_a_nested_greenlet_is_refused_in_debug_builds() {
     let mut outer = Greenlet::<u32, u32, u32>::new(|s, first| {
         // The resume value may be a reference: here, the outer suspender.
-        let mut inner = Greenlet::<&Suspender<u32, u32>, (), u32>::new(|_, outer_s| {
-            outer_s.suspend(100) + 1
-        });
+        let mut inner =
+            Greenlet::<&Suspender<u32, u32>, (), u32>::new(|_, outer_s| outer_s.suspend(100) + 1);
         first + inner.resume(s).into_complete().unwrap()
     });
     let err = catch(|| outer.resume(1)).unwrap_err();
@@ -2544,7 +2597,10 @@ fn each_poll_of_an_as_async_hands_the_current_pollers_waker_to_the_wait() {
     assert!(fut.as_mut().poll(&mut Context::from_waker(&b)).is_pending());
     assert!(slot.borrow().as_ref().unwrap().will_wake(&b));
     ready.set(true);
-    assert_eq!(fut.as_mut().poll(&mut Context::from_waker(&b)), Poll::Ready("opened"));
+    assert_eq!(
+        fut.as_mut().poll(&mut Context::from_waker(&b)),
+        Poll::Ready("opened")
+    );
 }
 
 #[test]
@@ -2559,7 +2615,12 @@ fn exempt_takes_any_into_future() {
     }
     std::thread::spawn(|| {
         assert_eq!(greenhack::exempt(Later(21)), 42);
-        assert_eq!(greenhack::run(|| greenhack::spawn(|| greenhack::exempt(Later(4))).join().unwrap()), 8);
+        assert_eq!(
+            greenhack::run(|| greenhack::spawn(|| greenhack::exempt(Later(4)))
+                .join()
+                .unwrap()),
+            8
+        );
     })
     .join()
     .unwrap();
@@ -2666,7 +2727,8 @@ fn overflow_on_a_thread_created_by_c_is_reported() {
     assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
-        err.contains("greenlet 'c-thread-deep'") && err.contains("overflowed its stack of 65536 bytes"),
+        err.contains("greenlet 'c-thread-deep'")
+            && err.contains("overflowed its stack of 65536 bytes"),
         "{err}"
     );
 }
@@ -2683,7 +2745,11 @@ fn dump_names_the_future_a_greenlet_waits_on() {
             .unwrap(),
     );
     let waker = Waker::from(Arc::new(CountingWaker::default()));
-    assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
     let dump = greenhack::debug::dump();
     let g = dump
         .greenlets
@@ -2691,9 +2757,17 @@ fn dump_names_the_future_a_greenlet_waits_on() {
         .find(|g| g.name.as_deref() == Some("gated"))
         .unwrap();
     assert_eq!(g.wait, greenhack::debug::Wait::Future("audit_core::Gate"));
-    assert!(dump.to_string().contains("waiting for future audit_core::Gate"), "{dump}");
+    assert!(
+        dump.to_string()
+            .contains("waiting for future audit_core::Gate"),
+        "{dump}"
+    );
     ready.set(true);
-    assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+    );
 }
 
 #[test]
@@ -2898,7 +2972,9 @@ fn join_errors_convert_into_boxed_send_sync_errors() {
         e.into()
     }
     greenhack::run(|| {
-        let err = greenhack::spawn(|| panic!("{}", "as a box")).join().unwrap_err();
+        let err = greenhack::spawn(|| panic!("{}", "as a box"))
+            .join()
+            .unwrap_err();
         let b = boxed(err);
         assert_eq!(b.to_string(), "greenlet panicked: as a box");
         // io::Error::other takes it too, and it comes back out.
