@@ -97,7 +97,17 @@ thread_local! {
 pub(crate) fn with_logical<R>(f: impl FnOnce(&Logical) -> R) -> R {
     match current_pair() {
         Some(pair) => f(&pair.logical),
-        None => THREAD_LOGICAL.with(f),
+        None => {
+            let mut f = Some(f);
+            let call = |l: &Logical| f.take().expect("called once")(l);
+            match THREAD_LOGICAL.try_with(call) {
+                Ok(r) => r,
+                // Late in thread exit (a thread-local's destructor that
+                // waits): the thread's own logical thread is gone, so this
+                // call gets a blank one.
+                Err(_) => f.take().expect("not called")(&Logical::default()),
+            }
+        }
     }
 }
 
@@ -541,7 +551,12 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
 fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
     match place_outside() {
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
-        Place::Thread => match THREAD_LOGICAL.with(Logical::earliest_scope) {
+        // Late in thread exit THREAD_LOGICAL is gone, and with it any scope.
+        Place::Thread => match THREAD_LOGICAL
+            .try_with(Logical::earliest_scope)
+            .ok()
+            .flatten()
+        {
             None => Ok(reactor::block_on(fut)),
             Some(scope) => {
                 let fut = pin!(fut);

@@ -483,7 +483,9 @@ impl Stack {
         let range = stack.range();
         let valgrind_id = crate::valgrind::stack_register(range.start, range.end);
         stack.header().valgrind_id.set(valgrind_id);
-        STACKS.with(|t| {
+        // Late in thread exit (a thread-local's destructor making a
+        // greenlet) the counters may be gone; the stack is unmapped on drop.
+        let _ = STACKS.try_with(|t| {
             t.mapped.set(t.mapped.get() + 1);
             t.mmaps.set(t.mmaps.get() + 1);
         });
