@@ -53,8 +53,11 @@ use std::ptr;
 pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 
 /// The smallest usable size accepted: room for the header, the entry frames
-/// and a panic's unwinding.
-pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// and a panic's unwinding, including the default panic hook's backtrace
+/// (`RUST_BACKTRACE`), which it symbolizes on the panicking greenlet's stack:
+/// ~24 KiB in a debug build, on top of the frames that panicked (16 KiB
+/// overflowed there).
+pub const MIN_STACK_SIZE: usize = 32 * 1024;
 
 /// How many free stacks each thread keeps for reuse, unless changed with
 /// [`set_pool_capacity`].

@@ -3087,3 +3087,30 @@ fn a_sleep_in_a_late_thread_local_destructor() {
     }
     assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(10)));
 }
+
+#[test]
+fn a_panic_on_the_smallest_stack_unwinds_with_backtraces_on() {
+    // MIN_STACK_SIZE is documented as room for "a panic's unwinding"; the
+    // default panic hook prints a backtrace on that stack when asked to.
+    const NAME: &str = "a_panic_on_the_smallest_stack_unwinds_with_backtraces_on";
+    if is_child(NAME) {
+        // (std reads the variable once, at the first panic.)
+        // SAFETY: the child test runs alone (one thread).
+        unsafe { std::env::set_var("RUST_BACKTRACE", "full") };
+        let mut g: Greenlet<(), (), ()> = Builder::new()
+            .name("tiny")
+            .stack_size(greenhack::stack::MIN_STACK_SIZE)
+            .build(|_, ()| panic!("small but fine"))
+            .unwrap();
+        let err = catch(|| g.resume(())).unwrap_err();
+        assert_eq!(panic_message(&*err), "small but fine");
+        return;
+    }
+    let out = run_child(NAME);
+    assert_child_passed(&out);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("stack backtrace:"),
+        "the hook printed one: {err}"
+    );
+}
