@@ -914,15 +914,33 @@ fn serve(kind: usize) {
     control.backtrace = Some(std::backtrace::Backtrace::force_capture());
 }
 
+/// How much stack below a suspended greenlet's frames a backtrace capture
+/// needs: the request's frames and the unwinder's (~5 KiB in a debug
+/// build), with a margin. A greenlet with less left is not captured: its
+/// guard page would abort the process for a diagnostic.
+pub(crate) const CAPTURE_ROOM: usize = 12 * 1024;
+
+/// What [`capture_backtrace`] found.
+pub(crate) enum Capture {
+    /// The greenlet's stack, from its suspend.
+    Backtrace(std::backtrace::Backtrace),
+    /// Only this many bytes of its stack are left: too few to capture.
+    NoRoom(usize),
+}
+
 /// Captures the backtrace of the suspended greenlet owning `header` by
 /// switching into it (its code does not run: `suspend` serves the request
 /// and switches straight back). `None` unless it is suspended.
-pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::Backtrace> {
+pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<Capture> {
     if header_state(header) != HeaderState::Suspended || header.unwinding.get() {
         return None;
     }
     let mut control = Control { backtrace: None };
     let sp = header.saved_sp()?;
+    let left = sp.saturating_sub(header.map_base + stack::page_size());
+    if left < CAPTURE_ROOM {
+        return Some(Capture::NoRoom(left));
+    }
     let asan = crate::asan::before_resume(header);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.
@@ -943,7 +961,7 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
         eprintln!("greenhack: a backtrace request moved a greenlet's saved stack pointer");
         std::process::abort();
     }
-    control.backtrace
+    control.backtrace.map(Capture::Backtrace)
 }
 
 /// The entry point of every greenlet, monomorphised per closure type. Runs on

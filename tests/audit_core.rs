@@ -3114,3 +3114,53 @@ fn a_panic_on_the_smallest_stack_unwinds_with_backtraces_on() {
         "the hook printed one: {err}"
     );
 }
+
+#[test]
+fn a_backtrace_of_a_greenlet_near_its_stack_limit_is_refused_not_fatal() {
+    // The capture runs below the greenlet's frames: with too little stack
+    // left it would hit the guard page and abort the whole process.
+    const NAME: &str = "a_backtrace_of_a_greenlet_near_its_stack_limit_is_refused_not_fatal";
+    if is_child(NAME) {
+        thread_local!(static BASE: Cell<usize> = const { Cell::new(0) });
+        #[inline(never)]
+        fn down_to(s: &Suspender<(), ()>, left: usize) {
+            let x = 0u8;
+            let here = std::hint::black_box(&x) as *const u8 as usize;
+            if here - BASE.with(Cell::get) <= left {
+                s.suspend(());
+            } else {
+                down_to(s, left);
+            }
+        }
+        for left in [2048, 4096, 8192] {
+            let mut g: Greenlet<(), (), ()> = Builder::new()
+                .name("near-the-limit")
+                .stack_size(128 * 1024)
+                .build(move |s, ()| down_to(s, left))
+                .unwrap();
+            BASE.with(|b| b.set(g.stack_range().unwrap().start));
+            g.resume(());
+            let bt = greenhack::debug::backtrace(&mut g).unwrap();
+            assert!(bt.contains("not captured"), "{left}: {bt}");
+            let dump = greenhack::debug::dump();
+            let info = dump.greenlets.iter().find(|i| i.id == g.id()).unwrap();
+            assert!(info.backtrace.as_deref().unwrap().contains("not captured"));
+            g.resume(());
+        }
+        // With room, captured.
+        let mut g: Greenlet<(), (), ()> = Builder::new()
+            .stack_size(128 * 1024)
+            .build(|s, ()| down_to(s, 64 * 1024))
+            .unwrap();
+        BASE.with(|b| b.set(g.stack_range().unwrap().start));
+        g.resume(());
+        assert!(
+            greenhack::debug::backtrace(&mut g)
+                .unwrap()
+                .contains("down_to")
+        );
+        g.resume(());
+        return;
+    }
+    assert_child_passed(&run_child(NAME));
+}
