@@ -607,7 +607,10 @@ fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
 /// worker or `block_on`; detected with the `tokio` feature), blocking would
 /// stall that executor: `exempt` panics with a message saying to wrap the
 /// sync code in `as_async`, or to call [`start_loop`] if blocking is
-/// intended. [`try_exempt`] returns the future instead.
+/// intended. [`try_exempt`] returns the future instead. A task of tokio's
+/// `spawn_blocking` carries the runtime's context as well, and greenhack
+/// cannot tell its thread from a worker: there, where blocking is the
+/// point, wrap the sync code in [`run`].
 #[track_caller]
 #[inline]
 pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {

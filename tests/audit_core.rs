@@ -3164,3 +3164,29 @@ fn a_backtrace_of_a_greenlet_near_its_stack_limit_is_refused_not_fatal() {
     }
     assert_child_passed(&run_child(NAME));
 }
+
+#[test]
+fn inside_spawn_blocking_run_permits_greenhacks_waits() {
+    // A spawn_blocking task carries the runtime's context: greenhack cannot
+    // tell its thread from a worker, so a bare wait refuses (documented), and
+    // `run` is the way in.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (refused, n) = rt.block_on(async {
+        tokio::task::spawn_blocking(|| {
+            let refused = greenhack::try_exempt(async { 0 }).is_err();
+            let n = greenhack::run(|| {
+                greenhack::sleep(Duration::from_millis(1));
+                greenhack::spawn(|| 3).join().unwrap() + greenhack::exempt(async { 1 })
+            });
+            (refused, n)
+        })
+        .await
+        .unwrap()
+    });
+    assert!(refused);
+    assert_eq!(n, 4);
+}
