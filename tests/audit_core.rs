@@ -1875,23 +1875,26 @@ macro_rules! is_sync {
 
 #[test]
 fn greenlets_and_their_handles_are_not_send() {
-    // The probe works.
-    assert!(is_send!(u32));
-    assert!(!is_send!(Rc<u32>));
-    // Documented !Send (and !Sync).
-    assert!(!is_send!(Greenlet<(), (), ()>));
-    assert!(!is_sync!(Greenlet<(), (), ()>));
-    assert!(!is_send!(Suspender<(), ()>));
-    assert!(!is_sync!(Suspender<(), ()>));
-    assert!(!is_send!(greenhack::AsAsync<u32>));
-    assert!(!is_send!(JoinHandle<u32>));
-    // The errors travel: Send and Sync, so they convert into
-    // `Box<dyn Error + Send + Sync>` (anyhow, io::Error::other) as tokio's do.
-    assert!(is_send!(JoinError) && is_sync!(JoinError));
-    assert!(is_send!(Elapsed) && is_sync!(Elapsed));
-    assert!(is_send!(ExemptError<std::future::Ready<u32>>));
-    assert!(is_send!(Builder) && is_sync!(Builder));
-    assert!(is_send!(greenhack::debug::Dump));
+    // Evaluated at compile time: a regression fails the build.
+    const {
+        // The probe works.
+        assert!(is_send!(u32));
+        assert!(!is_send!(Rc<u32>));
+        // Documented !Send (and !Sync).
+        assert!(!is_send!(Greenlet<(), (), ()>));
+        assert!(!is_sync!(Greenlet<(), (), ()>));
+        assert!(!is_send!(Suspender<(), ()>));
+        assert!(!is_sync!(Suspender<(), ()>));
+        assert!(!is_send!(greenhack::AsAsync<u32>));
+        assert!(!is_send!(JoinHandle<u32>));
+        // The errors travel: Send and Sync, so they convert into
+        // `Box<dyn Error + Send + Sync>` (anyhow, io::Error::other) as tokio's do.
+        assert!(is_send!(JoinError) && is_sync!(JoinError));
+        assert!(is_send!(Elapsed) && is_sync!(Elapsed));
+        assert!(is_send!(ExemptError<std::future::Ready<u32>>));
+        assert!(is_send!(Builder) && is_sync!(Builder));
+        assert!(is_send!(greenhack::debug::Dump));
+    }
 }
 
 #[test]
