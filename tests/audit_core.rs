@@ -95,6 +95,20 @@ fn assert_child_passed(out: &Output) {
     );
 }
 
+/// Sleeps in steps until `cond` holds; fails after 10 s. Greenlets woken at
+/// the same turn as the caller may run after it, so "after a longer sleep"
+/// is no proof that they ran: poll for it.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        greenhack::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Counts its drops.
 struct DropCounter(Rc<Cell<usize>>);
 
@@ -1251,6 +1265,7 @@ fn cancel_unwinds_a_waiting_greenlet_and_join_reports_it() {
             greenhack::sleep(Duration::MAX); // forever, documented
             unreachable!();
         });
+        greenhack::yield_now(); // it runs to its wait
         greenhack::sleep(Duration::from_millis(2));
         assert!(!h.is_finished());
         h.cancel();
@@ -1323,8 +1338,7 @@ fn a_detached_greenlet_keeps_running() {
             f.set(true);
         });
         drop(h);
-        greenhack::sleep(Duration::from_millis(20));
-        assert!(flag.get(), "ran after its handle was dropped");
+        wait_until("the detached greenlet runs", || flag.get());
     });
 }
 
@@ -1335,8 +1349,7 @@ fn is_finished_tracks_the_greenlet() {
         assert!(!h.is_finished(), "not started yet");
         greenhack::yield_now();
         assert!(!h.is_finished(), "sleeping");
-        greenhack::sleep(Duration::from_millis(20));
-        assert!(h.is_finished());
+        wait_until("the greenlet finishes", || h.is_finished());
         h.join().unwrap();
     });
 }
@@ -2646,8 +2659,7 @@ fn a_timed_out_join_leaves_the_greenlet_running_detached() {
         });
         assert!(greenhack::timeout(Duration::from_millis(5), move || h.join()).is_err());
         assert!(!done.get());
-        greenhack::sleep(Duration::from_millis(60));
-        assert!(done.get());
+        wait_until("the greenlet finishes", || done.get());
     });
 }
 
@@ -2793,9 +2805,10 @@ fn a_greenlet_that_cancels_itself_is_unwound_at_its_next_wait() {
             unreachable!("unwound at the wait");
         });
         *me.borrow_mut() = Some(h);
-        greenhack::sleep(Duration::from_millis(20));
+        wait_until("it is unwound", || {
+            me.borrow().as_ref().unwrap().is_finished()
+        });
         let h = me.borrow_mut().take().unwrap();
-        assert!(h.is_finished());
         assert!(h.join().unwrap_err().is_cancelled());
         assert_eq!(drops.get(), 1);
 
@@ -2826,7 +2839,7 @@ fn cancelling_a_greenlet_inside_a_nested_as_async_unwinds_both() {
                 greenhack::sleep(Duration::from_secs(3600));
             }));
         });
-        greenhack::sleep(Duration::from_millis(2));
+        greenhack::yield_now(); // it runs to its wait
         h.cancel();
         assert!(h.join().unwrap_err().is_cancelled());
         assert_eq!(drops.get(), 2);
