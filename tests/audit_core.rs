@@ -3231,3 +3231,21 @@ fn inside_spawn_blocking_run_permits_greenhacks_waits() {
     assert!(refused);
     assert_eq!(n, 4);
 }
+
+#[test]
+fn cancelling_a_greenlet_inside_a_timeout_scope_is_a_cancellation() {
+    greenhack::run(|| {
+        let drops = Rc::new(Cell::new(0));
+        let d = drops.clone();
+        let h = greenhack::spawn(move || {
+            let _g = DropCounter(d);
+            greenhack::timeout(Duration::from_secs(3600), || {
+                greenhack::sleep(Duration::from_secs(3600));
+            })
+        });
+        greenhack::yield_now();
+        h.cancel();
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert_eq!(drops.get(), 1);
+    });
+}
