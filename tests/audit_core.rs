@@ -3249,3 +3249,93 @@ fn cancelling_a_greenlet_inside_a_timeout_scope_is_a_cancellation() {
         assert_eq!(drops.get(), 1);
     });
 }
+
+#[test]
+fn dump_from_inside_a_sliced_greenlet_lists_its_sliced_out_neighbours() {
+    greenhack::run(|| {
+        // SAFETY: the greenlets wait only on greenhack's timer.
+        let b = unsafe { greenhack::Builder::new().sliced() };
+        let sleepers: Vec<_> = (0..3)
+            .map(|i| {
+                b.clone()
+                    .name(format!("sliced-sleeper-{i}"))
+                    .spawn(|| greenhack::sleep(Duration::from_secs(3600)))
+                    .unwrap()
+            })
+            .collect();
+        greenhack::yield_now();
+        let inspector = b
+            .clone()
+            .name("sliced-inspector")
+            .spawn(|| {
+                let dump = greenhack::debug::dump();
+                let listed = (0..3)
+                    .filter(|i| {
+                        dump.greenlets.iter().any(|g| {
+                            g.name.as_deref() == Some(&format!("sliced-sleeper-{i}"))
+                                && g.state == "suspended"
+                                && matches!(g.wait, greenhack::debug::Wait::Sleep(_))
+                        })
+                    })
+                    .count();
+                let me = dump
+                    .greenlets
+                    .iter()
+                    .find(|g| g.name.as_deref() == Some("sliced-inspector"))
+                    .map(|g| g.state);
+                (listed, me, dump.to_string())
+            })
+            .unwrap();
+        let (listed, me, text) = inspector.join().unwrap();
+        assert_eq!(listed, 3, "{text}");
+        assert_eq!(me, Some("running"), "{text}");
+        // From outside, their backtraces come back in.
+        let dump = greenhack::debug::dump();
+        let bt = dump
+            .greenlets
+            .iter()
+            .find(|g| g.name.as_deref() == Some("sliced-sleeper-0"))
+            .and_then(|g| g.backtrace.clone())
+            .unwrap_or_default();
+        assert!(bt.contains("greenhack::time::sleep"), "{dump}");
+        for s in sleepers {
+            s.cancel();
+        }
+    });
+}
+
+#[test]
+fn a_panic_out_of_an_exempted_as_async_leaves_the_loop_usable() {
+    std::thread::spawn(|| {
+        let err = catch(|| {
+            greenhack::exempt(greenhack::as_async(|| {
+                greenhack::sleep(Duration::from_millis(1));
+                std::panic::panic_any(5u8)
+            }))
+        })
+        .unwrap_err();
+        assert_eq!(err.downcast_ref::<u8>(), Some(&5));
+        // The loop still runs greenlets, timers and nested pairs.
+        let n = greenhack::run(|| {
+            let h = greenhack::spawn(|| {
+                greenhack::sleep(Duration::from_millis(1));
+                greenhack::exempt(greenhack::as_async(|| 2))
+            });
+            h.join().unwrap() + greenhack::exempt(async { 1 })
+        });
+        assert_eq!(n, 3);
+        // And the same from inside a greenlet.
+        let r = greenhack::run(|| {
+            greenhack::spawn(|| {
+                let e = catch(|| greenhack::exempt(greenhack::as_async(|| panic!("inner"))));
+                greenhack::sleep(Duration::from_millis(1));
+                e.is_err()
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(r);
+    })
+    .join()
+    .unwrap();
+}
