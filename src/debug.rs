@@ -57,7 +57,8 @@ pub struct GreenletInfo {
     pub created_at: Option<&'static Location<'static>>,
     /// Its usable stack size in bytes.
     pub stack_size: usize,
-    /// The stack of a suspended greenlet, trimmed to its own frames.
+    /// The stack of a suspended greenlet, trimmed to its own frames (or a
+    /// line saying why it was not captured: see [`backtrace`]).
     pub backtrace: Option<String>,
 }
 
@@ -140,7 +141,7 @@ fn info_from_header(h: &StackHeader) -> Option<GreenletInfo> {
         HeaderState::Running => "running",
         HeaderState::Suspended => "suspended",
     };
-    let backtrace = greenlet::capture_backtrace(h).map(|bt| trim(&bt.to_string()));
+    let backtrace = greenlet::capture_backtrace(h).map(shown);
     Some(GreenletInfo {
         id: h.id.get(),
         name: stack::header_name(h).map(str::to_owned),
@@ -186,6 +187,10 @@ impl fmt::Display for Dump {
 /// The backtrace of a suspended greenlet, captured from outside, trimmed to
 /// the greenlet's own frames; `None` unless it is suspended.
 ///
+/// The capture runs on the greenlet's own stack, below its frames: a
+/// greenlet with less than 12 KiB left there is not captured (its guard
+/// page would abort the process), and the string says so instead.
+///
 /// ```
 /// use greenhack::greenlet::Greenlet;
 ///
@@ -201,13 +206,24 @@ impl fmt::Display for Dump {
 /// ```
 pub fn backtrace<I, Y, R>(greenlet: &mut Greenlet<I, Y, R>) -> Option<String> {
     let header = greenlet.header_ref()?;
-    greenlet::capture_backtrace(header).map(|bt| trim(&bt.to_string()))
+    greenlet::capture_backtrace(header).map(shown)
 }
 
-/// Cuts a backtrace captured by `serve_control` to the greenlet's frames:
-/// drops the frames of the capture itself (down to `Suspender::suspend`
-/// exclusive) and everything from the trampoline on (the capturing side),
-/// then renumbers.
+/// A capture as shown: the greenlet's frames, or why there are none.
+fn shown(capture: greenlet::Capture) -> String {
+    match capture {
+        greenlet::Capture::Backtrace(bt) => trim(&bt.to_string()),
+        greenlet::Capture::NoRoom(left) => format!(
+            "   (not captured: {left} bytes of its stack are left, and capturing needs {})\n",
+            greenlet::CAPTURE_ROOM
+        ),
+    }
+}
+
+/// Cuts a backtrace captured by `greenlet::serve` to the greenlet's frames:
+/// drops the frames of the capture itself (`serve` and any above it, down
+/// to `Suspender::suspend` exclusive) and everything from the trampoline on
+/// (the capturing side), then renumbers.
 fn trim(bt: &str) -> String {
     // Group lines into frames: a frame starts with "<spaces><n>: ".
     let mut frames: Vec<Vec<&str>> = Vec::new();
@@ -224,7 +240,7 @@ fn trim(bt: &str) -> String {
     }
     let first = frames
         .iter()
-        .rposition(|f| f[0].contains("greenhack::greenlet::serve_control"))
+        .rposition(|f| is_frame_of(f[0], "greenhack::greenlet::serve"))
         .map_or(0, |i| i + 1);
     let end = frames
         .iter()
@@ -242,6 +258,19 @@ fn trim(bt: &str) -> String {
         }
     }
     out
+}
+
+/// True if the backtrace line `line` ("  N: name" or "  N: 0xADDR - name")
+/// starts the frame of the function `name` itself (a symbol hash suffix
+/// allowed), not of one whose name merely begins the same way.
+fn is_frame_of(line: &str, name: &str) -> bool {
+    let Some((_, rest)) = line.trim_start().split_once(": ") else {
+        return false;
+    };
+    let symbol = rest.rsplit_once(" - ").map_or(rest, |(_, s)| s).trim_end();
+    symbol
+        .strip_prefix(name)
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with("::h"))
 }
 
 // ----- dump on a signal ---------------------------------------------------------

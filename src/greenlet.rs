@@ -297,8 +297,10 @@ impl Builder {
         }
     }
 
-    /// Names the greenlet; the name appears in panic, abort and overflow
-    /// messages.
+    /// Names the greenlet; the name appears in [`debug::dump`](crate::debug::dump),
+    /// the stall detector's reports and greenhack's own panic, abort and
+    /// overflow messages (a panic raised by the greenlet's code is reported
+    /// by the panic hook as usual, under the thread's name).
     pub fn name(mut self, name: impl Into<String>) -> Builder {
         self.name = Some(name.into());
         self
@@ -407,7 +409,10 @@ impl Builder {
     ///
     /// The stack could not be mapped: out of memory, out of address space,
     /// or `vm.max_map_count` reached. The message says which and what to do.
-    /// `InvalidInput` for a [`sliced`](Builder::sliced) builder.
+    /// `InvalidInput` for a [`sliced`](Builder::sliced) builder, a stack
+    /// size that overflows when rounded up to pages, or a closure that would
+    /// fill more than half the stack (box its captures, or raise
+    /// [`stack_size`](Builder::stack_size)).
     #[track_caller]
     pub fn build<I, Y, R, F>(self, f: F) -> io::Result<Greenlet<I, Y, R>>
     where
@@ -842,11 +847,22 @@ impl<I, Y> Suspender<I, Y> {
     /// (with a private payload, silently) so that the greenlet's destructors
     /// run. Let that unwind pass: a greenlet that catches it and then
     /// suspends again aborts the process.
+    ///
+    /// Only the greenlet's own code may suspend it: a `Suspender` lent to a
+    /// nested greenlet (as its resume value) and used on that greenlet's
+    /// stack is a bug, caught by an assertion in debug builds only (the
+    /// check would cost every switch).
     #[inline(always)]
     pub fn suspend(&self, value: Y) -> I {
         // SAFETY: the header lives at the top of our own stack, which is
         // mapped while we run.
         let header = unsafe { &*self.header };
+        debug_assert!(
+            self.stack_range()
+                .contains(&crate::asan::stack_address(ptr::from_ref(&header) as usize)),
+            "greenhack: Suspender::suspend called on another greenlet's stack (a Suspender \
+             lent to a nested greenlet); only the greenlet's own code may suspend it"
+        );
         let mut slot = MaybeUninit::uninit();
         // SAFETY: `slot` stays put until we are resumed; the resumer unpacks
         // the word first thing.
@@ -930,15 +946,33 @@ fn serve(kind: usize) {
     control.backtrace = Some(std::backtrace::Backtrace::force_capture());
 }
 
+/// How much stack below a suspended greenlet's frames a backtrace capture
+/// needs: the request's frames and the unwinder's (~5 KiB in a debug
+/// build), with a margin. A greenlet with less left is not captured: its
+/// guard page would abort the process for a diagnostic.
+pub(crate) const CAPTURE_ROOM: usize = 12 * 1024;
+
+/// What [`capture_backtrace`] found.
+pub(crate) enum Capture {
+    /// The greenlet's stack, from its suspend.
+    Backtrace(std::backtrace::Backtrace),
+    /// Only this many bytes of its stack are left: too few to capture.
+    NoRoom(usize),
+}
+
 /// Captures the backtrace of the suspended greenlet owning `header` by
 /// switching into it (its code does not run: `suspend` serves the request
 /// and switches straight back). `None` unless it is suspended.
-pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::Backtrace> {
+pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<Capture> {
     if header_state(header) != HeaderState::Suspended || header.unwinding.get() {
         return None;
     }
     let mut control = Control { backtrace: None };
     let sp = header.saved_sp()?;
+    let left = sp.saturating_sub(header.map_base + stack::page_size());
+    if left < CAPTURE_ROOM {
+        return Some(Capture::NoRoom(left));
+    }
     let asan = crate::asan::before_resume(header);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.
@@ -959,7 +993,7 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<std::backtrace::
         eprintln!("greenhack: a backtrace request moved a greenlet's saved stack pointer");
         std::process::abort();
     }
-    control.backtrace
+    control.backtrace.map(Capture::Backtrace)
 }
 
 /// The entry point of every greenlet, monomorphised per closure type. Runs on

@@ -104,12 +104,22 @@ thread_local! {
 pub(crate) fn with_logical<R>(f: impl FnOnce(&Logical) -> R) -> R {
     match current_pair() {
         Some(pair) => f(&pair.logical),
-        None => match UNWINDING.with(Cell::get) {
+        None => match UNWINDING.try_with(Cell::get).unwrap_or(ptr::null()) {
             // SAFETY: UNWINDING points at a pair on the stack being unwound:
             // set as its unwind leaves `suspend`, reset (by `UnwindingEnds`)
             // before that pair is dropped.
             p if !p.is_null() => f(unsafe { &(*p).logical }),
-            _ => THREAD_LOGICAL.with(f),
+            _ => {
+                let mut f = Some(f);
+                let call = |l: &Logical| f.take().expect("called once")(l);
+                match THREAD_LOGICAL.try_with(call) {
+                    Ok(r) => r,
+                    // Late in thread exit (a thread-local's destructor that
+                    // waits): the thread's own logical thread is gone, so
+                    // this call gets a blank one.
+                    Err(_) => f.take().expect("not called")(&Logical::default()),
+                }
+            }
         },
     }
 }
@@ -310,7 +320,8 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// The greenlet's stack could not be mapped.
+    /// The greenlet's stack could not be mapped, or as
+    /// [`build`](Builder::build) for a bad stack size or closure size.
     #[track_caller]
     pub fn as_async<T, F>(self, f: F) -> io::Result<AsAsync<T>>
     where
@@ -589,6 +600,8 @@ pub(crate) fn wait<F: Future>(fut: F, what: Wait, needs: Needs) -> Result<F::Out
 fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
     match place_outside() {
         Place::Thread if std::thread::panicking() => Ok(reactor::block_on_alone(fut)),
+        // Late in thread exit the thread's logical thread is gone, and with
+        // it any scope (`with_logical` hands a blank one).
         Place::Thread => match with_logical(Logical::earliest_scope) {
             None => Ok(reactor::block_on(fut)),
             Some(scope) => {
@@ -640,7 +653,10 @@ fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
 /// worker or `block_on`; detected with the `tokio` feature), blocking would
 /// stall that executor: `exempt` panics with a message saying to wrap the
 /// sync code in `as_async`, or to call [`start_loop`] if blocking is
-/// intended. [`try_exempt`] returns the future instead.
+/// intended. [`try_exempt`] returns the future instead. A task of tokio's
+/// `spawn_blocking` carries the runtime's context as well, and greenhack
+/// cannot tell its thread from a worker: there, where blocking is the
+/// point, wrap the sync code in [`run`].
 #[track_caller]
 #[inline]
 pub fn exempt<F: IntoFuture>(fut: F) -> F::Output {
@@ -849,12 +865,20 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
         return f();
     }
     let reactor = Reactor::current();
-    let was_explicit = reactor.has_explicit_loop();
+    // The permission to block this thread lasts for the call only, also
+    // when `f` panics (on a foreign executor's thread, `exempt` must refuse
+    // again afterwards).
+    struct Permit(Option<std::rc::Rc<Reactor>>);
+    impl Drop for Permit {
+        fn drop(&mut self) {
+            if let Some(reactor) = &self.0 {
+                reactor.clear_explicit_loop();
+            }
+        }
+    }
+    let _permit = Permit((!reactor.has_explicit_loop()).then(|| reactor.clone()));
     reactor.set_explicit_loop();
     let out = f();
     reactor::block_on(reactor::AllTasksDone);
-    if !was_explicit {
-        reactor.clear_explicit_loop();
-    }
     out
 }

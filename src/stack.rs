@@ -53,8 +53,11 @@ use std::ptr;
 pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 
 /// The smallest usable size accepted: room for the header, the entry frames
-/// and a panic's unwinding.
-pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// and a panic's unwinding, including the default panic hook's backtrace
+/// (`RUST_BACKTRACE`), which it symbolizes on the panicking greenlet's stack:
+/// ~24 KiB in a debug build, on top of the frames that panicked (16 KiB
+/// overflowed there).
+pub const MIN_STACK_SIZE: usize = 32 * 1024;
 
 /// How many free stacks each thread keeps for reuse, unless changed with
 /// [`set_pool_capacity`].
@@ -483,7 +486,9 @@ impl Stack {
         let range = stack.range();
         let valgrind_id = crate::valgrind::stack_register(range.start, range.end);
         stack.header().valgrind_id.set(valgrind_id);
-        STACKS.with(|t| {
+        // Late in thread exit (a thread-local's destructor making a
+        // greenlet) the counters may be gone; the stack is unmapped on drop.
+        let _ = STACKS.try_with(|t| {
             t.mapped.set(t.mapped.get() + 1);
             t.mmaps.set(t.mmaps.get() + 1);
         });

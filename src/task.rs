@@ -59,7 +59,8 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// The greenlet's stack could not be mapped.
+    /// The greenlet's stack could not be mapped, or as
+    /// [`build`](Builder::build) for a bad stack size or closure size.
     ///
     /// # Panics
     ///
@@ -77,6 +78,7 @@ impl Builder {
         let future = self.as_async(f)?;
         let state = Rc::new(JoinState {
             result: RefCell::new(None),
+            finished: Cell::new(false),
             joiner: RefCell::new(None),
             task: OnceCell::new(),
             cancelled: Cell::new(false),
@@ -92,8 +94,11 @@ impl Builder {
 
 /// Shared between a task and its handle.
 struct JoinState<T> {
-    /// Set once, when the greenlet ends.
+    /// Set once, when the greenlet ends; taken by the joiner.
     result: RefCell<Option<Result<T, JoinError>>>,
+    /// Set when the greenlet ends, and stays set after the joiner took
+    /// `result` (a handle awaited by reference is still finished).
+    finished: Cell<bool>,
     /// Who waits in `join` or polls the handle.
     joiner: RefCell<Option<Waker>>,
     /// The task's own waker, to make it notice a cancellation. Set once at
@@ -105,6 +110,7 @@ struct JoinState<T> {
 impl<T> JoinState<T> {
     fn finish(&self, result: Result<T, JoinError>) {
         *self.result.borrow_mut() = Some(result);
+        self.finished.set(true);
         if let Some(w) = self.joiner.borrow_mut().take() {
             w.wake();
         }
@@ -293,7 +299,7 @@ impl<T> JoinHandle<T> {
     /// True once the greenlet has finished (returned, panicked or been
     /// cancelled).
     pub fn is_finished(&self) -> bool {
-        self.state.result.borrow().is_some()
+        self.state.finished.get()
     }
 
     /// Asks the greenlet to stop: at the loop's next turn its stack is
@@ -319,6 +325,11 @@ impl<T> Future for JoinHandle<T> {
         if let Some(r) = self.state.result.borrow_mut().take() {
             return Poll::Ready(r);
         }
+        if self.state.finished.get() {
+            // Its result was handed out by an earlier poll: waiting again
+            // would never end.
+            polled_after_completion();
+        }
         *self.state.joiner.borrow_mut() = Some(cx.waker().clone());
         if !reactor::is_loop_poll() {
             // Polled by another executor, not through greenhack's loop: that
@@ -340,6 +351,11 @@ impl<T> Future for JoinHandle<T> {
     }
 }
 
+#[cold]
+fn polled_after_completion() -> ! {
+    panic!("greenhack: JoinHandle polled after it completed")
+}
+
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinHandle")
@@ -349,8 +365,14 @@ impl<T> fmt::Debug for JoinHandle<T> {
 }
 
 /// Why a spawned greenlet produced no value.
+///
+/// `Send` and `Sync`, as tokio's `JoinError` is: it converts into
+/// `Box<dyn Error + Send + Sync>` (and so `io::Error::other`, `anyhow`).
 pub struct JoinError {
-    panic: Option<Box<dyn Any + Send>>,
+    /// The panic's payload. In a `Mutex` only to make the error `Sync`
+    /// without `unsafe` (the payload is `Send` but need not be `Sync`):
+    /// `Display` locks it to read a string message; nothing else shares it.
+    panic: Option<std::sync::Mutex<Box<dyn Any + Send>>>,
 }
 
 impl JoinError {
@@ -360,7 +382,7 @@ impl JoinError {
 
     pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
         JoinError {
-            panic: Some(payload),
+            panic: Some(std::sync::Mutex::new(payload)),
         }
     }
 
@@ -380,23 +402,50 @@ impl JoinError {
     ///
     /// If the greenlet was cancelled rather than panicking.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
-        self.panic
-            .expect("greenhack: the greenlet was cancelled, it did not panic")
+        let payload = self
+            .panic
+            .expect("greenhack: the greenlet was cancelled, it did not panic");
+        // Never poisoned: nothing panics while holding the lock.
+        payload.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl JoinError {
+    /// The panic's payload, or the error back if the greenlet was cancelled
+    /// (tokio's `JoinError::try_into_panic`).
+    ///
+    /// ```
+    /// greenhack::run(|| {
+    ///     let h = greenhack::spawn(|| std::panic::panic_any(7u8));
+    ///     let payload = h.join().unwrap_err().try_into_panic().unwrap();
+    ///     assert_eq!(payload.downcast_ref::<u8>(), Some(&7));
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The error itself when the greenlet was cancelled.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
+        match self.panic {
+            Some(_) => Ok(self.into_panic()),
+            None => Err(self),
+        }
     }
 }
 
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.panic {
-            None => f.write_str("greenlet was cancelled"),
-            Some(p) => match p
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-            {
-                Some(msg) => write!(f, "greenlet panicked: {msg}"),
-                None => f.write_str("greenlet panicked"),
-            },
+        let Some(payload) = &self.panic else {
+            return f.write_str("greenlet was cancelled");
+        };
+        let p = payload.lock().unwrap_or_else(|e| e.into_inner());
+        match p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        {
+            Some(msg) => write!(f, "greenlet panicked: {msg}"),
+            None => f.write_str("greenlet panicked"),
         }
     }
 }

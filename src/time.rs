@@ -163,6 +163,13 @@ impl From<Elapsed> for std::io::Error {
 /// * Code inside that catches unwinds (`catch_unwind`) and keeps waiting
 ///   is unwound again at its next wait.
 /// * A panic inside `f` passes through unchanged.
+/// * A scope belongs to the greenlet that opened it (one of [`spawn`](crate::spawn)
+///   or [`as_async`](crate::as_async)), or else to the thread's own stack,
+///   which code on a raw [`Greenlet`](crate::greenlet::Greenlet) shares. A
+///   raw greenlet that suspends (`Suspender::suspend`) inside `timeout`
+///   leaves its scope open on the thread: a wait of the thread's own code
+///   past that deadline is unwound, with a payload no `timeout` catches.
+///   Open the scope around the resume instead.
 pub fn timeout<T>(duration: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     match Instant::now().checked_add(duration) {
         Some(deadline) => timeout_at(deadline, f),
