@@ -3107,10 +3107,10 @@ fn a_ready_wait_in_a_late_thread_local_destructor() {
     assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
+/// After the reactor's owner is destroyed, the reactor a late wait makes
+/// is kept for the rest of the thread's exit: the timer a `sleep` arms is
+/// on the reactor its wait turns (each call made a new one, and it hung).
 #[test]
-#[ignore = "hangs: after the reactor's owner is destroyed, every Reactor::current() makes a new \
-            reactor, so the timer is armed on one and the wait turns another (src/reactor/mod.rs, \
-            Reactor::install); reported by audit-core"]
 fn a_sleep_in_a_late_thread_local_destructor() {
     const NAME: &str = "a_sleep_in_a_late_thread_local_destructor";
     if is_child(NAME) {
@@ -3120,6 +3120,26 @@ fn a_sleep_in_a_late_thread_local_destructor() {
             DONE.store(1, Ordering::SeqCst);
         });
         assert_eq!(DONE.load(Ordering::SeqCst), 1);
+        return;
+    }
+    assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(10)));
+}
+
+/// The same late reactor runs a greenlet spawned there: `join` gets its
+/// value (it reported the greenlet cancelled, run by no loop).
+#[test]
+fn a_spawn_and_join_in_a_late_thread_local_destructor() {
+    const NAME: &str = "a_spawn_and_join_in_a_late_thread_local_destructor";
+    if is_child(NAME) {
+        static GOT: AtomicUsize = AtomicUsize::new(0);
+        in_a_late_thread_local_destructor(|| {
+            let h = greenhack::spawn(|| {
+                greenhack::sleep(Duration::from_millis(1));
+                7
+            });
+            GOT.store(h.join().unwrap(), Ordering::SeqCst);
+        });
+        assert_eq!(GOT.load(Ordering::SeqCst), 7);
         return;
     }
     assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(10)));

@@ -42,7 +42,9 @@
 //! keep the reactor, its `epoll` fd and every stack alive forever. The
 //! pointer through which code finds the reactor is a separate thread-local
 //! without a destructor, so a `Drop` that waits during that shutdown still
-//! finds its reactor.
+//! finds its reactor. A wait in a thread-local's destructor that runs after
+//! the owner's makes a new reactor, owned (and shut down in turn) by a
+//! second thread-local first touched then.
 //!
 //! `EINTR` from `epoll_wait` counts as a turn with no events.
 
@@ -132,6 +134,10 @@ thread_local! {
     static CURRENT: Cell<*const Reactor> = const { Cell::new(ptr::null()) };
     /// Owns this thread's reactor; shuts it down when the thread exits.
     static OWNER: Owner = const { Owner(RefCell::new(None)) };
+    /// Owns a reactor made after OWNER was destroyed (a thread-local's
+    /// destructor that waits, late in thread exit). First touched then, so
+    /// its own destructor is registered then and runs after that one.
+    static LATE_OWNER: Owner = const { Owner(RefCell::new(None)) };
     /// Set while greenhack's loop polls a task or the future it blocks on.
     static LOOP_POLLING: Cell<bool> = const { Cell::new(false) };
 }
@@ -178,8 +184,13 @@ impl Reactor {
         let reactor =
             Rc::new(Reactor::new().expect("greenhack: cannot create the event loop (epoll)"));
         // Once OWNER is destroyed (a destructor running late in thread exit
-        // waits), the reactor serves that one call and is dropped with it.
-        let owned = OWNER.try_with(|o| *o.0.borrow_mut() = Some(reactor.clone()));
+        // waits), LATE_OWNER keeps the new reactor for the rest of the exit,
+        // so that a timer armed by one call is the one the next call's wait
+        // turns. Only if that is gone too does the reactor serve one call
+        // and drop with it.
+        let owned = OWNER
+            .try_with(|o| *o.0.borrow_mut() = Some(reactor.clone()))
+            .or_else(|_| LATE_OWNER.try_with(|o| *o.0.borrow_mut() = Some(reactor.clone())));
         if owned.is_ok() {
             CURRENT.with(|c| c.set(Rc::as_ptr(&reactor)));
         }
