@@ -1,0 +1,1795 @@
+//! The held-out audit of greenhack's network and loop API (issues 11 and
+//! 14): programs written as a user who knows `std::net` and tokio would
+//! write them, from the public docs only. Each test names the std or tokio
+//! behaviour it holds greenhack to.
+//!
+//! Anything that could hang runs under a watchdog ([`within`]) or in a
+//! child process with a deadline ([`child`]); tests that count descriptors
+//! or threads run in a child process of their own, where no other test
+//! opens any meanwhile.
+
+use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use greenhack::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixListener, UnixStream};
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+const CHILD_ENV: &str = "GREENHACK_AUDIT_NET_CHILD";
+
+/// Runs `f` on a thread of its own and fails the test if it has not
+/// returned within `secs` (a hang), re-raising its panic otherwise.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(());
+        r
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => match t.join().unwrap() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: not done within {secs} s"),
+    }
+}
+
+/// True in the child process that runs test `name` for [`child`].
+fn is_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(name)
+}
+
+/// Re-runs this test binary with only test `name`, in a process of its own,
+/// and asserts that it passed within `secs` (killed and failed otherwise).
+fn child(name: &str, secs: u64) {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let out = c.wait_with_output().unwrap();
+            panic!(
+                "child {name} hung (killed after {secs} s)\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child {name} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Open descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Threads of this process.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// An address nothing listens on: bound, then closed.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A fresh path for a Unix socket.
+fn sock_path(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("gh-audit-net-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{tag}-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// A connected greenhack pair on loopback: (client, server side).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (c, s)
+}
+
+/// Sets `SO_LINGER` to zero so that closing `fd` sends a reset.
+fn linger_zero(fd: i32) {
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `lg` is a valid linger struct for the call's duration.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const lg).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+}
+
+/// A timeout as the kernel keeps it (rounded to its clock), read back
+/// from a std socket: what std's getters report for `d`.
+fn kernel_rounded(d: Duration) -> Option<Duration> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(d)).unwrap();
+    s.read_timeout().unwrap()
+}
+
+/// Writes until an error; returns its kind (a reset peer fails a write).
+fn write_until_error(mut w: impl Write) -> io::Error {
+    for _ in 0..1000 {
+        if let Err(e) = w.write(b"data after reset") {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("writes to a reset peer kept succeeding");
+}
+
+// ---------------------------------------------------------------------------
+// TCP: std's errors
+// ---------------------------------------------------------------------------
+
+/// std: `TcpStream::connect` to a port nobody listens on is
+/// `ConnectionRefused`, on a plain thread and inside a greenlet.
+#[test]
+fn tcp_connect_closed_port_is_connection_refused_as_std() {
+    within(20, || {
+        let addr = closed_port();
+        let std_err = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(std_err.kind(), ErrorKind::ConnectionRefused);
+        let e = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+        assert_eq!(e.raw_os_error(), std_err.raw_os_error());
+        let in_greenlet = greenhack::run(|| {
+            greenhack::spawn(move || TcpStream::connect(addr).map(drop))
+                .join()
+                .unwrap()
+        });
+        assert_eq!(
+            in_greenlet.unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
+        let via_socket = TcpSocket::new_v4().unwrap().connect(addr).unwrap_err();
+        assert_eq!(via_socket.kind(), ErrorKind::ConnectionRefused);
+        let timed = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(timed.kind(), ErrorKind::ConnectionRefused);
+    })
+}
+
+/// std: binding an address a listener holds is `AddrInUse` (TCP and UDP).
+#[test]
+fn bind_in_use_is_addr_in_use_as_std() {
+    within(20, || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let e = TcpListener::bind(addr).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+        let s = TcpSocket::new_v4().unwrap();
+        assert_eq!(s.bind(addr).unwrap_err().kind(), ErrorKind::AddrInUse);
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = UdpSocket::bind(u.local_addr().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    })
+}
+
+/// std: once the peer closed, `read` returns `Ok(0)` (after the bytes it
+/// sent), again and again.
+#[test]
+fn read_after_peer_close_is_ok_zero_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let (mut c, s) = tcp_pair();
+            let writer = greenhack::spawn(move || {
+                let mut s = s;
+                greenhack::sleep(Duration::from_millis(20));
+                s.write_all(b"last words").unwrap();
+                drop(s);
+            });
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"last words");
+            assert_eq!(c.read(&mut [0; 16]).unwrap(), 0);
+            assert_eq!(c.read(&mut [0; 16]).unwrap(), 0);
+            writer.join().unwrap();
+        });
+    })
+}
+
+/// std: writing to a peer that reset the connection fails with
+/// `ConnectionReset` or `BrokenPipe` (the process survives: no SIGPIPE);
+/// the first error's kind is the one std's stream gets.
+#[test]
+fn write_after_peer_reset_fails_as_std() {
+    within(20, || {
+        // std, for reference.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        linger_zero(s.as_raw_fd());
+        drop(s);
+        std::thread::sleep(Duration::from_millis(20));
+        let std_kind = write_until_error(&c).kind();
+
+        let (c, s) = tcp_pair();
+        linger_zero(s.as_raw_fd());
+        drop(s);
+        std::thread::sleep(Duration::from_millis(20));
+        let e = write_until_error(&c);
+        assert!(
+            matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+            "{e:?}"
+        );
+        assert_eq!(e.kind(), std_kind);
+        // And the read side sees the reset as std's does.
+        let (mut c, s) = tcp_pair();
+        linger_zero(s.as_raw_fd());
+        drop(s);
+        let e = c.read(&mut [0; 4]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+    })
+}
+
+/// std: writing after the peer closed (orderly) eventually fails with
+/// `BrokenPipe`/`ConnectionReset`, inside a greenlet too.
+#[test]
+fn write_after_peer_close_in_greenlet_fails_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let (c, s) = tcp_pair();
+            drop(s);
+            let e = greenhack::spawn(move || write_until_error(&c))
+                .join()
+                .unwrap();
+            assert!(
+                matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+                "{e:?}"
+            );
+        });
+    })
+}
+
+/// std: `shutdown(Write)` sends EOF and the other side's reply can still
+/// be read to its end; `shutdown(Read)` makes reads return 0.
+#[test]
+fn shutdown_write_then_read_the_rest_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let (mut c, s) = tcp_pair();
+            let server = greenhack::spawn(move || {
+                let mut s = s;
+                let mut req = Vec::new();
+                s.read_to_end(&mut req).unwrap();
+                req.reverse();
+                s.write_all(&req).unwrap();
+            });
+            c.write_all(b"abcdef").unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            assert_eq!(back, b"fedcba");
+            server.join().unwrap();
+            // Writing after our own shutdown(Write): std says BrokenPipe.
+            assert_eq!(c.write(b"x").unwrap_err().kind(), ErrorKind::BrokenPipe);
+
+            let (mut c, _s) = tcp_pair();
+            c.shutdown(Shutdown::Read).unwrap();
+            assert_eq!(c.read(&mut [0; 4]).unwrap(), 0);
+        });
+    })
+}
+
+/// std: `peek` waits for data and does not consume it.
+#[test]
+fn peek_waits_and_does_not_consume_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let (mut c, s) = tcp_pair();
+            let w = greenhack::spawn(move || {
+                greenhack::sleep(Duration::from_millis(20));
+                (&s).write_all(b"hello").unwrap();
+                s
+            });
+            let mut buf = [0; 5];
+            let n = c.peek(&mut buf).unwrap();
+            assert!(n > 0 && buf[..n] == b"hello"[..n]);
+            let mut all = [0; 5];
+            c.read_exact(&mut all).unwrap();
+            assert_eq!(&all, b"hello");
+            let _s = w.join().unwrap();
+        });
+    })
+}
+
+/// std: `read_exact`/`write_all` move every byte of a large transfer, and
+/// `BufReader::lines`/`BufWriter` work over the stream.
+#[test]
+fn large_transfer_and_buffered_io_as_std() {
+    within(60, || {
+        greenhack::run(|| {
+            let (c, s) = tcp_pair();
+            let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i * 7 + i / 251) as u8).collect();
+            let expect = data.clone();
+            let w = greenhack::spawn(move || {
+                let mut s = s;
+                s.write_all(&data).unwrap();
+                s
+            });
+            let mut got = vec![0; expect.len()];
+            (&c).read_exact(&mut got).unwrap();
+            assert!(got == expect, "bytes differ");
+            let s = w.join().unwrap();
+
+            let w = greenhack::spawn(move || {
+                let mut bw = BufWriter::new(&s);
+                for i in 0..1000 {
+                    writeln!(bw, "line {i}").unwrap();
+                }
+                bw.flush().unwrap();
+                drop(bw);
+                s.shutdown(Shutdown::Write).unwrap();
+            });
+            let lines: Vec<String> = BufReader::new(&c).lines().map(Result::unwrap).collect();
+            assert_eq!(lines.len(), 1000);
+            assert_eq!(lines[999], "line 999");
+            w.join().unwrap();
+        });
+    })
+}
+
+/// std: `local_addr`/`peer_addr` of both ends match; `peer_addr` of a
+/// listener-accepted stream is the client's `local_addr`.
+#[test]
+fn addresses_match_as_std() {
+    within(20, || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+        assert_eq!(s.peer_addr().unwrap(), c.local_addr().unwrap());
+        assert_eq!(c.peer_addr().unwrap(), s.local_addr().unwrap());
+        assert_eq!(c.peer_addr().unwrap(), l.local_addr().unwrap());
+    })
+}
+
+/// std: a read timeout makes a read fail with `WouldBlock` (EAGAIN on
+/// Linux) after about the timeout; the getter reports it; zero is
+/// `InvalidInput`; inside a greenlet the other greenlets run meanwhile.
+#[test]
+fn read_timeout_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let (mut c, _s) = tcp_pair();
+            assert_eq!(c.read_timeout().unwrap(), None);
+            assert_eq!(
+                c.set_read_timeout(Some(Duration::ZERO)).unwrap_err().kind(),
+                ErrorKind::InvalidInput
+            );
+            c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            assert_eq!(
+                c.read_timeout().unwrap(),
+                kernel_rounded(Duration::from_millis(50))
+            );
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let t = ticks.clone();
+            let ticker = greenhack::spawn(move || {
+                for _ in 0..3 {
+                    greenhack::sleep(Duration::from_millis(5));
+                    t.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let start = Instant::now();
+            let e = c.read(&mut [0; 8]).unwrap_err();
+            let took = start.elapsed();
+            assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+            assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+            assert!(took >= Duration::from_millis(45), "{took:?}");
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            ticker.join().unwrap();
+            assert_eq!(ticks.load(Ordering::Relaxed), 3);
+            // peek honours it too, as std's does.
+            assert_eq!(
+                c.peek(&mut [0; 8]).unwrap_err().kind(),
+                ErrorKind::WouldBlock
+            );
+            c.set_read_timeout(None).unwrap();
+            assert_eq!(c.read_timeout().unwrap(), None);
+        });
+    })
+}
+
+/// std: a write timeout makes a write to a peer that never reads fail with
+/// `WouldBlock` once the buffers are full.
+#[test]
+fn write_timeout_as_std() {
+    within(30, || {
+        let (c, _s) = tcp_pair();
+        c.set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        assert_eq!(
+            c.write_timeout().unwrap(),
+            kernel_rounded(Duration::from_millis(50))
+        );
+        let chunk = vec![0u8; 1 << 16];
+        let e = loop {
+            if let Err(e) = (&c).write(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    })
+}
+
+/// std: timeouts live in the socket, so `try_clone` and `into_std` carry
+/// them, and `from_std` keeps a std socket's.
+#[test]
+fn timeouts_travel_with_the_socket_as_std() {
+    within(20, || {
+        let (c, _s) = tcp_pair();
+        c.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+        let clone = c.try_clone().unwrap();
+        let ms = |n| kernel_rounded(Duration::from_millis(n));
+        assert_eq!(clone.read_timeout().unwrap(), ms(30));
+        clone
+            .set_read_timeout(Some(Duration::from_millis(40)))
+            .unwrap();
+        assert_eq!(c.read_timeout().unwrap(), ms(40));
+        drop(clone);
+        let std = c.into_std().unwrap();
+        assert_eq!(std.read_timeout().unwrap(), ms(40));
+        std.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut back = TcpStream::from_std(std).unwrap();
+        assert_eq!(back.read_timeout().unwrap(), ms(20));
+        assert_eq!(
+            back.read(&mut [0; 4]).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+    })
+}
+
+/// std: `connect` takes a host name (`"localhost:port"`, `(host, port)`);
+/// a malformed address is `InvalidInput` as std's.
+#[test]
+fn connect_by_host_name_as_std() {
+    within(30, || {
+        greenhack::run(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            // The loop keeps running while the name resolves.
+            let ticker = greenhack::spawn(|| greenhack::sleep(Duration::from_millis(1)));
+            let c = TcpStream::connect(format!("localhost:{port}")).unwrap();
+            assert_eq!(c.peer_addr().unwrap().port(), port);
+            ticker.join().unwrap();
+            let c2 = TcpStream::connect(("localhost", port)).unwrap();
+            assert!(c2.peer_addr().unwrap().ip().is_loopback());
+            for bad in ["localhost", "localhost:notaport", "127.0.0.1"] {
+                let std_e = std::net::TcpStream::connect(bad).unwrap_err();
+                let e = TcpStream::connect(bad).unwrap_err();
+                assert_eq!(e.kind(), std_e.kind(), "{bad}: {e} vs {std_e}");
+                assert_eq!(e.to_string(), std_e.to_string(), "{bad}");
+            }
+            let u = UdpSocket::bind("localhost:0").unwrap();
+            let v = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let vport = v.local_addr().unwrap().port();
+            u.send_to(b"by name", format!("localhost:{vport}")).unwrap();
+            let mut buf = [0; 16];
+            let (n, _) = v.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"by name");
+        });
+    })
+}
+
+/// std: `connect_timeout` to an address that never answers gives up with
+/// `TimedOut` near the timeout (or does what std's does where the network
+/// here answers or refuses the route).
+#[test]
+fn connect_timeout_as_std() {
+    within(30, || {
+        let addr: SocketAddr = "10.255.255.1:9".parse().unwrap();
+        let t = Duration::from_millis(200);
+        let std_r = std::net::TcpStream::connect_timeout(&addr, t);
+        let start = Instant::now();
+        let r = TcpStream::connect_timeout(&addr, t);
+        let took = start.elapsed();
+        match (std_r, r) {
+            (Err(se), Err(e)) => {
+                assert_eq!(e.kind(), se.kind(), "{e} vs std {se}");
+                if e.kind() == ErrorKind::TimedOut {
+                    assert!(took >= Duration::from_millis(190), "{took:?}");
+                    assert!(took < Duration::from_secs(3), "{took:?}");
+                }
+            }
+            (Ok(_), Ok(_)) => {} // something answers that address here
+            (s, g) => panic!("std {s:?}, greenhack {g:?}"),
+        }
+    })
+}
+
+/// std: IPv6 loopback works end to end (skipped where the host has no
+/// IPv6).
+#[test]
+fn ipv6_loopback_as_std() {
+    within(20, || {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here: skipped");
+            return;
+        }
+        greenhack::run(|| {
+            let l = TcpListener::bind("[::1]:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            assert!(addr.is_ipv6());
+            let srv = greenhack::spawn(move || {
+                let (mut s, peer) = l.accept().unwrap();
+                assert!(peer.is_ipv6());
+                let mut b = [0; 2];
+                s.read_exact(&mut b).unwrap();
+                s.write_all(&b).unwrap();
+            });
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"v6").unwrap();
+            let mut b = [0; 2];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"v6");
+            srv.join().unwrap();
+            let u = UdpSocket::bind("[::1]:0").unwrap();
+            u.send_to(b"x", u.local_addr().unwrap()).unwrap();
+            let (n, from) = u.recv_from(&mut [0; 4]).unwrap();
+            assert_eq!((n, from), (1, u.local_addr().unwrap()));
+        });
+    })
+}
+
+/// std: `into_std` gives a blocking std socket that works on another
+/// thread; `from_std` takes a blocking one (or a non-blocking one) back;
+/// `into_raw_fd` keeps the descriptor open.
+#[test]
+fn std_round_trips_as_std() {
+    within(20, || {
+        let (c, s) = tcp_pair();
+        let std_c = c.into_std().unwrap();
+        // Blocking again: a std read waits for the data instead of EAGAIN.
+        let t = std::thread::spawn(move || {
+            let mut std_c = std_c;
+            let mut b = [0; 3];
+            std_c.read_exact(&mut b).unwrap();
+            std_c
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        (&s).write_all(b"abc").unwrap();
+        let std_c = t.join().unwrap();
+        std_c.set_nonblocking(true).unwrap();
+        let mut c = TcpStream::from_std(std_c).unwrap(); // a non-blocking one
+        (&s).write_all(b"d").unwrap();
+        let mut b = [0; 1];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"d");
+
+        let fd = c.into_raw_fd();
+        // SAFETY: `fd` is the open socket `into_raw_fd` gave up.
+        let std_c = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        let mut c = TcpStream::from_std(std_c).unwrap();
+        (&s).write_all(b"e").unwrap();
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"e");
+
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let std_l = l.into_std().unwrap();
+        let t = std::thread::spawn(move || std_l.accept().map(|(_, a)| a));
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(t.join().unwrap().unwrap(), c.local_addr().unwrap());
+
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = u.local_addr().unwrap();
+        let std_u = u.into_std().unwrap();
+        assert_eq!(std_u.local_addr().unwrap(), a);
+        let u = UdpSocket::from_std(std_u).unwrap();
+        assert_eq!(u.local_addr().unwrap(), a);
+    })
+}
+
+/// Every socket type: no descriptor outlives its socket — connections,
+/// listeners, clones, refused connects, timed-out reads, `into_std` and
+/// host-name lookups included.
+#[test]
+fn no_descriptor_leaks() {
+    if !is_child("no_descriptor_leaks") {
+        return child("no_descriptor_leaks", 60);
+    }
+    // Warm up: the thread's reactor, the lookup pool.
+    greenhack::run(|| {
+        let (_c, _s) = tcp_pair();
+        drop(TcpStream::connect(format!(
+            "localhost:{}",
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        )));
+    });
+    let before = open_fds();
+    greenhack::run(|| {
+        for _ in 0..50 {
+            let (c, s) = tcp_pair();
+            let c2 = c.try_clone().unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            let _ = (&c).read(&mut [0; 1]);
+            drop((c, s, c2));
+            let _ = TcpStream::connect(closed_port());
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let _u2 = u.try_clone().unwrap();
+            let (a, b) = UnixStream::pair().unwrap();
+            drop(a.into_std().unwrap());
+            drop(b);
+            let l = TcpListener::bind("localhost:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let h = greenhack::spawn(move || TcpStream::connect(("localhost", port)).unwrap());
+            let (_s, _) = l.accept().unwrap();
+            drop(h.join().unwrap());
+            let p = sock_path("leak");
+            let ul = UnixListener::bind(&p).unwrap();
+            let _uc = UnixStream::connect(&p).unwrap();
+            let _ = ul.accept().unwrap();
+            std::fs::remove_file(&p).unwrap();
+            let s = TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            drop(s.listen(16).unwrap());
+        }
+    });
+    let after = open_fds();
+    assert_eq!(before, after, "descriptors leaked");
+}
+
+/// std: `Debug` of a socket shows its addresses and descriptor.
+#[test]
+fn debug_shows_addresses_as_std() {
+    let (c, s) = tcp_pair();
+    let d = format!("{c:?}");
+    assert!(d.contains("TcpStream"), "{d}");
+    assert!(d.contains(&c.local_addr().unwrap().to_string()), "{d}");
+    assert!(d.contains(&c.peer_addr().unwrap().to_string()), "{d}");
+    assert!(d.contains(&format!("fd: {}", c.as_raw_fd())), "{d}");
+    drop(s);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    assert!(format!("{l:?}").contains(&l.local_addr().unwrap().to_string()));
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(format!("{u:?}").contains(&u.local_addr().unwrap().to_string()));
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert!(format!("{a:?}").contains("UnixStream"));
+    let sock = TcpSocket::new_v4().unwrap();
+    assert!(format!("{sock:?}").contains("TcpSocket"));
+}
+
+/// The net docs: the socket types are `!Send` and `!Sync` (registered with
+/// one thread's loop); `TcpSocket` (not registered) is `Send`; the runtime's
+/// handles and errors, the pool's `Task`, `Pool`, `AbortHandle` cross
+/// threads.
+#[test]
+fn send_and_sync_bounds_as_documented() {
+    macro_rules! assert_not_impl {
+        ($t:ty, $tr:path) => {{
+            trait Ambiguous<A> {
+                fn some_item() {}
+            }
+            impl<T: ?Sized> Ambiguous<()> for T {}
+            struct Invalid;
+            impl<T: ?Sized + $tr> Ambiguous<Invalid> for T {}
+            // Compiles only if exactly one impl applies: `$t` is not `$tr`.
+            let _ = <$t as Ambiguous<_>>::some_item;
+        }};
+    }
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    assert_not_impl!(TcpStream, Send);
+    assert_not_impl!(TcpStream, Sync);
+    assert_not_impl!(TcpListener, Send);
+    assert_not_impl!(TcpListener, Sync);
+    assert_not_impl!(UdpSocket, Send);
+    assert_not_impl!(UdpSocket, Sync);
+    assert_not_impl!(UnixStream, Send);
+    assert_not_impl!(UnixListener, Send);
+    assert_not_impl!(greenhack::AsAsync<u32>, Send);
+    send_sync::<TcpSocket>();
+    send_sync::<greenhack::runtime::Handle>();
+    send_sync::<greenhack::runtime::RemoteJoinHandle<Vec<u8>>>();
+    send_sync::<greenhack::runtime::RemoteJoinError>();
+    send_sync::<greenhack::runtime::ShutdownError>();
+    send::<greenhack::tokio::Task<Vec<u8>>>();
+    send_sync::<greenhack::tokio::Pool>();
+    send_sync::<greenhack::tokio::AbortHandle>();
+    // Errors box into `Box<dyn Error + Send + Sync>`.
+    let _: Box<dyn std::error::Error + Send + Sync> =
+        Box::new(io::Error::other("x")) as Box<dyn std::error::Error + Send + Sync>;
+}
+
+// ---------------------------------------------------------------------------
+// TcpSocket options
+// ---------------------------------------------------------------------------
+
+/// socket2/tokio `TcpSocket`: options round-trip; `IPV6_V6ONLY` decides
+/// whether an IPv4 socket may share the port; on an IPv4 socket it is the
+/// kernel's error.
+#[test]
+fn tcp_socket_options_as_socket2() {
+    within(20, || {
+        let s = TcpSocket::new_v4().unwrap();
+        assert!(!s.reuseaddr().unwrap());
+        s.set_reuseaddr(true).unwrap();
+        assert!(s.reuseaddr().unwrap());
+        s.set_reuseport(true).unwrap();
+        assert!(s.reuseport().unwrap());
+        s.set_recv_buffer_size(100_000).unwrap();
+        assert!(s.recv_buffer_size().unwrap() >= 100_000);
+        s.set_send_buffer_size(100_000).unwrap();
+        assert!(s.send_buffer_size().unwrap() >= 100_000);
+        s.set_nodelay(true).unwrap();
+        assert!(s.nodelay().unwrap());
+        let e = s.set_only_v6(true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT), "{e}");
+        // An unbound socket that listens gets an ephemeral port.
+        let l = s.listen(8).unwrap();
+        assert_ne!(l.local_addr().unwrap().port(), 0);
+
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            return;
+        }
+        let v6 = TcpSocket::new_v6().unwrap();
+        v6.set_only_v6(true).unwrap();
+        assert!(v6.only_v6().unwrap());
+        v6.bind("[::]:0".parse().unwrap()).unwrap();
+        let port = v6.local_addr().unwrap().port();
+        let _v6l = v6.listen(8).unwrap();
+        let v4 = TcpListener::bind(("0.0.0.0", port)).unwrap(); // same port, v4
+        drop(v4);
+
+        let dual = TcpSocket::new_v6().unwrap();
+        dual.set_only_v6(false).unwrap();
+        dual.bind("[::]:0".parse().unwrap()).unwrap();
+        let port = dual.local_addr().unwrap().port();
+        let dual = dual.listen(8).unwrap();
+        assert_eq!(
+            TcpListener::bind(("0.0.0.0", port)).unwrap_err().kind(),
+            ErrorKind::AddrInUse
+        );
+        // A v4 client reaches the dual-stack listener as a mapped address.
+        let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_s, peer) = dual.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}");
+    })
+}
+
+/// Issue 14: a listener with a backlog of 1,024 takes 300 simultaneous
+/// connects without the one-second SYN retransmit stall.
+#[test]
+fn backlog_takes_a_burst_of_connects() {
+    within(30, || {
+        greenhack::run(|| {
+            let s = TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let l = s.listen(1024).unwrap();
+            let addr = l.local_addr().unwrap();
+            let start = Instant::now();
+            let clients: Vec<_> = (0..300)
+                .map(|_| greenhack::spawn(move || TcpStream::connect(addr).unwrap()))
+                .collect();
+            let conns: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+            let took = start.elapsed();
+            assert_eq!(conns.len(), 300);
+            assert!(took < Duration::from_millis(900), "{took:?}");
+            for _ in 0..300 {
+                l.accept().unwrap();
+            }
+        });
+    })
+}
+
+// ---------------------------------------------------------------------------
+// UDP
+// ---------------------------------------------------------------------------
+
+/// std: `recv_from` waits for a datagram (other greenlets run), `peek_from`
+/// leaves it queued, a short buffer truncates it.
+#[test]
+fn udp_send_recv_peek_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+            let sender = greenhack::spawn(move || {
+                greenhack::sleep(Duration::from_millis(20));
+                a.send_to(b"0123456789", ba).unwrap();
+                a
+            });
+            let mut buf = [0; 32];
+            let (n, from) = b.peek_from(&mut buf).unwrap();
+            assert_eq!((n, from), (10, aa));
+            let mut short = [0; 4];
+            let (n, from) = b.recv_from(&mut short).unwrap();
+            assert_eq!((n, from, &short), (4, aa, b"0123"));
+            let a = sender.join().unwrap();
+            // Connected: send/recv/peek talk to the one peer.
+            a.connect(ba).unwrap();
+            b.connect(aa).unwrap();
+            assert_eq!(a.peer_addr().unwrap(), ba);
+            a.send(b"hi").unwrap();
+            assert_eq!(b.peek(&mut buf).unwrap(), 2);
+            assert_eq!(b.recv(&mut buf).unwrap(), 2);
+            assert_eq!(&buf[..2], b"hi");
+            // Unconnected peer_addr: NotConnected, as std.
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            assert_eq!(c.peer_addr().unwrap_err().kind(), ErrorKind::NotConnected);
+            // recv with a read timeout: WouldBlock.
+            c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            assert_eq!(
+                c.recv_from(&mut buf).unwrap_err().kind(),
+                ErrorKind::WouldBlock
+            );
+        });
+    })
+}
+
+/// std (Linux): a connected UDP socket learns of a closed port through
+/// ICMP, and its next `recv` fails with `ConnectionRefused`.
+#[test]
+fn udp_connected_to_closed_port_is_refused_as_std() {
+    within(20, || {
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect(dead_addr).unwrap();
+        s.send(b"x").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let std_kind = s.recv(&mut [0; 4]).unwrap_err().kind();
+
+        let g = UdpSocket::bind("127.0.0.1:0").unwrap();
+        g.connect(dead_addr).unwrap();
+        g.send(b"x").unwrap();
+        g.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let e = g.recv(&mut [0; 4]).unwrap_err();
+        assert_eq!(e.kind(), std_kind, "{e}");
+        assert_eq!(std_kind, ErrorKind::ConnectionRefused);
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Unix sockets
+// ---------------------------------------------------------------------------
+
+/// std: connecting to a missing path is `NotFound`, to a socket file
+/// nobody listens on `ConnectionRefused`; binding an existing path is
+/// `AddrInUse`; a closed peer reads as `Ok(0)` and fails writes with
+/// `BrokenPipe`.
+#[test]
+fn unix_errors_as_std() {
+    within(20, || {
+        let missing = sock_path("missing");
+        let std_e = std::os::unix::net::UnixStream::connect(&missing).unwrap_err();
+        let e = UnixStream::connect(&missing).unwrap_err();
+        assert_eq!(e.kind(), std_e.kind());
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+
+        let stale = sock_path("stale");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let std_e = std::os::unix::net::UnixStream::connect(&stale).unwrap_err();
+        let e = UnixStream::connect(&stale).unwrap_err();
+        assert_eq!(e.kind(), std_e.kind());
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        assert_eq!(
+            UnixListener::bind(&stale).unwrap_err().kind(),
+            ErrorKind::AddrInUse
+        );
+        std::fs::remove_file(&stale).unwrap();
+
+        let (mut a, b) = UnixStream::pair().unwrap();
+        (&b).write_all(b"bye").unwrap();
+        drop(b);
+        let mut got = Vec::new();
+        a.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        assert_eq!(a.read(&mut [0; 4]).unwrap(), 0);
+        assert_eq!(a.write(b"x").unwrap_err().kind(), ErrorKind::BrokenPipe);
+    })
+}
+
+/// std: a Unix listener serves greenlets; `shutdown(Write)` ends the
+/// peer's `read_to_end`; `into_std`/`from_std` round-trip.
+#[test]
+fn unix_stream_round_trip_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let p = sock_path("echo");
+            let l = UnixListener::bind(&p).unwrap();
+            let srv = greenhack::spawn(move || {
+                let (s, _) = l.accept().unwrap();
+                let mut req = Vec::new();
+                (&s).read_to_end(&mut req).unwrap();
+                (&s).write_all(&req).unwrap();
+            });
+            let c = UnixStream::connect(&p).unwrap();
+            (&c).write_all(b"unix").unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            let std_c = c.into_std().unwrap();
+            let mut c = UnixStream::from_std(std_c).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            assert_eq!(back, b"unix");
+            srv.join().unwrap();
+            std::fs::remove_file(&p).unwrap();
+        });
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Outside any loop
+// ---------------------------------------------------------------------------
+
+/// The net docs: on a plain thread, outside any greenlet, a socket behaves
+/// as a blocking std socket; one made inside `run` keeps working after.
+#[test]
+fn sockets_on_a_plain_thread_block_as_std() {
+    within(20, || {
+        let (c, s) = greenhack::run(tcp_pair);
+        let mut s = s.into_std().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            s.write_all(b"late").unwrap();
+        });
+        let mut b = [0; 4];
+        (&c).read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"late");
+        writer.join().unwrap();
+    })
+}
+
+/// The pair docs: on a tokio worker thread, outside any greenlet, a socket
+/// call that would wait refuses with `Unsupported` and a message naming
+/// the fix, instead of blocking the runtime.
+#[test]
+fn sockets_on_a_tokio_thread_refuse_with_the_fix() {
+    within(20, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap(); // never waits
+            let e = l.accept().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(e.to_string().contains("as_async"), "{e}");
+        });
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Runtime: N loops, hand-off, shutdown, errors
+// ---------------------------------------------------------------------------
+
+use greenhack::runtime::{Builder as RtBuilder, Handle};
+
+/// Sets a flag when dropped: proves a greenlet's stack was unwound.
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Issue 14: a setup that panics on one loop is reported by `join` with its
+/// payload; every loop is then stopped (handles refuse work) and nothing
+/// hangs.
+#[test]
+fn runtime_setup_panic_is_surfaced_and_stops_all() {
+    within(30, || {
+        let rt = RtBuilder::new()
+            .worker_threads(3)
+            .build(|| {
+                if Handle::try_current().unwrap().index() == 1 {
+                    greenhack::sleep(Duration::from_millis(20));
+                    panic!("setup of loop 1 failed");
+                }
+                // The others serve forever.
+                loop {
+                    greenhack::sleep(Duration::from_secs(3600));
+                }
+            })
+            .unwrap();
+        let handles: Vec<Handle> = rt.handles().to_vec();
+        let err = rt.join().unwrap_err();
+        assert_eq!(err.loops().len(), 1, "{err}");
+        let l = &err.loops()[0];
+        assert_eq!(l.index(), 1);
+        assert!(l.is_panic());
+        assert!(err.to_string().contains("setup of loop 1 failed"), "{err}");
+        assert!(l.thread_name().ends_with("-1"));
+        for h in &handles {
+            assert!(!h.is_running(), "loop {} still running", h.index());
+        }
+        let payload = err.into_loops().remove(0).into_panic();
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"setup of loop 1 failed")
+        );
+    })
+}
+
+/// Issue 14: setups that return errors are listed by `shutdown`, each with
+/// its `io::Error`.
+#[test]
+fn runtime_setup_errors_are_reported() {
+    within(30, || {
+        let rt = RtBuilder::new()
+            .worker_threads(2)
+            .build(|| {
+                greenhack::sleep(Duration::from_millis(5));
+                Err(io::Error::new(ErrorKind::InvalidInput, "bad config"))
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let err = rt.shutdown().unwrap_err();
+        assert_eq!(err.loops().len(), 2, "{err}");
+        for l in err.loops() {
+            assert!(!l.is_panic());
+            let e = l.setup_error().unwrap();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert_eq!(e.to_string(), "bad config");
+        }
+        assert!(err.to_string().contains("bad config"), "{err}");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        assert!(!boxed.to_string().is_empty());
+    })
+}
+
+/// Issue 14: a handle used after its loop stopped reports it at once,
+/// never hangs (`join` on a plain thread, `.await`, and `is_running`); its
+/// closure is dropped, never run.
+#[test]
+fn runtime_handle_after_shutdown_errors() {
+    within(30, || {
+        let rt = RtBuilder::new().worker_threads(2).build(|| Ok(())).unwrap();
+        let h = rt.handle(1).clone();
+        assert!(h.is_running());
+        assert_eq!(h.spawn(|| 5).join().unwrap(), 5);
+        rt.shutdown().unwrap();
+        assert!(!h.is_running());
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let e = h
+            .spawn(move || r.store(true, Ordering::SeqCst))
+            .join()
+            .unwrap_err();
+        assert!(e.is_stopped(), "{e}");
+        let e = futures_executor::block_on(h.spawn(|| 1)).unwrap_err();
+        assert!(e.is_stopped(), "{e}");
+        // From inside another greenhack loop, too.
+        let e = greenhack::run(|| h.spawn(|| 1).join()).unwrap_err();
+        assert!(e.is_stopped());
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(Handle::try_current().is_none());
+    })
+}
+
+/// Issue 14: a remote greenlet's panic comes back with its payload; cancel
+/// unwinds it (destructors run); shutdown unwinds greenlets parked in
+/// reads and closes their sockets, and joins every thread.
+#[test]
+fn runtime_remote_panic_cancel_and_shutdown_unwind() {
+    if !is_child("runtime_remote_panic_cancel_and_shutdown_unwind") {
+        return child("runtime_remote_panic_cancel_and_shutdown_unwind", 60);
+    }
+    let fds_before = open_fds();
+    let threads_before = thread_count();
+    let rt = RtBuilder::new().worker_threads(2).build(|| Ok(())).unwrap();
+    let e = rt
+        .handle(0)
+        .spawn(|| -> u32 { panic!("remote boom") })
+        .join()
+        .unwrap_err();
+    assert!(e.is_panic());
+    assert_eq!(e.into_panic().downcast_ref::<&str>(), Some(&"remote boom"));
+
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let h = rt.handle(1).spawn(move || {
+        let _f = DropFlag(d);
+        greenhack::sleep(Duration::from_secs(3600));
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    h.cancel();
+    let e = h.join().unwrap_err();
+    assert!(e.is_cancelled(), "{e}");
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+
+    // 200 greenlets parked in reads on the two loops.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let parked = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (d, p) = (dropped.clone(), parked.clone());
+        drop(rt.handle(i % 2).spawn(move || {
+            let _f = DropFlag(d);
+            let mut c = TcpStream::connect(addr).unwrap();
+            p.fetch_add(1, Ordering::SeqCst);
+            let _ = c.read(&mut [0; 1]);
+            unreachable!("the peer never writes");
+        }));
+        clients.push(l.accept().unwrap().0);
+    }
+    while parked.load(Ordering::SeqCst) < 200 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt.shutdown().unwrap();
+    assert_eq!(dropped.load(Ordering::SeqCst), 201);
+    // Their sockets closed: every accepted end reads EOF.
+    for mut c in clients {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(c.read(&mut [0; 1]).unwrap(), 0);
+    }
+    drop(l);
+    assert_eq!(thread_count(), threads_before, "loop threads not joined");
+    assert_eq!(open_fds(), fds_before, "descriptors leaked");
+}
+
+/// Issue 14: two loops share a `SO_REUSEPORT` port; hand-off moves accepted
+/// connections (as std sockets) to another loop, where they are served.
+#[test]
+fn runtime_reuseport_and_hand_off() {
+    within(60, || {
+        let reserve = TcpSocket::new_v4().unwrap();
+        reserve.set_reuseport(true).unwrap();
+        reserve.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = reserve.local_addr().unwrap();
+        let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let (ready_tx, ready) = mpsc::channel();
+        let ready_tx = std::sync::Mutex::new(ready_tx);
+        let s2 = served.clone();
+        let rt = RtBuilder::new()
+            .worker_threads(2)
+            .build(move || {
+                let me = Handle::try_current().unwrap().index();
+                let s = TcpSocket::new_v4()?;
+                s.set_reuseport(true)?;
+                s.bind(addr)?;
+                let l = s.listen(1024)?;
+                ready_tx.lock().unwrap().send(()).unwrap();
+                for conn in l.incoming() {
+                    let conn = conn?;
+                    s2[me].fetch_add(1, Ordering::Relaxed);
+                    drop(greenhack::spawn(move || {
+                        let mut buf = [0; 64];
+                        while let Ok(n @ 1..) = (&conn).read(&mut buf) {
+                            (&conn).write_all(&buf[..n]).unwrap();
+                        }
+                    }));
+                }
+                Ok(())
+            })
+            .unwrap();
+        ready.recv().unwrap();
+        ready.recv().unwrap();
+        drop(reserve);
+        let clients: Vec<_> = (0..64)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut c = std::net::TcpStream::connect(addr).unwrap();
+                    let msg = format!("client {i}");
+                    c.write_all(msg.as_bytes()).unwrap();
+                    let mut back = vec![0; msg.len()];
+                    c.read_exact(&mut back).unwrap();
+                    assert_eq!(back, msg.as_bytes());
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        let (a, b) = (
+            served[0].load(Ordering::Relaxed),
+            served[1].load(Ordering::Relaxed),
+        );
+        assert_eq!(a + b, 64);
+        assert!(a > 0 && b > 0, "one loop got no work: {a}/{b}");
+
+        // Hand-off: an acceptor on loop 0 passes each connection to loop 1.
+        let worker = rt.handle(1).clone();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let laddr = l.local_addr().unwrap();
+        let acceptor = rt.handle(0).spawn(move || -> io::Result<()> {
+            let l = TcpListener::from_std(l)?;
+            for _ in 0..20 {
+                let (c, _) = l.accept()?;
+                let c = c.into_std()?;
+                drop(worker.spawn(move || {
+                    let c = TcpStream::from_std(c).unwrap();
+                    let i = Handle::try_current().unwrap().index() as u8;
+                    (&c).write_all(&[i]).unwrap();
+                }));
+            }
+            Ok(())
+        });
+        for _ in 0..20 {
+            let mut c = std::net::TcpStream::connect(laddr).unwrap();
+            let mut b = [9];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], 1);
+        }
+        acceptor.join().unwrap().unwrap();
+        rt.shutdown().unwrap();
+    })
+}
+
+/// Issue 14: dropping a runtime without `shutdown` stops and joins it too.
+#[test]
+fn runtime_drop_stops_the_loops() {
+    within(30, || {
+        let rt = RtBuilder::new()
+            .worker_threads(2)
+            .build(|| {
+                greenhack::sleep(Duration::from_secs(3600));
+                Ok(())
+            })
+            .unwrap();
+        let h = rt.handle(0).clone();
+        drop(rt);
+        assert!(!h.is_running());
+    })
+}
+
+/// The builder's documented panic: zero loops.
+#[test]
+#[should_panic(expected = "at least one loop")]
+fn runtime_zero_loops_panics() {
+    RtBuilder::new().worker_threads(0);
+}
+
+// ---------------------------------------------------------------------------
+// Hosted mode: greenhack inside tokio, on one thread
+// ---------------------------------------------------------------------------
+
+/// Issue 11: inside an `as_async` on tokio's `current_thread` runtime,
+/// greenhack's sockets, `sleep`, `spawn` and `join` work, beside tokio's
+/// timers.
+#[test]
+fn hosted_current_thread_sockets_sleep_spawn() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt.block_on(greenhack::as_async(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let srv = greenhack::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let mut b = [0; 4];
+                s.read_exact(&mut b).unwrap();
+                greenhack::sleep(Duration::from_millis(10));
+                s.write_all(&b).unwrap();
+            });
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"host").unwrap();
+            greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+            let mut b = [0; 4];
+            c.read_exact(&mut b).unwrap();
+            srv.join().unwrap();
+            b
+        }));
+        assert_eq!(&out, b"host");
+    })
+}
+
+/// Issue 11: in a `LocalSet`, two `as_async` tasks talk over greenhack
+/// sockets while a tokio task keeps ticking: greenhack's waits do not
+/// block tokio's thread.
+#[test]
+fn hosted_local_set_two_tasks_and_a_tokio_ticker() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let t = ticks.clone();
+            let ticker = tokio::task::spawn_local(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    t.set(t.get() + 1);
+                }
+            });
+            let server = tokio::task::spawn_local(greenhack::as_async(move || {
+                let (s, _) = l.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                greenhack::sleep(Duration::from_millis(80));
+                (&s).write_all(line.to_uppercase().as_bytes()).unwrap();
+            }));
+            let client = tokio::task::spawn_local(greenhack::as_async(move || {
+                let c = TcpStream::connect(addr).unwrap();
+                (&c).write_all(b"hosted\n").unwrap();
+                let mut back = String::new();
+                BufReader::new(&c).read_line(&mut back).unwrap();
+                back
+            }));
+            let back = client.await.unwrap();
+            server.await.unwrap();
+            assert_eq!(back, "HOSTED\n");
+            ticker.await.unwrap();
+            assert_eq!(ticks.get(), 5);
+        });
+    })
+}
+
+/// Issue 11: a greenhack socket made inside a hosted `as_async` keeps
+/// working after the tokio runtime is gone, on the plain thread (as a
+/// blocking socket).
+#[test]
+fn socket_outlives_its_hosting_runtime() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (c, s) = rt.block_on(greenhack::as_async(|| {
+            let (c, s) = tcp_pair();
+            greenhack::sleep(Duration::from_millis(1));
+            (c, s)
+        }));
+        drop(rt);
+        let s = s.into_std().unwrap();
+        let w = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            (&s).write_all(b"after").unwrap();
+        });
+        let mut b = [0; 5];
+        (&c).read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"after");
+        greenhack::run(|| greenhack::sleep(Duration::from_millis(5)));
+        w.join().unwrap();
+    })
+}
+
+/// Issue 11, regression: in hosted mode a `greenhack::sleep` polled again
+/// after an unrelated wake (here: the sockets' first readiness events,
+/// which make the host poll the task) must still wake at its deadline. The
+/// timer's re-registration did not renew the task's interest with the
+/// host, so tokio slept forever.
+#[test]
+fn hosted_sleep_wakes_after_an_unrelated_wake() {
+    within(20, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let kept = rt.block_on(greenhack::as_async(|| {
+                let pair = tcp_pair(); // no wait: loopback completes at once
+                let unix = UnixStream::pair().unwrap();
+                greenhack::sleep(Duration::from_millis(10));
+                (pair, unix)
+            }));
+            assert!(start.elapsed() >= Duration::from_millis(10));
+            drop(kept);
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// greenhack::tokio::run: tokio under greenhack's loop
+// ---------------------------------------------------------------------------
+
+/// Issue 11: under `greenhack::tokio::run`, greenlets exempt tokio timers,
+/// tokio sockets and tokio channels beside greenhack's own sockets, all on
+/// the calling thread.
+#[test]
+fn tokio_run_mixes_both_worlds_on_one_thread() {
+    if !is_child("tokio_run_mixes_both_worlds_on_one_thread") {
+        return child("tokio_run_mixes_both_worlds_on_one_thread", 60);
+    }
+    let me = std::thread::current().id();
+    let threads_before = thread_count();
+    let out = greenhack::tokio::run(move || {
+        let tl = greenhack::exempt(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let taddr = tl.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        let tokio_server = greenhack::spawn(move || {
+            assert_eq!(std::thread::current().id(), me);
+            let (mut s, _) = greenhack::exempt(tl.accept()).unwrap();
+            let mut b = [0; 5];
+            greenhack::exempt(tokio::io::AsyncReadExt::read_exact(&mut s, &mut b)).unwrap();
+            greenhack::exempt(tx.send(String::from_utf8(b.to_vec()).unwrap())).unwrap();
+        });
+        let gl = TcpListener::bind("127.0.0.1:0").unwrap();
+        let gaddr = gl.local_addr().unwrap();
+        let gh_server = greenhack::spawn(move || {
+            assert_eq!(std::thread::current().id(), me);
+            let (mut s, _) = gl.accept().unwrap();
+            greenhack::exempt(tokio::time::sleep(Duration::from_millis(10)));
+            s.write_all(b"green").unwrap();
+        });
+        let mut tc = greenhack::exempt(tokio::net::TcpStream::connect(taddr)).unwrap();
+        greenhack::exempt(tokio::io::AsyncWriteExt::write_all(&mut tc, b"tokio")).unwrap();
+        let from_tokio = greenhack::exempt(rx.recv()).unwrap();
+        let mut gc = TcpStream::connect(gaddr).unwrap();
+        greenhack::sleep(Duration::from_millis(5));
+        let mut b = [0; 5];
+        gc.read_exact(&mut b).unwrap();
+        tokio_server.join().unwrap();
+        gh_server.join().unwrap();
+        assert_eq!(std::thread::current().id(), me);
+        format!("{from_tokio}+{}", String::from_utf8_lossy(&b))
+    });
+    assert_eq!(out, "tokio+green");
+    // No hidden second thread stayed behind (the lookup pool aside, which
+    // only starts for host names).
+    assert_eq!(thread_count(), threads_before);
+}
+
+/// Issue 11: a tokio future exempted on a standalone loop with no tokio
+/// underneath panics with a message that names the fix
+/// (`greenhack::tokio`), not only tokio's "no reactor running".
+#[test]
+fn tokio_future_on_standalone_loop_names_the_fix() {
+    if !is_child("tokio_future_on_standalone_loop_names_the_fix") {
+        return child("tokio_future_on_standalone_loop_names_the_fix", 30);
+    }
+    let (tx, rx) = mpsc::channel::<String>();
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = tx.send(info.to_string());
+    }));
+    let r = std::panic::catch_unwind(|| {
+        greenhack::run(|| {
+            greenhack::spawn(|| {
+                let _ = greenhack::exempt(tokio::net::TcpStream::connect("127.0.0.1:9"));
+            })
+            .join()
+        })
+    });
+    std::panic::set_hook(prev);
+    let msgs: Vec<String> = rx.try_iter().collect();
+    let joined = msgs.join("\n---\n");
+    let payload = match &r {
+        Ok(Err(e)) if e.is_panic() => "(join error)".to_string(),
+        _ => String::new(),
+    };
+    assert!(
+        joined.contains("greenhack::tokio"),
+        "the panic does not name greenhack::tokio:\n{joined}\n{payload}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The Send entry: spawn_sync on a multi-thread runtime
+// ---------------------------------------------------------------------------
+
+/// Issue 11 / tokio's `JoinHandle`: a panic in the closure comes back as a
+/// `JoinError` carrying the payload.
+#[test]
+fn spawn_sync_panic_carries_payload() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let e = tokio::spawn(async {
+                greenhack::tokio::spawn_sync(|| -> u8 { panic!("sync handler failed") }).await
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+            assert!(e.is_panic());
+            let p = e.into_panic();
+            assert_eq!(p.downcast_ref::<&str>(), Some(&"sync handler failed"));
+        });
+    })
+}
+
+/// Issue 11: dropping the `Task` (here: a tokio timeout that gives up)
+/// cancels and unwinds the greenlet: its destructors run and the tokio
+/// future it waited on is dropped.
+#[test]
+fn spawn_sync_drop_cancels_and_unwinds() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..20 {
+                let (d, s) = (dropped.clone(), started.clone());
+                tasks.push(tokio::spawn(async move {
+                    let work = greenhack::tokio::spawn_sync(move || {
+                        let _f = DropFlag(d.clone());
+                        s.fetch_add(1, Ordering::SeqCst);
+                        if i % 2 == 0 {
+                            greenhack::sleep(Duration::from_secs(3600));
+                        } else {
+                            // A tokio future held across the cancel.
+                            struct OnDrop(Arc<AtomicUsize>);
+                            impl Drop for OnDrop {
+                                fn drop(&mut self) {
+                                    self.0.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            let guard = OnDrop(d);
+                            greenhack::exempt(async move {
+                                let _g = guard;
+                                tokio::time::sleep(Duration::from_secs(3600)).await
+                            });
+                        }
+                    });
+                    tokio::time::timeout(Duration::from_millis(100), work)
+                        .await
+                        .is_err()
+                }));
+            }
+            for t in tasks {
+                assert!(t.await.unwrap(), "timed out as it should");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // 20 DropFlags + 10 futures' guards.
+        while dropped.load(Ordering::SeqCst) < 30 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 20);
+        assert_eq!(dropped.load(Ordering::SeqCst), 30);
+    })
+}
+
+/// Issue 11: the worker count is configurable; the closures run on that
+/// many threads, never on the caller's, and greenhack's sockets work
+/// inside them.
+#[test]
+fn pool_worker_count_and_sockets_inside() {
+    within(30, || {
+        let pool = greenhack::tokio::Pool::builder()
+            .worker_threads(3)
+            .thread_name("audw")
+            .build()
+            .unwrap();
+        assert_eq!(pool.worker_threads(), 3);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let names = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..30 {
+                let pool = pool.clone();
+                tasks.push(tokio::spawn(async move {
+                    pool.spawn(|| {
+                        let (c, s) = tcp_pair();
+                        (&c).write_all(b"x").unwrap();
+                        let mut b = [0];
+                        (&s).read_exact(&mut b).unwrap();
+                        greenhack::sleep(Duration::from_millis(20));
+                        std::thread::current().name().unwrap().to_owned()
+                    })
+                    .await
+                    .unwrap()
+                }));
+            }
+            let mut names = Vec::new();
+            for t in tasks {
+                names.push(t.await.unwrap());
+            }
+            names
+        });
+        let mut distinct: Vec<_> = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() <= 3, "{distinct:?}");
+        assert!(
+            distinct.iter().all(|n| n.starts_with("audw-")),
+            "{distinct:?}"
+        );
+    })
+}
+
+// ---------------------------------------------------------------------------
+// tokio and futures-io traits on greenhack's sockets
+// ---------------------------------------------------------------------------
+
+mod async_traits {
+    // Only the async traits in scope: with std's `Read`/`Write` too, the
+    // method names are ambiguous (as the async_io docs say).
+    use super::{Duration, TcpListener, TcpStream, UnixStream, io, tcp_pair, within};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    /// tokio: `io::copy` over `io::split` halves echoes every byte;
+    /// `AsyncBufReadExt::lines` reads lines; `shutdown` ends the peer's
+    /// reads — on greenhack's standalone loop, no tokio runtime.
+    #[test]
+    fn tokio_copy_split_lines_on_standalone_loop() {
+        within(30, || {
+            greenhack::run(|| {
+                let (c, s) = tcp_pair();
+                let echo = greenhack::spawn(move || {
+                    greenhack::exempt(async move {
+                        let (mut r, mut w) = tokio::io::split(s);
+                        let n = tokio::io::copy(&mut r, &mut w).await?;
+                        AsyncWriteExt::shutdown(&mut w).await?;
+                        Ok::<_, io::Error>(n)
+                    })
+                });
+                let lines = greenhack::exempt(async move {
+                    let mut c = c;
+                    for i in 0..100 {
+                        c.write_all(format!("line {i}\n").as_bytes()).await?;
+                    }
+                    AsyncWriteExt::shutdown(&mut c).await?;
+                    let mut lines = tokio::io::BufReader::new(c).lines();
+                    let mut out = Vec::new();
+                    while let Some(l) = lines.next_line().await? {
+                        out.push(l);
+                    }
+                    Ok::<_, io::Error>(out)
+                })
+                .unwrap();
+                assert_eq!(lines.len(), 100);
+                assert_eq!(lines[42], "line 42");
+                let n = echo.join().unwrap().unwrap();
+                assert_eq!(
+                    n as usize,
+                    (0..100).map(|i| format!("line {i}\n").len()).sum::<usize>()
+                );
+            });
+        })
+    }
+
+    /// tokio: a task polling greenhack's `UnixStream` through `AsyncRead`
+    /// directly (no `as_async`) on a `current_thread` runtime gets the data.
+    #[test]
+    fn tokio_task_reads_greenhack_socket_directly() {
+        within(30, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (a, b) = UnixStream::pair().unwrap();
+                let local = tokio::task::LocalSet::new();
+                local
+                    .run_until(async move {
+                        let w = tokio::task::spawn_local(async move {
+                            let mut a = a;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            a.write_all(b"direct").await.unwrap();
+                        });
+                        let mut b = b;
+                        let mut buf = [0; 6];
+                        b.read_exact(&mut buf).await.unwrap();
+                        assert_eq!(&buf, b"direct");
+                        w.await.unwrap();
+                    })
+                    .await;
+            });
+        })
+    }
+
+    /// futures-io: `AsyncReadExt::read_to_end` and `AsyncWriteExt::close`
+    /// over greenhack's sockets.
+    #[test]
+    fn futures_io_read_to_end_and_close() {
+        use futures_util::io::AsyncWriteExt as _;
+        within(30, || {
+            greenhack::run(|| {
+                let (c, s) = tcp_pair();
+                let w = greenhack::spawn(move || {
+                    greenhack::exempt(async move {
+                        let mut s = s;
+                        futures_util::io::AsyncWriteExt::write_all(&mut s, b"futures").await?;
+                        s.close().await
+                    })
+                });
+                let got = greenhack::exempt(async move {
+                    let mut c = c;
+                    let mut v = Vec::new();
+                    futures_util::io::AsyncReadExt::read_to_end(&mut c, &mut v).await?;
+                    Ok::<_, io::Error>(v)
+                })
+                .unwrap();
+                assert_eq!(got, b"futures");
+                w.join().unwrap().unwrap();
+            });
+        })
+    }
+
+    /// The async_io docs: hyper 1 server and client over greenhack's
+    /// sockets on the standalone loop, through `hyper_util::rt::TokioIo`.
+    #[test]
+    fn hyper_over_greenhack_sockets() {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::{Bytes, Incoming};
+        use hyper::{Request, Response};
+        use hyper_util::rt::TokioIo;
+        within(30, || {
+            greenhack::run(|| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let server = greenhack::spawn(move || {
+                    let (s, _) = l.accept().unwrap();
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let mut v = b"echo: ".to_vec();
+                        v.extend_from_slice(&body);
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(v))))
+                    });
+                    greenhack::exempt(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc),
+                    )
+                });
+                let c = TcpStream::connect(addr).unwrap();
+                let (mut sender, conn) = greenhack::exempt(
+                    hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(c)),
+                )
+                .unwrap();
+                let conn = greenhack::spawn(move || greenhack::exempt(conn));
+                for i in 0..3 {
+                    let req = Request::post("/")
+                        .header("host", "x")
+                        .body(Full::new(Bytes::from(format!("req {i}"))))
+                        .unwrap();
+                    let resp = greenhack::exempt(sender.send_request(req)).unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let body = greenhack::exempt(resp.into_body().collect())
+                        .unwrap()
+                        .to_bytes();
+                    assert_eq!(&body[..], format!("echo: req {i}").as_bytes());
+                }
+                drop(sender);
+                conn.join().unwrap().unwrap();
+                server.join().unwrap().unwrap();
+            });
+        })
+    }
+}
