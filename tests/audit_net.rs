@@ -1815,3 +1815,372 @@ mod async_traits {
         })
     }
 }
+
+// ---------------------------------------------------------------------------
+// More of std's surface
+// ---------------------------------------------------------------------------
+
+/// std: an address list is tried in order (the first that connects wins);
+/// an empty list, or a name that does not resolve, fails with std's error.
+#[test]
+fn address_lists_and_resolution_errors_as_std() {
+    within(30, || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let good = l.local_addr().unwrap();
+        let addrs = [closed_port(), good];
+        let c = TcpStream::connect(&addrs[..]).unwrap();
+        assert_eq!(c.peer_addr().unwrap(), good);
+        let empty: &[SocketAddr] = &[];
+        let std_e = std::net::TcpStream::connect(empty).unwrap_err();
+        let e = TcpStream::connect(empty).unwrap_err();
+        assert_eq!((e.kind(), e.to_string()), (std_e.kind(), std_e.to_string()));
+        let std_e = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"x", empty)
+            .unwrap_err();
+        let e = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"x", empty)
+            .unwrap_err();
+        assert_eq!((e.kind(), e.to_string()), (std_e.kind(), std_e.to_string()));
+        let name = "no-such-host.invalid:80";
+        let std_e = std::net::TcpStream::connect(name).unwrap_err();
+        let e = TcpStream::connect(name).unwrap_err();
+        assert_eq!((e.kind(), e.to_string()), (std_e.kind(), std_e.to_string()));
+        let e = greenhack::run(|| TcpStream::connect(name)).unwrap_err();
+        assert_eq!(e.kind(), std_e.kind());
+    })
+}
+
+/// std: vectored reads and writes, `set_nodelay`, `set_ttl`, `take_error`,
+/// `try_clone` reading while the original writes; tokio's `readable` +
+/// `try_read` pattern.
+#[test]
+fn stream_odds_and_ends_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            let (c, s) = tcp_pair();
+            let n = (&c)
+                .write_vectored(&[io::IoSlice::new(b"ab"), io::IoSlice::new(b"cd")])
+                .unwrap();
+            assert_eq!(n, 4);
+            let (mut x, mut y) = ([0; 1], [0; 3]);
+            let mut got = 0;
+            while got < 4 {
+                let mut bufs = [io::IoSliceMut::new(&mut x), io::IoSliceMut::new(&mut y)];
+                got += (&s).read_vectored(&mut bufs).unwrap();
+                if got < 4 {
+                    unreachable!("loopback delivers 4 bytes at once");
+                }
+            }
+            assert_eq!((&x, &y), (b"a", b"bcd"));
+            c.set_nodelay(true).unwrap();
+            assert!(c.nodelay().unwrap());
+            c.set_ttl(33).unwrap();
+            assert_eq!(c.ttl().unwrap(), 33);
+            assert!(c.take_error().unwrap().is_none());
+            assert_eq!(
+                s.try_read(&mut [0; 4]).unwrap_err().kind(),
+                ErrorKind::WouldBlock
+            );
+            let reader = s.try_clone().unwrap();
+            let r = greenhack::spawn(move || {
+                reader.readable().unwrap();
+                let mut b = [0; 8];
+                loop {
+                    match reader.try_read(&mut b) {
+                        Ok(n) => break b[..n].to_vec(),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => reader.readable().unwrap(),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+            greenhack::sleep(Duration::from_millis(10));
+            (&c).write_all(b"late").unwrap();
+            assert_eq!(r.join().unwrap(), b"late");
+            drop(s);
+        });
+    })
+}
+
+/// The UnixStream docs: a connect to a listener whose backlog is full
+/// waits (std blocks) and completes once the listener accepts.
+#[test]
+fn unix_connect_waits_for_a_full_backlog() {
+    within(30, || {
+        let p = sock_path("backlog");
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        // Fill the backlog with non-blocking connects until EAGAIN.
+        let mut fillers = Vec::new();
+        let addr = std::os::unix::net::SocketAddr::from_pathname(&p).unwrap();
+        let _ = addr;
+        loop {
+            // SAFETY: plain system calls on a descriptor we own; the
+            // sockaddr_un is zeroed and filled within its bounds.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+            assert!(fd >= 0);
+            let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let bytes = p.as_os_str().as_encoded_bytes();
+            for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
+                *d = *s as libc::c_char;
+            }
+            // SAFETY: `sun` is a valid sockaddr_un.
+            let r = unsafe {
+                libc::connect(
+                    fd,
+                    (&raw const sun).cast(),
+                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                )
+            };
+            // SAFETY: `fd` is ours.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            if r == -1 {
+                assert_eq!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EAGAIN)
+                );
+                break;
+            }
+            fillers.push(fd);
+            assert!(fillers.len() < 100_000, "backlog never filled");
+        }
+        let n = fillers.len();
+        greenhack::run(|| {
+            let p2 = p.clone();
+            let start = Instant::now();
+            let connecting = greenhack::spawn(move || UnixStream::connect(&p2));
+            greenhack::sleep(Duration::from_millis(50));
+            assert!(!connecting.is_finished(), "connect did not wait");
+            l.set_nonblocking(true).unwrap();
+            for _ in 0..n {
+                l.accept().unwrap();
+            }
+            let c = connecting.join().unwrap().unwrap();
+            assert!(start.elapsed() >= Duration::from_millis(50));
+            drop(c);
+        });
+        std::fs::remove_file(&p).unwrap();
+    })
+}
+
+// ---------------------------------------------------------------------------
+// More of the runtime
+// ---------------------------------------------------------------------------
+
+/// Issue 14: the default runtime has one loop per available core; loop
+/// threads are named and, when asked, pinned to distinct CPUs; a loop can
+/// hand work to itself (its `join` from a greenlet lets the loop run);
+/// handles work from a tokio task (`.await`).
+#[test]
+fn runtime_defaults_names_pinning_and_self_hand_off() {
+    within(30, || {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let rt = greenhack::Runtime::new(|| Ok(())).unwrap();
+        assert_eq!(rt.handles().len(), cores);
+        for (i, h) in rt.handles().iter().enumerate() {
+            assert_eq!(h.index(), i);
+        }
+        let dbg = format!("{rt:?} {:?}", rt.handle(0));
+        assert!(dbg.contains("greenhack-loop-0"), "{dbg}");
+        rt.shutdown().unwrap();
+
+        let rt = RtBuilder::new()
+            .worker_threads(2)
+            .thread_name("audpin")
+            .pin_threads(true)
+            .build(|| Ok(()))
+            .unwrap();
+        let cpus: Vec<String> = (0..2)
+            .map(|i| {
+                rt.handle(i)
+                    .spawn(|| {
+                        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+                        let line = status
+                            .lines()
+                            .find(|l| l.starts_with("Cpus_allowed_list"))
+                            .unwrap()
+                            .to_owned();
+                        let name = std::thread::current().name().unwrap().to_owned();
+                        format!("{name} {line}")
+                    })
+                    .join()
+                    .unwrap()
+            })
+            .collect();
+        assert!(cpus[0].starts_with("audpin-0 "), "{cpus:?}");
+        for c in &cpus {
+            let list = c.split_whitespace().last().unwrap();
+            assert!(
+                list.parse::<usize>().is_ok(),
+                "not pinned to one CPU: {cpus:?}"
+            );
+        }
+        if cores > 1 {
+            assert_ne!(
+                cpus[0].split_whitespace().last(),
+                cpus[1].split_whitespace().last(),
+                "{cpus:?}"
+            );
+        }
+        // Self hand-off from a greenlet: join waits on the loop, which
+        // runs the new greenlet meanwhile.
+        let v = rt
+            .handle(0)
+            .spawn(|| {
+                let me = Handle::try_current().unwrap();
+                me.spawn(|| 40).join().unwrap() + 2
+            })
+            .join()
+            .unwrap();
+        assert_eq!(v, 42);
+        // From a tokio multi-thread task: await the handle.
+        let h = rt.handle(1).clone();
+        let trt = tokio::runtime::Runtime::new().unwrap();
+        let v = trt.block_on(async move { tokio::spawn(async move { h.spawn(|| 7).await }).await });
+        assert_eq!(v.unwrap().unwrap(), 7);
+        rt.shutdown().unwrap();
+    })
+}
+
+/// The Builder docs: after one loop's setup fails, "the other loops keep
+/// running" until `join`/`shutdown`, which report the failure.
+#[test]
+fn runtime_other_loops_keep_running_after_a_setup_failure() {
+    within(30, || {
+        let rt = RtBuilder::new()
+            .worker_threads(2)
+            .build(|| {
+                if Handle::try_current().unwrap().index() == 0 {
+                    return Err(io::Error::other("loop 0 cannot start"));
+                }
+                Ok(())
+            })
+            .unwrap();
+        let h0 = rt.handle(0).clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h0.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!h0.is_running());
+        assert!(h0.spawn(|| 1).join().unwrap_err().is_stopped());
+        assert_eq!(rt.handle(1).spawn(|| 2).join().unwrap(), 2);
+        let err = rt.join().unwrap_err();
+        assert_eq!(err.loops().len(), 1);
+        assert_eq!(err.loops()[0].index(), 0);
+        assert!(err.to_string().contains("loop 0 cannot start"), "{err}");
+    })
+}
+
+// ---------------------------------------------------------------------------
+// More of hosted mode and the Send entry
+// ---------------------------------------------------------------------------
+
+/// Issue 11: a greenlet spawned inside a hosted `as_async` outlives it, and
+/// its `JoinHandle` awaited by tokio completes.
+#[test]
+fn hosted_join_handle_awaited_by_tokio() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let h = rt.block_on(greenhack::as_async(|| {
+            greenhack::spawn(|| {
+                greenhack::sleep(Duration::from_millis(20));
+                let (c, s) = tcp_pair();
+                (&c).write_all(b"k").unwrap();
+                let mut b = [0];
+                (&s).read_exact(&mut b).unwrap();
+                b[0]
+            })
+        }));
+        assert_eq!(rt.block_on(h).unwrap(), b'k');
+    })
+}
+
+/// Issue 11: `spawn_sync` off a multi-thread runtime (a current-thread
+/// runtime, a plain `block_on`), nested calls staying on their worker,
+/// `detach` letting the closure finish, a non-string panic payload.
+#[test]
+fn spawn_sync_elsewhere_nested_detach_and_payloads() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(greenhack::tokio::spawn_sync(|| 3)).unwrap(), 3);
+        assert_eq!(
+            futures_executor::block_on(greenhack::tokio::spawn_sync(|| 4)).unwrap(),
+            4
+        );
+        let pool = greenhack::tokio::Pool::builder()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let p2 = pool.clone();
+        let (outer, inner) = futures_executor::block_on(pool.spawn(move || {
+            let here = std::thread::current().id();
+            let inner = greenhack::exempt(p2.spawn(|| std::thread::current().id())).unwrap();
+            (here, inner)
+        }))
+        .unwrap();
+        assert_eq!(outer, inner);
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        pool.spawn(move || {
+            greenhack::sleep(Duration::from_millis(20));
+            d.store(true, Ordering::SeqCst);
+        })
+        .detach();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            done.load(Ordering::SeqCst),
+            "a detached closure was cancelled"
+        );
+        let e =
+            futures_executor::block_on(pool.spawn(|| std::panic::panic_any(42u32))).unwrap_err();
+        assert_eq!(e.into_panic().downcast_ref::<u32>(), Some(&42));
+        let t = pool.spawn(|| greenhack::sleep(Duration::from_secs(3600)));
+        let abort = t.abort_handle();
+        assert!(!abort.is_finished());
+        abort.abort();
+        assert!(futures_executor::block_on(t).unwrap_err().is_cancelled());
+        assert!(abort.is_finished());
+    })
+}
+
+/// tokio: `AsyncRead`/`AsyncWrite` on `&TcpStream`: one task copies from a
+/// shared reference while the same socket writes through another.
+#[test]
+fn tokio_traits_on_shared_references() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(30, || {
+        greenhack::run(|| {
+            let (c, s) = tcp_pair();
+            let echo = greenhack::spawn(move || {
+                greenhack::exempt(async {
+                    let (mut r, mut w) = (&s, &s);
+                    let mut buf = [0; 4];
+                    AsyncReadExt::read_exact(&mut r, &mut buf).await?;
+                    AsyncWriteExt::write_all(&mut w, &buf).await
+                })
+            });
+            greenhack::exempt(async {
+                let mut w = &c;
+                AsyncWriteExt::write_all(&mut w, b"refs").await?;
+                let mut r = &c;
+                let mut b = [0; 4];
+                AsyncReadExt::read_exact(&mut r, &mut b).await?;
+                assert_eq!(&b, b"refs");
+                Ok::<_, io::Error>(())
+            })
+            .unwrap();
+            echo.join().unwrap().unwrap();
+        });
+    })
+}
