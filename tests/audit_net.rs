@@ -2184,3 +2184,182 @@ fn tokio_traits_on_shared_references() {
         });
     })
 }
+
+/// std: `shutdown(Read)` or `shutdown(Both)` from elsewhere ends a read
+/// that waits on the same socket (it returns `Ok(0)`), the usual way to
+/// stop a blocked reader.
+#[test]
+fn shutdown_from_elsewhere_ends_a_waiting_read_as_std() {
+    within(20, || {
+        greenhack::run(|| {
+            for how in [Shutdown::Read, Shutdown::Both] {
+                let (c, _s) = tcp_pair();
+                let c = std::rc::Rc::new(c);
+                let c2 = c.clone();
+                let reader = greenhack::spawn(move || (&*c2).read(&mut [0; 8]));
+                greenhack::sleep(Duration::from_millis(20));
+                assert!(!reader.is_finished());
+                c.shutdown(how).unwrap();
+                assert_eq!(reader.join().unwrap().unwrap(), 0, "{how:?}");
+            }
+        });
+    })
+}
+
+/// std: data followed at once by the peer's close — read the data (a short
+/// read), then `Ok(0)` at once, blocking-style and through tokio's traits.
+#[test]
+fn data_then_close_before_the_first_read() {
+    within(20, || {
+        greenhack::run(|| {
+            let (c, s) = tcp_pair();
+            (&s).write_all(b"tail").unwrap();
+            drop(s);
+            std::thread::sleep(Duration::from_millis(20)); // both arrived
+            let mut buf = [0; 64];
+            assert_eq!((&c).read(&mut buf).unwrap(), 4);
+            assert_eq!((&c).read(&mut buf).unwrap(), 0);
+
+            let (c, s) = tcp_pair();
+            (&s).write_all(b"tail").unwrap();
+            drop(s);
+            std::thread::sleep(Duration::from_millis(20));
+            let n = greenhack::exempt(async {
+                let mut c = &c;
+                let mut buf = [0; 64];
+                let a = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await?;
+                let b = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await?;
+                Ok::<_, io::Error>((a, b))
+            })
+            .unwrap();
+            assert_eq!(n, (4, 0));
+        });
+    })
+}
+
+/// Issue 11: in hosted mode a host-name connect (the lookup on the pool),
+/// a read timeout, `greenhack::timeout` and `yield_now` all work.
+#[test]
+fn hosted_lookup_timeouts_and_yield() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(greenhack::as_async(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let c = TcpStream::connect(("localhost", port)).unwrap();
+            let (_s, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+            let start = Instant::now();
+            let e = (&c).read(&mut [0; 4]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::WouldBlock);
+            assert!(start.elapsed() >= Duration::from_millis(25));
+            let r = greenhack::timeout(Duration::from_millis(20), || {
+                greenhack::sleep(Duration::from_secs(3600))
+            });
+            assert!(r.is_err());
+            let h = greenhack::spawn(|| {
+                for _ in 0..3 {
+                    greenhack::yield_now();
+                }
+                1
+            });
+            greenhack::yield_now();
+            assert_eq!(h.join().unwrap(), 1);
+            // In a spawned greenlet too.
+            greenhack::spawn(move || TcpStream::connect(("localhost", port)).map(drop))
+                .join()
+                .unwrap()
+                .unwrap();
+        }));
+    })
+}
+
+/// Issue 11 / `as_async` docs: dropping a hosted `AsAsync` suspended in a
+/// greenhack socket read (a tokio timeout gives up) unwinds its stack and
+/// closes its socket.
+#[test]
+fn hosted_as_async_dropped_mid_read_unwinds() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let d = dropped.clone();
+        let r = rt.block_on(async move {
+            tokio::time::timeout(
+                Duration::from_millis(50),
+                greenhack::as_async(move || {
+                    let _f = DropFlag(d);
+                    let c = TcpStream::connect(addr).unwrap();
+                    let _ = (&c).read(&mut [0; 1]);
+                    unreachable!("nobody writes");
+                }),
+            )
+            .await
+        });
+        assert!(r.is_err());
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(s.read(&mut [0; 1]).unwrap(), 0, "socket not closed");
+    })
+}
+
+/// Issue 11: a `Task` dropped while its closure waits in a greenhack read
+/// unwinds it on its worker: the socket closes (the peer reads EOF).
+#[test]
+fn spawn_sync_drop_closes_the_closures_socket() {
+    within(30, || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = greenhack::tokio::spawn_sync(move || {
+            let c = TcpStream::connect(addr).unwrap();
+            let _ = (&c).read(&mut [0; 1]);
+        });
+        let (mut s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!task.is_finished());
+        drop(task);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(s.read(&mut [0; 1]).unwrap(), 0, "socket not closed");
+    })
+}
+
+/// The Pool docs: dropping the last handle lets running closures finish
+/// (their tasks still complete), then the workers exit.
+#[test]
+fn pool_drop_finishes_running_closures() {
+    if !is_child("pool_drop_finishes_running_closures") {
+        return child("pool_drop_finishes_running_closures", 30);
+    }
+    let threads_before = thread_count();
+    let pool = greenhack::tokio::Pool::builder()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            pool.spawn(move || {
+                greenhack::sleep(Duration::from_millis(30));
+                i
+            })
+        })
+        .collect();
+    drop(pool);
+    let got: Vec<u32> = tasks
+        .into_iter()
+        .map(|t| futures_executor::block_on(t).unwrap())
+        .collect();
+    assert_eq!(got, [0, 1, 2, 3]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while thread_count() > threads_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(thread_count(), threads_before, "workers did not exit");
+}
