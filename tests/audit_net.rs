@@ -2363,3 +2363,165 @@ fn pool_drop_finishes_running_closures() {
     }
     assert_eq!(thread_count(), threads_before, "workers did not exit");
 }
+
+/// The `greenhack::tokio::run` docs: called inside a tokio runtime it
+/// panics (tokio refuses a runtime within a runtime) — a panic the caller
+/// can catch, not an abort, and the thread stays usable.
+#[test]
+fn tokio_run_inside_tokio_panics_cleanly() {
+    if !is_child("tokio_run_inside_tokio_panics_cleanly") {
+        return child("tokio_run_inside_tokio_panics_cleanly", 30);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r =
+        rt.block_on(async { std::panic::catch_unwind(|| greenhack::tokio::run(|| 1)).is_err() });
+    assert!(r, "greenhack::tokio::run inside tokio did not panic");
+    drop(rt);
+    // The thread still runs either kind of loop.
+    assert_eq!(greenhack::tokio::run(|| 2), 2);
+    assert_eq!(greenhack::run(|| 3), 3);
+}
+
+/// Issue 14: a remote greenlet's panic, unobserved (its handle dropped),
+/// does not stop its loop.
+#[test]
+fn runtime_detached_panic_leaves_the_loop_running() {
+    within(30, || {
+        let rt = RtBuilder::new().worker_threads(1).build(|| Ok(())).unwrap();
+        drop(rt.handle(0).spawn(|| panic!("unobserved")));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rt.handle(0).is_running());
+        assert_eq!(rt.handle(0).spawn(|| 1).join().unwrap(), 1);
+        rt.shutdown().unwrap();
+    })
+}
+
+/// Issue 11: one thread hosted by a tokio runtime, then (that runtime
+/// dropped) by another, then under `greenhack::tokio::run` twice: each
+/// time greenhack's sockets and timers work, and sockets made under the
+/// first host keep working under the next.
+#[test]
+fn hosts_in_succession_on_one_thread() {
+    within(30, || {
+        let make = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let rt = make();
+        let (c, s) = rt.block_on(greenhack::as_async(|| {
+            let p = tcp_pair();
+            greenhack::sleep(Duration::from_millis(5));
+            p
+        }));
+        drop(rt);
+        let rt = make();
+        let got = rt.block_on(greenhack::as_async(move || {
+            let w = greenhack::spawn(move || {
+                greenhack::sleep(Duration::from_millis(10));
+                (&s).write_all(b"next host").unwrap();
+            });
+            let mut b = [0; 9];
+            (&c).read_exact(&mut b).unwrap();
+            w.join().unwrap();
+            b
+        }));
+        assert_eq!(&got, b"next host");
+        drop(rt);
+        for _ in 0..2 {
+            let v = greenhack::tokio::run(|| {
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
+                let (c, s) = tcp_pair();
+                (&s).write_all(b"x").unwrap();
+                let mut b = [0];
+                (&c).read_exact(&mut b).unwrap();
+                greenhack::sleep(Duration::from_millis(2));
+                b[0]
+            });
+            assert_eq!(v, b'x');
+        }
+        let rt = make();
+        rt.block_on(greenhack::as_async(|| {
+            greenhack::sleep(Duration::from_millis(2))
+        }));
+    })
+}
+
+/// std: `send` on an unconnected UDP socket fails as std's does.
+#[test]
+fn udp_send_unconnected_as_std() {
+    let std_e = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send(b"x")
+        .unwrap_err();
+    let e = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send(b"x")
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.raw_os_error()),
+        (std_e.kind(), std_e.raw_os_error())
+    );
+}
+
+/// Issue 11, as a user writes it: an axum handler calls sync code through
+/// `spawn_sync`; the sync code waits 50 ms on a tokio timer. 200 concurrent
+/// requests are all answered correctly, in about one wait, not 200.
+#[test]
+fn axum_sync_handler_serves_concurrent_requests() {
+    use axum::extract::Path;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn food_delivery(id: u32) -> String {
+        // Plain sync code; only this greenlet waits.
+        greenhack::exempt(tokio::time::sleep(Duration::from_millis(50)));
+        format!("order {id} delivered")
+    }
+
+    async fn handler(Path(id): Path<u32>) -> String {
+        greenhack::tokio::spawn_sync(move || food_delivery(id))
+            .await
+            .unwrap()
+    }
+
+    within(60, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let app = axum::Router::new().route("/order/{id}", axum::routing::get(handler));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            // Warm the pool (its workers start on first use).
+            handler(Path(0)).await;
+            let start = Instant::now();
+            let clients: Vec<_> = (0..200u32)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        let req = format!(
+                            "GET /order/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                        );
+                        c.write_all(req.as_bytes()).await.unwrap();
+                        let mut resp = String::new();
+                        c.read_to_string(&mut resp).await.unwrap();
+                        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+                        assert!(resp.ends_with(&format!("order {i} delivered")), "{resp}");
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.await.unwrap();
+            }
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?} for 200 × 50 ms");
+        });
+    })
+}
