@@ -2525,3 +2525,72 @@ fn axum_sync_handler_serves_concurrent_requests() {
         });
     })
 }
+
+/// The README: under an executor that cannot host greenhack's loop
+/// (`futures::executor::block_on`), a socket wait fails at once with
+/// `Unsupported` and `sleep` panics, naming the alternative: never a hang.
+#[test]
+fn foreign_executor_refuses_never_hangs() {
+    within(20, || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = futures_executor::block_on(greenhack::as_async(move || l.accept().map(drop)))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("exempt"), "{e}");
+        let p = std::panic::catch_unwind(|| {
+            futures_executor::block_on(greenhack::as_async(|| {
+                greenhack::sleep(Duration::from_millis(1))
+            }))
+        })
+        .unwrap_err();
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap();
+        assert!(msg.contains("exempt("), "{msg}");
+    })
+}
+
+/// tokio: `copy_bidirectional` between a greenhack socket and a tokio
+/// socket — a proxy greenlet under `greenhack::tokio::run`.
+#[test]
+fn proxy_between_greenhack_and_tokio_sockets() {
+    within(30, || {
+        greenhack::tokio::run(|| {
+            // The upstream: a tokio echo server.
+            let up = greenhack::exempt(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+            let up_addr = up.local_addr().unwrap();
+            let upstream = greenhack::spawn(move || {
+                greenhack::exempt(async move {
+                    let (mut s, _) = up.accept().await?;
+                    let (mut r, mut w) = s.split();
+                    tokio::io::copy(&mut r, &mut w).await
+                })
+            });
+            // The proxy: greenhack's listener, tokio's client socket.
+            let front = TcpListener::bind("127.0.0.1:0").unwrap();
+            let front_addr = front.local_addr().unwrap();
+            let proxy = greenhack::spawn(move || {
+                let (mut down, _) = front.accept().unwrap();
+                let mut upc = greenhack::exempt(tokio::net::TcpStream::connect(up_addr)).unwrap();
+                greenhack::exempt(tokio::io::copy_bidirectional(&mut down, &mut upc))
+            });
+            let c = TcpStream::connect(front_addr).unwrap();
+            let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+            let p2 = payload.clone();
+            let c2 = c.try_clone().unwrap();
+            let writer = greenhack::spawn(move || {
+                (&c2).write_all(&p2).unwrap();
+                c2.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut back = Vec::new();
+            (&c).read_to_end(&mut back).unwrap();
+            writer.join().unwrap();
+            assert!(back == payload, "proxied bytes differ");
+            let (a, b) = proxy.join().unwrap().unwrap();
+            assert_eq!((a, b), (200_000, 200_000));
+            assert_eq!(upstream.join().unwrap().unwrap(), 200_000);
+        });
+    })
+}
