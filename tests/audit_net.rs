@@ -2594,3 +2594,86 @@ fn proxy_between_greenhack_and_tokio_sockets() {
         });
     })
 }
+
+/// The `accept` docs: running out of descriptors is returned to that
+/// caller (`EMFILE`, as std reports it); the connection stays queued and
+/// the next `accept`, once a descriptor is free, takes it at once.
+#[test]
+fn accept_out_of_descriptors_as_documented() {
+    if !is_child("accept_out_of_descriptors_as_documented") {
+        return child("accept_out_of_descriptors_as_documented", 30);
+    }
+    greenhack::run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        // Lower the limit to what is open now, plus nothing.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let old = lim;
+        let mut hog = Vec::new();
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        lim.rlim_cur = highest + 8;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hog.push(f);
+        }
+        let e = l.accept().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+        // The loop still works meanwhile.
+        greenhack::sleep(Duration::from_millis(1));
+        hog.pop();
+        let start = Instant::now();
+        let (s, peer) = l.accept().unwrap();
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert_eq!(peer, client.local_addr().unwrap());
+        drop((s, hog));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
+    });
+}
+
+/// The `Handle::spawn` docs: work queued on a loop that stops before
+/// running it reports the stop, and its closure is dropped (its captures
+/// with it), never run.
+#[test]
+fn runtime_queued_work_dropped_at_shutdown() {
+    within(30, || {
+        let rt = RtBuilder::new()
+            .worker_threads(1)
+            .build(|| {
+                // Blocks the loop's thread: queued work waits.
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(())
+            })
+            .unwrap();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicBool::new(false));
+        let (d, r) = (DropFlag(dropped.clone()), ran.clone());
+        let h = rt.handle(0).spawn(move || {
+            let _d = d;
+            r.store(true, Ordering::SeqCst);
+        });
+        rt.shutdown().unwrap();
+        let e = h.join();
+        // Either it ran before the stop signal was seen, or it never ran:
+        // never lost.
+        match e {
+            Ok(()) => assert!(ran.load(Ordering::SeqCst)),
+            Err(e) => {
+                assert!(e.is_stopped(), "{e}");
+                assert!(!ran.load(Ordering::SeqCst));
+            }
+        }
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    })
+}
