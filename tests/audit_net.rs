@@ -2677,3 +2677,47 @@ fn runtime_queued_work_dropped_at_shutdown() {
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
     })
 }
+
+/// tokio's `spawn` semantics, which greenhack's `spawn` follows: a greenlet
+/// spawned (and detached) inside a hosted `as_async` runs to its end after
+/// that `as_async` returned, while the runtime keeps running other tasks.
+#[test]
+fn hosted_detached_greenlet_outlives_its_as_async() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        rt.block_on(async move {
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async move {
+                    tokio::task::spawn_local(greenhack::as_async(move || {
+                        let d2 = d.clone();
+                        drop(greenhack::spawn(move || {
+                            greenhack::sleep(Duration::from_millis(20));
+                            d2.fetch_add(1, Ordering::SeqCst);
+                        }));
+                        let (c, s) = tcp_pair();
+                        drop(greenhack::spawn(move || {
+                            let mut b = [0; 2];
+                            (&s).read_exact(&mut b).unwrap();
+                            d.fetch_add(1, Ordering::SeqCst);
+                        }));
+                        c
+                    }))
+                    .await
+                    .map(|c| {
+                        std::thread::sleep(Duration::from_millis(5));
+                        c.into_std().unwrap().write_all(b"go").unwrap();
+                    })
+                    .unwrap();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                })
+                .await;
+        });
+        assert_eq!(done.load(Ordering::SeqCst), 2, "detached greenlets starved");
+    })
+}
