@@ -28,9 +28,9 @@
 //!
 //! [`run`] is the scoped form, [`start_loop`] the one for programs that keep
 //! the loop for the rest of the thread (a REPL, a legacy CLI), and
-//! [`run_with`] takes a runtime you built yourself (any tokio
-//! `current_thread` runtime; enable I/O and time on it for tokio's own
-//! sockets and timers).
+//! [`run_with`] takes a runtime you built yourself (a tokio
+//! `current_thread` runtime with I/O enabled, which greenhack's loop runs
+//! through; enable time on it too for tokio's own timers).
 //!
 //! On a multi-thread runtime (axum, tonic, hyper under `#[tokio::main]`),
 //! whose tasks move between threads and so cannot hold a greenlet,
@@ -123,6 +123,10 @@ fn build_runtime() -> ::tokio::runtime::Runtime {
 
 /// [`run`] with a runtime you built (a `current_thread` one; the
 /// multi-thread flavour would run greenhack's driver on this thread only).
+/// Its I/O driver must be enabled (`enable_io()` or `enable_all()`):
+/// greenhack's loop waits through it, so on a runtime without one the
+/// first wait panics, naming that fix. Time is needed only for tokio's own
+/// timers (greenhack's `sleep` has its own).
 ///
 /// ```
 /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -2721,3 +2721,71 @@ fn hosted_detached_greenlet_outlives_its_as_async() {
         assert_eq!(done.load(Ordering::SeqCst), 2, "detached greenlets starved");
     })
 }
+
+/// The `run_with` docs: the runtime needs its I/O driver (greenhack's loop
+/// waits through it), not its timers: with I/O only, greenhack's sockets,
+/// timers and greenlets run; a bare runtime panics at the first wait with
+/// a message naming `enable_io`.
+#[test]
+fn tokio_run_with_needs_io_only() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let v = greenhack::tokio::run_with(rt, || {
+            let (c, s) = tcp_pair();
+            let w = greenhack::spawn(move || {
+                greenhack::sleep(Duration::from_millis(10));
+                (&s).write_all(b"io").unwrap();
+            });
+            let mut b = [0; 2];
+            (&c).read_exact(&mut b).unwrap();
+            w.join().unwrap();
+            greenhack::exempt(async {
+                tokio::task::yield_now().await;
+                1
+            }) + b.len()
+        });
+        assert_eq!(v, 3);
+        let bare = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            greenhack::tokio::run_with(bare, || greenhack::sleep(Duration::from_millis(1)))
+        }))
+        .unwrap_err();
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap();
+        assert!(msg.contains("enable_io()"), "{msg}");
+    })
+}
+/// Regression: a second tokio runtime hosting the thread's loop after the
+/// first was dropped. The loop found its registration with the dead
+/// runtime gone but registered with the new one only at the next drive,
+/// which nothing caused when the program waited on greenhack alone (no
+/// tokio timer): it hung.
+#[test]
+fn second_host_after_the_first_is_dropped() {
+    within(20, || {
+        for _ in 0..3 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
+            greenhack::tokio::run_with(rt, || greenhack::sleep(Duration::from_millis(2)));
+        }
+        for _ in 0..3 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
+            rt.block_on(greenhack::as_async(|| {
+                greenhack::sleep(Duration::from_millis(2))
+            }));
+        }
+    })
+}

@@ -185,28 +185,19 @@ impl Reactor {
             if !register && !self.hosted.wanted.get() {
                 return; // nothing of greenhack's runs here
             }
-            // tokio panics (rather than erring) when its I/O driver is off.
-            let started =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_hosting()));
-            match started {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    panic!("greenhack: cannot register the event loop with the host executor: {e}")
-                }
-                Err(_) => panic!(
-                    "{}",
-                    "greenhack: greenhack's event loop cannot be hosted on this tokio runtime: \
-                     its I/O driver is disabled. Build the runtime with enable_io() (or \
-                     enable_all()), or wait on the executor's own futures through exempt \
-                     (for greenhack::sleep: exempt(tokio::time::sleep(d)))"
-                ),
-            }
+            self.start_hosting_or_panic();
         }
         let fan_out = Waker::from(self.hosted.fan_out.clone());
         let mut host_cx = Context::from_waker(&fan_out);
         let mut turns = 0;
         loop {
             let woke = self.turn_if_host_ready(&mut host_cx);
+            if !self.hosted.active.get() {
+                // The runtime it was registered with has shut down: register
+                // with this one now, or nothing would wake this task again.
+                self.start_hosting_or_panic();
+                continue;
+            }
             self.run_ready();
             turns += 1;
             if !woke && !self.has_ready() {
@@ -290,6 +281,27 @@ impl Reactor {
             // Without tokio nothing hosts the loop (`drive` returns early).
             let _ = (host, host_cx);
             false
+        }
+    }
+
+    /// [`start_hosting`](Self::start_hosting), its failure a panic that
+    /// names the fix.
+    fn start_hosting_or_panic(&self) {
+        // tokio panics (rather than erring) when its I/O driver is off.
+        let started =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_hosting()));
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                panic!("greenhack: cannot register the event loop with the host executor: {e}")
+            }
+            Err(_) => panic!(
+                "{}",
+                "greenhack: greenhack's event loop cannot be hosted on this tokio runtime: \
+                 its I/O driver is disabled. Build the runtime with enable_io() (or \
+                 enable_all()), or wait on the executor's own futures through exempt \
+                 (for greenhack::sleep: exempt(tokio::time::sleep(d)))"
+            ),
         }
     }
 
