@@ -2789,3 +2789,93 @@ fn second_host_after_the_first_is_dropped() {
         }
     })
 }
+
+/// Issue 11: in hosted mode a greenlet woken from another thread (its
+/// `unblock` job done on the pool) runs, also when no `as_async` is left
+/// to poll: the result reaches a tokio task through a tokio channel.
+#[test]
+fn hosted_cross_thread_wake_of_a_detached_greenlet() {
+    within(20, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            greenhack::as_async(move || {
+                drop(greenhack::spawn(move || {
+                    let v = greenhack::unblock(|| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        5
+                    });
+                    let (c, s) = tcp_pair();
+                    (&c).write_all(&[v]).unwrap();
+                    let mut b = [0];
+                    (&s).read_exact(&mut b).unwrap();
+                    let _ = tx.send(b[0]);
+                }));
+            })
+            .await;
+            rx.await.unwrap()
+        });
+        assert_eq!(got, 5);
+    })
+}
+
+/// The `bind` docs: "`SO_REUSEADDR` is set ..., as with std".
+#[test]
+fn listener_sets_reuseaddr_as_std() {
+    fn reuseaddr(fd: i32) -> i32 {
+        let mut v: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for the call.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw mut v).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        v
+    }
+    let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    assert_eq!(reuseaddr(l.as_raw_fd()), reuseaddr(std_l.as_raw_fd()));
+    assert_ne!(reuseaddr(l.as_raw_fd()), 0);
+}
+
+/// Issue 11: `spawn_sync` awaited from sync code on greenhack's own loop
+/// (`exempt`), not only from tokio.
+#[test]
+fn spawn_sync_from_greenhack_loop() {
+    within(20, || {
+        let v = greenhack::run(|| {
+            let a = greenhack::spawn(|| greenhack::exempt(greenhack::tokio::spawn_sync(|| 20)));
+            let b = greenhack::exempt(greenhack::tokio::spawn_sync(|| 22)).unwrap();
+            a.join().unwrap().unwrap() + b
+        });
+        assert_eq!(v, 42);
+    })
+}
+
+/// Issue 14: every setup panicking at once: `join` returns promptly with
+/// each loop's payload, in loop order.
+#[test]
+fn runtime_all_setups_panic_at_once() {
+    within(20, || {
+        let rt = RtBuilder::new()
+            .worker_threads(3)
+            .build(|| panic!("no config"))
+            .unwrap();
+        let err = rt.join().unwrap_err();
+        let idx: Vec<usize> = err.loops().iter().map(|l| l.index()).collect();
+        assert_eq!(idx, [0, 1, 2]);
+        for l in err.into_loops() {
+            assert!(l.is_panic());
+            assert_eq!(l.into_panic().downcast_ref::<&str>(), Some(&"no config"));
+        }
+    })
+}
