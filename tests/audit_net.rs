@@ -2879,3 +2879,30 @@ fn runtime_all_setups_panic_at_once() {
         }
     })
 }
+
+/// The `Task` docs: "a closure that has not started yet never runs" once
+/// its task is dropped.
+#[test]
+fn spawn_sync_dropped_before_start_never_runs() {
+    within(20, || {
+        let pool = greenhack::tokio::Pool::builder()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        // Keeps the only worker's thread busy.
+        let busy = pool.spawn(|| std::thread::sleep(Duration::from_millis(100)));
+        let ran = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (r, d) = (ran.clone(), DropFlag(dropped.clone()));
+        let never = pool.spawn(move || {
+            let _d = d;
+            r.store(true, Ordering::SeqCst);
+        });
+        drop(never);
+        futures_executor::block_on(busy).unwrap();
+        // A later job runs, so the dropped one had its chance.
+        futures_executor::block_on(pool.spawn(|| ())).unwrap();
+        assert!(!ran.load(Ordering::SeqCst), "a cancelled closure ran");
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "its captures leaked");
+    })
+}
