@@ -2906,3 +2906,27 @@ fn spawn_sync_dropped_before_start_never_runs() {
         assert_eq!(dropped.load(Ordering::SeqCst), 1, "its captures leaked");
     })
 }
+
+/// The net docs: no `FromRawFd` on registered sockets; a descriptor comes
+/// in through the std type and `from_std`; `into_raw_fd` leaves it
+/// non-blocking, `into_std` blocking.
+#[test]
+fn descriptors_in_and_out_as_documented() {
+    within(20, || {
+        let (c, s) = tcp_pair();
+        let fd = c.into_raw_fd();
+        // SAFETY: `fd` is the open descriptor `into_raw_fd` handed over.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "into_raw_fd: non-blocking");
+        // SAFETY: as above; ownership moves to the OwnedFd.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = TcpStream::from_std(std::net::TcpStream::from(owned)).unwrap();
+        (&s).write_all(b"fd").unwrap();
+        let mut b = [0; 2];
+        (&c).read_exact(&mut b).unwrap();
+        let std_c = c.into_std().unwrap();
+        // SAFETY: reads the flags of a descriptor `std_c` owns.
+        let flags = unsafe { libc::fcntl(std_c.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "into_std: blocking");
+    })
+}

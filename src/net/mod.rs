@@ -67,6 +67,13 @@
 //!   `WouldBlock` error, which is what greenhack exists to hide. To wait for
 //!   several things at once, spawn a greenlet per wait; to bound a wait, use
 //!   a timeout.
+//! * **No `FromRawFd` or `From<OwnedFd>`** on the registered types (all but
+//!   [`TcpSocket`]): making one registers it with the thread's loop, which
+//!   can fail, and those conversions cannot report it. Build the std type
+//!   from the descriptor and convert it with `from_std`:
+//!   `TcpStream::from_std(std::net::TcpStream::from(fd))?`. `into_raw_fd`
+//!   deregisters the socket and returns its descriptor still non-blocking;
+//!   `into_std` makes it blocking again.
 //! * **Timeouts** (`set_read_timeout`, `set_write_timeout`) are kept where std
 //!   keeps them, in the socket (`SO_RCVTIMEO`, `SO_SNDTIMEO`), so clones made
 //!   with `try_clone` share them and `into_std`/`from_std` carry them. They
