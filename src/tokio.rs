@@ -99,14 +99,29 @@ fn is_missing_runtime_panic(payload: &(dyn std::any::Any + Send)) -> bool {
 /// finished; then drops the runtime. Like [`crate::run`], with tokio's
 /// futures usable everywhere inside.
 ///
+/// # Inside a greenlet
+///
+/// As [`crate::run`] does, called from a greenlet it calls `f` in place,
+/// where the loop already runs: a loop with tokio underneath (an
+/// [`as_async`](crate::as_async) polled by tokio, a greenlet of this
+/// `run`) keeps it, and tokio's futures work in `f`. tokio can only be put
+/// under a loop as the loop starts, so a greenlet of a loop that runs
+/// without tokio ([`crate::run`], [`crate::spawn`] on a plain thread, a
+/// [`Runtime`](crate::Runtime)'s loops) panics, naming the fix, rather
+/// than leave tokio's futures waiting on a runtime that nothing drives.
+///
 /// # Panics
 ///
 /// If the tokio runtime cannot be built (no `epoll` or `eventfd`: as
-/// `#[tokio::main]` does; [`run_with`] takes a runtime you built), or if
+/// `#[tokio::main]` does; [`run_with`] takes a runtime you built), if
 /// called inside a tokio runtime (tokio refuses to start a runtime from
 /// within one): where tokio already runs, use
-/// [`as_async`](crate::as_async), which hosts greenhack's loop there.
+/// [`as_async`](crate::as_async), which hosts greenhack's loop there; or
+/// inside a greenlet of a loop without tokio (see above).
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
+    if crate::pair::in_greenlet() {
+        return in_place(f);
+    }
     run_with(build_runtime(), f)
 }
 
@@ -137,12 +152,33 @@ fn build_runtime() -> ::tokio::runtime::Runtime {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn run_with<T>(rt: ::tokio::runtime::Runtime, f: impl FnOnce() -> T) -> T {
+    if crate::pair::in_greenlet() {
+        // Not needed: the loop keeps the tokio it runs with. Shut down
+        // without blocking, which tokio allows in an async context.
+        rt.shutdown_background();
+        return in_place(f);
+    }
     let handle = rt.handle().clone();
     let _host = crate::reactor::hosted::HostRuntime::install(rt);
     // Between waits too, `f` runs in the runtime's context: tokio futures
     // (a `Sleep`, a `TcpStream::connect`) look their runtime up on creation.
     let _enter = handle.enter();
     crate::run(f)
+}
+
+/// [`run`] called from a greenlet: `f` in place if tokio runs under the
+/// loop, else the panic that names the fix (see [`run`]).
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    if ::tokio::runtime::Handle::try_current().is_err() {
+        panic!(
+            "greenhack::tokio::run called inside a greenlet whose loop runs without tokio: tokio \
+             can only be put under greenhack's loop as the loop starts. Call \
+             greenhack::tokio::run on the thread's own stack, outside any greenlet, in place of \
+             greenhack::run (for a thread per core: a std::thread per core, each calling \
+             greenhack::tokio::run), or poll an as_async from a tokio runtime"
+        );
+    }
+    f()
 }
 
 /// Makes the calling thread's own stack the sync side of greenhack's loop
@@ -158,8 +194,12 @@ pub fn run_with<T>(rt: ::tokio::runtime::Runtime, f: impl FnOnce() -> T) -> T {
 ///
 /// # Panics
 ///
-/// As [`run`].
+/// As [`run`], also inside a greenlet: there it only keeps the tokio the
+/// loop runs with, and panics if there is none.
 pub fn start_loop() {
+    if crate::pair::in_greenlet() {
+        return in_place(crate::start_loop);
+    }
     if !crate::reactor::hosted::HostRuntime::is_installed() {
         let rt = build_runtime();
         let handle = rt.handle().clone();

@@ -2930,3 +2930,94 @@ fn descriptors_in_and_out_as_documented() {
         assert_eq!(flags & libc::O_NONBLOCK, 0, "into_std: blocking");
     })
 }
+
+/// Issue 11: in hosted mode, greenlets spawned inside the `as_async`
+/// exempt tokio's own futures (a timer, a socket, a channel): tokio wakes
+/// them through greenhack's loop.
+#[test]
+fn hosted_spawned_greenlets_exempt_tokio_futures() {
+    within(20, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let v = rt.block_on(greenhack::as_async(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let timer = greenhack::spawn(move || {
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(15)));
+                tx.send(1u32).unwrap();
+            });
+            let sock = greenhack::spawn(|| {
+                let l = greenhack::exempt(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+                let addr = l.local_addr().unwrap();
+                let client = greenhack::spawn(move || {
+                    let mut c = greenhack::exempt(tokio::net::TcpStream::connect(addr)).unwrap();
+                    greenhack::exempt(tokio::io::AsyncWriteExt::write_all(&mut c, b"t")).unwrap();
+                });
+                let (mut s, _) = greenhack::exempt(l.accept()).unwrap();
+                let mut b = [0];
+                greenhack::exempt(tokio::io::AsyncReadExt::read_exact(&mut s, &mut b)).unwrap();
+                client.join().unwrap();
+                b[0] as u32
+            });
+            let from_timer = greenhack::spawn(move || greenhack::exempt(rx.recv()).unwrap());
+            timer.join().unwrap();
+            sock.join().unwrap() + from_timer.join().unwrap()
+        }));
+        assert_eq!(v, b't' as u32 + 1);
+    })
+}
+/// `greenhack::tokio::run` (and `run_with`, `start_loop`) called from a
+/// greenlet, as `greenhack::run` is: where tokio already runs under the
+/// loop (an `as_async` polled by tokio, a greenlet of `tokio::run`), `f`
+/// runs in place and tokio's futures work; on a loop without tokio (a
+/// `greenhack::run` greenlet, a `Runtime` setup) it panics naming the fix.
+/// Both used to hang at the first tokio wait, on a runtime nothing drove.
+#[test]
+fn tokio_run_inside_a_greenlet() {
+    within(30, || {
+        let tokio_sleep = || greenhack::exempt(tokio::time::sleep(Duration::from_millis(5)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(greenhack::as_async(move || {
+            greenhack::tokio::run(tokio_sleep);
+            let own = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            greenhack::tokio::run_with(own, tokio_sleep);
+            greenhack::tokio::start_loop();
+            tokio_sleep();
+        }));
+        greenhack::tokio::run(move || {
+            greenhack::spawn(move || greenhack::tokio::run(tokio_sleep))
+                .join()
+                .unwrap()
+        });
+
+        let e = greenhack::run(move || {
+            greenhack::spawn(move || greenhack::tokio::run(tokio_sleep)).join()
+        })
+        .unwrap_err();
+        let p = e.into_panic();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap();
+        assert!(msg.contains("outside any greenlet"), "{msg}");
+
+        let rt = RtBuilder::new()
+            .worker_threads(1)
+            .build(move || {
+                greenhack::tokio::run(tokio_sleep);
+                Ok(())
+            })
+            .unwrap();
+        let err = rt.join().unwrap_err();
+        assert!(err.loops()[0].is_panic());
+        assert!(err.to_string().contains("greenhack::tokio::run"), "{err}");
+    })
+}
