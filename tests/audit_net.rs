@@ -3021,3 +3021,55 @@ fn tokio_run_inside_a_greenlet() {
         assert!(err.to_string().contains("greenhack::tokio::run"), "{err}");
     })
 }
+
+/// Issue 11: `spawn_sync` awaited from a `greenhack::tokio::run` greenlet
+/// and from inside a hosted `as_async` (both current-thread tokio).
+#[test]
+fn spawn_sync_from_current_thread_greenlets() {
+    within(20, || {
+        let v = greenhack::tokio::run(|| {
+            greenhack::spawn(|| greenhack::exempt(greenhack::tokio::spawn_sync(|| 1)).unwrap())
+                .join()
+                .unwrap()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let w = rt.block_on(greenhack::as_async(|| {
+            greenhack::exempt(greenhack::tokio::spawn_sync(|| {
+                greenhack::sleep(Duration::from_millis(5));
+                2
+            }))
+            .unwrap()
+        }));
+        assert_eq!(v + w, 3);
+    })
+}
+
+/// std (Linux): Unix sockets at an abstract name, through `bind_addr` and
+/// `connect_addr`; `incoming` serves them.
+#[test]
+fn unix_abstract_names_as_std() {
+    use std::os::linux::net::SocketAddrExt;
+    within(20, || {
+        greenhack::run(|| {
+            let name = format!("greenhack-audit-{}", std::process::id());
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            let l = UnixListener::bind_addr(&addr).unwrap();
+            assert_eq!(
+                l.local_addr().unwrap().as_abstract_name(),
+                Some(name.as_bytes())
+            );
+            let srv = greenhack::spawn(move || {
+                let s = l.incoming().next().unwrap().unwrap();
+                (&s).write_all(b"abstract").unwrap();
+            });
+            let c = UnixStream::connect_addr(&addr).unwrap();
+            let mut got = String::new();
+            (&c).read_to_string(&mut got).unwrap();
+            assert_eq!(got, "abstract");
+            srv.join().unwrap();
+        });
+    })
+}
