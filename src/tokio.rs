@@ -107,7 +107,8 @@ fn is_missing_runtime_panic(payload: &(dyn std::any::Any + Send)) -> bool {
 /// `run`) keeps it, and tokio's futures work in `f`. tokio can only be put
 /// under a loop as the loop starts, so a greenlet of a loop that runs
 /// without tokio ([`crate::run`], [`crate::spawn`] on a plain thread, a
-/// [`Runtime`](crate::Runtime)'s loops) panics, naming the fix, rather
+/// [`Runtime`](crate::Runtime)'s loops unless built with
+/// [`tokio(true)`](crate::runtime::Builder::tokio)) panics, naming the fix, rather
 /// than leave tokio's futures waiting on a runtime that nothing drives.
 ///
 /// # Panics
@@ -174,8 +175,8 @@ fn in_place<T>(f: impl FnOnce() -> T) -> T {
             "greenhack::tokio::run called inside a greenlet whose loop runs without tokio: tokio \
              can only be put under greenhack's loop as the loop starts. Call \
              greenhack::tokio::run on the thread's own stack, outside any greenlet, in place of \
-             greenhack::run (for a thread per core: a std::thread per core, each calling \
-             greenhack::tokio::run), or poll an as_async from a tokio runtime"
+             greenhack::run (for a Runtime's loops: runtime::Builder::tokio(true)), or poll an \
+             as_async from a tokio runtime"
         );
     }
     f()

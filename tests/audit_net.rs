@@ -3073,3 +3073,55 @@ fn unix_abstract_names_as_std() {
         });
     })
 }
+
+/// Issues 11 + 14: a `Runtime` whose loops have tokio underneath: setups
+/// and handed-off greenlets exempt tokio's timers, sockets and channels
+/// beside greenhack's sockets, on the loop's own thread; shutdown unwinds
+/// greenlets parked in a tokio future.
+#[test]
+fn runtime_with_tokio_underneath() {
+    within(30, || {
+        let rt = RtBuilder::new()
+            .worker_threads(2)
+            .thread_name("audtok")
+            .tokio(true)
+            .build(|| {
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
+                Ok(())
+            })
+            .unwrap();
+        let v = rt
+            .handle(1)
+            .spawn(|| {
+                let me = std::thread::current().id();
+                let l = greenhack::exempt(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+                let addr = l.local_addr().unwrap();
+                let client = greenhack::spawn(move || {
+                    assert_eq!(std::thread::current().id(), me);
+                    let (c, s) = tcp_pair(); // greenhack's sockets too
+                    (&c).write_all(b"g").unwrap();
+                    let mut b = [0];
+                    (&s).read_exact(&mut b).unwrap();
+                    let mut t = greenhack::exempt(tokio::net::TcpStream::connect(addr)).unwrap();
+                    greenhack::exempt(tokio::io::AsyncWriteExt::write_all(&mut t, &b)).unwrap();
+                });
+                let (mut s, _) = greenhack::exempt(l.accept()).unwrap();
+                let mut b = [0];
+                greenhack::exempt(tokio::io::AsyncReadExt::read_exact(&mut s, &mut b)).unwrap();
+                client.join().unwrap();
+                (std::thread::current().name().unwrap().to_owned(), b[0])
+            })
+            .join()
+            .unwrap();
+        assert_eq!(v, ("audtok-1".to_owned(), b'g'));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let d = dropped.clone();
+        drop(rt.handle(0).spawn(move || {
+            let _f = DropFlag(d);
+            greenhack::exempt(tokio::time::sleep(Duration::from_secs(3600)));
+        }));
+        std::thread::sleep(Duration::from_millis(20));
+        rt.shutdown().unwrap();
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    })
+}
