@@ -3125,3 +3125,38 @@ fn runtime_with_tokio_underneath() {
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
     })
 }
+
+/// `#[tokio::main]`'s default flavour is multi-thread, and its `main`
+/// future (`block_on`, no `Send` needed) may await an `as_async`: hosted
+/// on the main thread, greenhack's sockets, `sleep` and `spawn` work there.
+#[test]
+fn hosted_in_multi_thread_block_on() {
+    within(30, || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let v = rt.block_on(async {
+            let other = tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                1
+            });
+            let mine = greenhack::as_async(|| {
+                let (c, s) = tcp_pair();
+                let h = greenhack::spawn(move || {
+                    greenhack::sleep(Duration::from_millis(10));
+                    (&s).write_all(b"mt").unwrap();
+                });
+                let mut b = [0; 2];
+                (&c).read_exact(&mut b).unwrap();
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
+                h.join().unwrap();
+                b.len()
+            })
+            .await;
+            mine + other.await.unwrap()
+        });
+        assert_eq!(v, 3);
+    })
+}
