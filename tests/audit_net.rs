@@ -3160,3 +3160,67 @@ fn hosted_in_multi_thread_block_on() {
         assert_eq!(v, 3);
     })
 }
+
+/// No descriptor or thread outlives a thread that hosted greenhack's loop
+/// in tokio, ran `greenhack::tokio::run`, a `Runtime` (with tokio
+/// underneath too) or a `Pool`.
+#[test]
+fn no_leaks_across_hosting_threads() {
+    if !is_child("no_leaks_across_hosting_threads") {
+        return child("no_leaks_across_hosting_threads", 60);
+    }
+    let work = || {
+        let (c, s) = tcp_pair();
+        (&c).write_all(b"x").unwrap();
+        let mut b = [0];
+        (&s).read_exact(&mut b).unwrap();
+        drop(greenhack::spawn(|| {
+            greenhack::sleep(Duration::from_millis(1))
+        }));
+        greenhack::sleep(Duration::from_millis(2));
+    };
+    let round = move || {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(greenhack::as_async(work));
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(move || greenhack::tokio::run(work))
+            .join()
+            .unwrap();
+        for tokio in [false, true] {
+            let rt = RtBuilder::new()
+                .worker_threads(2)
+                .tokio(tokio)
+                .build(move || {
+                    work();
+                    Ok(())
+                })
+                .unwrap();
+            rt.handle(1).spawn(work).join().unwrap();
+            rt.shutdown().unwrap();
+        }
+        let pool = greenhack::tokio::Pool::builder()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        futures_executor::block_on(pool.spawn(work)).unwrap();
+        drop(pool);
+    };
+    round(); // warm-up: lazily made process-wide state
+    std::thread::sleep(Duration::from_millis(100));
+    let (fds, threads) = (open_fds(), thread_count());
+    for _ in 0..5 {
+        round();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (open_fds(), thread_count()) != (fds, threads) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+    assert_eq!(thread_count(), threads, "threads leaked");
+}
