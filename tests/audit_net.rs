@@ -3243,3 +3243,21 @@ fn no_leaks_across_hosting_threads() {
     assert_eq!(open_fds(), fds, "descriptors leaked");
     assert_eq!(thread_count(), threads, "threads leaked");
 }
+/// `run` (and `greenhack::tokio::run`) nest on the thread's own stack: the
+/// inner one serves the same loop, tokio still underneath.
+#[test]
+fn runs_nest_on_the_threads_stack() {
+    within(10, || {
+        let v = greenhack::tokio::run(|| {
+            greenhack::run(|| {
+                greenhack::exempt(tokio::time::sleep(Duration::from_millis(2)));
+                greenhack::spawn(|| greenhack::sleep(Duration::from_millis(2)))
+                    .join()
+                    .unwrap();
+                1
+            })
+        });
+        let w = greenhack::run(|| greenhack::run(|| greenhack::spawn(|| 2).join().unwrap()));
+        assert_eq!(v + w, 3);
+    })
+}
