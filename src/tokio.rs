@@ -75,7 +75,12 @@ pub(crate) fn note_missing_runtime_on_panic() {
                 && crate::reactor::Reactor::try_current().is_some()
                 && !crate::reactor::hosted::HostRuntime::is_installed()
             {
-                eprintln!("{MISSING_RUNTIME_NOTE}");
+                // Not `eprintln!`, which panics (in a panic hook: an
+                // abort) if standard error is closed.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("{MISSING_RUNTIME_NOTE}\n").as_bytes(),
+                );
             }
         }));
     });
