@@ -54,7 +54,8 @@ pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sy
 const MISSING_RUNTIME_NOTE: &str = "note: greenhack: this thread runs greenhack's loop with no \
     tokio runtime underneath, so tokio's timers, sockets and clients cannot work in its \
     greenlets; start the loop with tokio underneath, on the same thread: \
-    greenhack::tokio::run(|| ..) instead of greenhack::run, or greenhack::tokio::start_loop()";
+    greenhack::tokio::run(|| ..) instead of greenhack::run, or greenhack::tokio::start_loop() \
+    (for a Runtime's loops: greenhack::runtime::Builder::tokio(true))";
 
 /// Installs, once per process, the panic hook that adds
 /// [`MISSING_RUNTIME_NOTE`] after tokio's missing-runtime panic on a thread
