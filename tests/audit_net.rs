@@ -3261,3 +3261,53 @@ fn runs_nest_on_the_threads_stack() {
         assert_eq!(v + w, 3);
     })
 }
+
+/// Issue 11: 200 `as_async` tasks in a `LocalSet`, each a client of a
+/// greenhack server greenlet hosted on the same thread, all served.
+#[test]
+fn hosted_many_as_async_tasks() {
+    within(60, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let total = local.block_on(&rt, async {
+            // A backlog above the burst: no SYN retransmit stall.
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let l = sock.listen(1024).unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::task::spawn_local(greenhack::as_async(move || {
+                for conn in l.incoming().take(200) {
+                    let conn = conn.unwrap();
+                    drop(greenhack::spawn(move || {
+                        let mut b = [0; 4];
+                        (&conn).read_exact(&mut b).unwrap();
+                        greenhack::sleep(Duration::from_millis(5));
+                        (&conn).write_all(&b).unwrap();
+                    }));
+                }
+            }));
+            let clients: Vec<_> = (0..200u32)
+                .map(|i| {
+                    tokio::task::spawn_local(greenhack::as_async(move || {
+                        let c = TcpStream::connect(addr).unwrap();
+                        (&c).write_all(&i.to_le_bytes()).unwrap();
+                        let mut b = [0; 4];
+                        (&c).read_exact(&mut b).unwrap();
+                        assert_eq!(u32::from_le_bytes(b), i);
+                        i as u64
+                    }))
+                })
+                .collect();
+            let mut total = 0;
+            for c in clients {
+                total += c.await.unwrap();
+            }
+            server.await.unwrap();
+            total
+        });
+        assert_eq!(total, (0..200).sum::<u64>());
+    })
+}
