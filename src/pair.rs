@@ -295,9 +295,11 @@ fn current_pair() -> Option<&'static Pair> {
 ///   `!Send` values. On tokio, poll it on a current-thread runtime, in a
 ///   `LocalSet` (`spawn_local`), or `block_on` it.
 /// * **Greenhack's own I/O inside**: greenhack sockets, `sleep` and `spawn`
-///   need greenhack's loop. Under a foreign executor they fail at once
-///   (sockets with `ErrorKind::Unsupported`, `sleep`/`spawn` with a panic)
-///   and name the executor-native alternative, which `exempt` can wait on.
+///   need greenhack's loop. Polled by tokio (feature `tokio`), the future
+///   hosts that loop in tokio's, so they work. Under an executor that cannot
+///   host it they fail at once (sockets with `ErrorKind::Unsupported`,
+///   `sleep`/`spawn` with a panic) and name the executor-native
+///   alternative, which `exempt` can wait on.
 ///
 /// # Panics
 ///

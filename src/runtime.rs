@@ -8,7 +8,9 @@
 //! socket converted to its std type and back. So a server uses every core
 //! the way glommio and monoio do, thread per core: each loop binds its own
 //! `SO_REUSEPORT` listener (see [`TcpSocket`](crate::net::TcpSocket)) and the
-//! kernel spreads the connections.
+//! kernel spreads the connections. With the `tokio` feature,
+//! `Builder::tokio(true)` puts a tokio runtime under each loop, as
+//! `greenhack::tokio::run` does for one thread.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -163,6 +165,8 @@ pub struct Builder {
     thread_name: String,
     pin_threads: bool,
     stack_size: Option<usize>,
+    /// Each loop runs with a tokio runtime underneath (feature `tokio`).
+    with_tokio: bool,
 }
 
 impl Default for Builder {
@@ -182,6 +186,7 @@ impl Builder {
             thread_name: "greenhack-loop".into(),
             pin_threads: false,
             stack_size: None,
+            with_tokio: false,
         }
     }
 
@@ -224,6 +229,38 @@ impl Builder {
         self
     }
 
+    /// Runs each loop with a tokio `current_thread` runtime (I/O and time
+    /// enabled) underneath, on the loop's thread, as
+    /// [`greenhack::tokio::run`](crate::tokio::run) does for one thread: the
+    /// setup and every greenlet can [`exempt`](crate::exempt) tokio's
+    /// futures (its timers, sockets and channels, tokio-postgres, reqwest)
+    /// beside greenhack's sockets. Off by default: greenhack's loop alone
+    /// costs less per wait. (Calling `greenhack::tokio::run` inside a setup
+    /// cannot do this: tokio goes under a loop only as the loop starts.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use greenhack::runtime::Builder;
+    ///
+    /// let rt = Builder::new().worker_threads(2).tokio(true).build(|| {
+    ///     greenhack::exempt(tokio::time::sleep(Duration::from_millis(1)));
+    ///     Ok(())
+    /// })?;
+    /// let n = rt.handle(1).spawn(|| {
+    ///     let (tx, rx) = tokio::sync::oneshot::channel();
+    ///     greenhack::spawn(move || tx.send(7).unwrap());
+    ///     greenhack::exempt(rx).unwrap()
+    /// });
+    /// assert_eq!(n.join()?, 7);
+    /// rt.shutdown()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn tokio(&mut self, enable: bool) -> &mut Builder {
+        self.with_tokio = enable;
+        self
+    }
+
     /// Starts the loops and runs `setup` on each, as a greenlet (typically:
     /// bind a `SO_REUSEPORT` listener and accept). It may return at once
     /// (the greenlets it spawned keep running) or never (an accept loop).
@@ -235,8 +272,9 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// A thread could not be created or pinned; the loops already started
-    /// are stopped first.
+    /// A thread could not be created or pinned, or its tokio runtime (see
+    /// [`tokio`](Self::tokio)) built; the loops already started are stopped
+    /// first.
     pub fn build<F>(&mut self, setup: F) -> io::Result<Runtime>
     where
         F: Fn() -> io::Result<()> + Send + Sync + 'static,
@@ -275,8 +313,10 @@ impl Builder {
             let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let (started_tx, started_rx) = mpsc::channel();
             let (setup, ended, loop_shared) = (setup.clone(), ended.clone(), shared.clone());
-            let thread =
-                builder.spawn(move || loop_thread(loop_shared, setup, ended, cpu, started_tx))?;
+            let with_tokio = self.with_tokio;
+            let thread = builder.spawn(move || {
+                loop_thread(loop_shared, setup, ended, cpu, with_tokio, started_tx)
+            })?;
             match started_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -284,7 +324,7 @@ impl Builder {
                     let _ = rt.stop_and_join();
                     return Err(io::Error::new(
                         e.kind(),
-                        format!("greenhack: cannot pin loop {index} ({name}) to CPU {cpu:?}: {e}"),
+                        format!("greenhack: loop {index} ({name}) {e}"),
                     ));
                 }
                 Err(_) => {
@@ -573,6 +613,7 @@ fn loop_thread(
     setup: Arc<Setup>,
     ended: Arc<Ended>,
     cpu: Option<usize>,
+    with_tokio: bool,
     started: mpsc::Sender<io::Result<()>>,
 ) -> Result<(), Cause> {
     let mut on_exit = OnExit {
@@ -580,13 +621,14 @@ fn loop_thread(
         ended,
         told_to_stop: false,
     };
-    if let Some(cpu) = cpu {
-        if let Err(e) = pin_to(cpu) {
+    let under = match start(cpu, with_tokio) {
+        Ok(under) => under,
+        Err(e) => {
             let _ = started.send(Err(e));
             on_exit.told_to_stop = true; // a failed start is reported by build
             return Ok(());
         }
-    }
+    };
     let reactor = Reactor::current();
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Handle {
@@ -594,7 +636,7 @@ fn loop_thread(
         })
     });
     let _ = started.send(Ok(()));
-    let outcome = crate::pair::run(|| {
+    let outcome = under.run(|| {
         let name = format!(
             "setup of {}",
             thread::current().name().unwrap_or("a runtime loop")
@@ -617,6 +659,46 @@ fn loop_thread(
     });
     on_exit.told_to_stop = outcome.is_ok();
     outcome
+}
+
+/// What a loop thread runs its loop under.
+enum Under {
+    /// greenhack's loop alone ([`crate::run`]).
+    Alone,
+    /// With a tokio runtime underneath ([`crate::tokio::run_with`]).
+    #[cfg(feature = "tokio")]
+    Tokio(::tokio::runtime::Runtime),
+}
+
+impl Under {
+    fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        match self {
+            Under::Alone => crate::pair::run(f),
+            #[cfg(feature = "tokio")]
+            Under::Tokio(rt) => crate::tokio::run_with(rt, f),
+        }
+    }
+}
+
+/// A loop thread's start, before it serves: pinned to `cpu`, and its tokio
+/// runtime built if asked; the error says which failed.
+fn start(cpu: Option<usize>, with_tokio: bool) -> io::Result<Under> {
+    if let Some(cpu) = cpu {
+        pin_to(cpu)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot be pinned to CPU {cpu}: {e}")))?;
+    }
+    #[cfg(feature = "tokio")]
+    if with_tokio {
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot build its tokio runtime: {e}"))
+            })?;
+        return Ok(Under::Tokio(rt));
+    }
+    let _ = with_tokio; // without the feature, never set
+    Ok(Under::Alone)
 }
 
 /// The loop's control, on the thread's own stack: runs queued work until

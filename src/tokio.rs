@@ -28,9 +28,9 @@
 //!
 //! [`run`] is the scoped form, [`start_loop`] the one for programs that keep
 //! the loop for the rest of the thread (a REPL, a legacy CLI), and
-//! [`run_with`] takes a runtime you built yourself (any tokio
-//! `current_thread` runtime; enable I/O and time on it for tokio's own
-//! sockets and timers).
+//! [`run_with`] takes a runtime you built yourself (a tokio
+//! `current_thread` runtime with I/O enabled, which greenhack's loop runs
+//! through; enable time on it too for tokio's own timers).
 //!
 //! On a multi-thread runtime (axum, tonic, hyper under `#[tokio::main]`),
 //! whose tasks move between threads and so cannot hold a greenlet,
@@ -38,12 +38,66 @@
 //! on a [`Pool`] of workers, each one thread with this same setup, and
 //! returns a `Send` [`Task`] to await.
 //!
-//! Without this, `exempt` of a tokio future on greenhack's standalone loop
-//! fails with tokio's "there is no reactor running" panic; greenhack adds a
-//! note naming this module to that message.
+//! Without this, a tokio future used on greenhack's standalone loop (a
+//! `tokio::time::sleep` created in a greenlet, a tokio socket or client
+//! exempted there) panics with tokio's "there is no reactor running". With
+//! the `tokio` feature, greenhack adds a note naming the fix after that
+//! panic's message: the first greenhack loop of the process installs a
+//! panic hook that calls the hook it replaced, then, for that one panic on
+//! a thread running greenhack's loop with no tokio runtime underneath,
+//! prints the note. A hook set later replaces it, as any hook does.
 
 mod pool;
 pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sync};
+
+/// The note added after tokio's missing-runtime panic (see the module docs).
+const MISSING_RUNTIME_NOTE: &str = "note: greenhack: this thread runs greenhack's loop with no \
+    tokio runtime underneath, so tokio's timers, sockets and clients cannot work in its \
+    greenlets; start the loop with tokio underneath, on the same thread: \
+    greenhack::tokio::run(|| ..) instead of greenhack::run, or greenhack::tokio::start_loop() \
+    (for a Runtime's loops: greenhack::runtime::Builder::tokio(true))";
+
+/// Installs, once per process, the panic hook that adds
+/// [`MISSING_RUNTIME_NOTE`] after tokio's missing-runtime panic on a thread
+/// whose greenhack loop has no tokio runtime underneath; every panic first
+/// goes to the hook it replaced. Called when a thread's loop is created.
+pub(crate) fn note_missing_runtime_on_panic() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    // `set_hook` panics on a panicking thread: a loop created by a
+    // destructor during an unwind leaves it to the next one.
+    if std::thread::panicking() {
+        return;
+    }
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            if is_missing_runtime_panic(info.payload())
+                && crate::reactor::Reactor::try_current().is_some()
+                && !crate::reactor::hosted::HostRuntime::is_installed()
+            {
+                // Not `eprintln!`, which panics (in a panic hook: an
+                // abort) if standard error is closed.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("{MISSING_RUNTIME_NOTE}\n").as_bytes(),
+                );
+            }
+        }));
+    });
+}
+
+/// True for the payload of tokio's panic when a tokio resource is used
+/// outside any tokio runtime ("there is no reactor running, must be called
+/// from the context of a Tokio 1.x runtime").
+fn is_missing_runtime_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("");
+    msg.contains("must be called from the context of a Tokio 1.x runtime")
+}
 
 /// Runs `f` as the sync side of greenhack's loop with a tokio
 /// `current_thread` runtime (I/O and time enabled) underneath it, on the
@@ -51,14 +105,30 @@ pub use pool::{AbortHandle, Pool, PoolBuilder, Task, WORKER_STACK_POOL, spawn_sy
 /// finished; then drops the runtime. Like [`crate::run`], with tokio's
 /// futures usable everywhere inside.
 ///
+/// # Inside a greenlet
+///
+/// As [`crate::run`] does, called from a greenlet it calls `f` in place,
+/// where the loop already runs: a loop with tokio underneath (an
+/// [`as_async`](crate::as_async) polled by tokio, a greenlet of this
+/// `run`) keeps it, and tokio's futures work in `f`. tokio can only be put
+/// under a loop as the loop starts, so a greenlet of a loop that runs
+/// without tokio ([`crate::run`], [`crate::spawn`] on a plain thread, a
+/// [`Runtime`](crate::Runtime)'s loops unless built with
+/// [`tokio(true)`](crate::runtime::Builder::tokio)) panics, naming the fix, rather
+/// than leave tokio's futures waiting on a runtime that nothing drives.
+///
 /// # Panics
 ///
 /// If the tokio runtime cannot be built (no `epoll` or `eventfd`: as
-/// `#[tokio::main]` does; [`run_with`] takes a runtime you built), or if
+/// `#[tokio::main]` does; [`run_with`] takes a runtime you built), if
 /// called inside a tokio runtime (tokio refuses to start a runtime from
 /// within one): where tokio already runs, use
-/// [`as_async`](crate::as_async), which hosts greenhack's loop there.
+/// [`as_async`](crate::as_async), which hosts greenhack's loop there; or
+/// inside a greenlet of a loop without tokio (see above).
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
+    if crate::pair::in_greenlet() {
+        return in_place(f);
+    }
     run_with(build_runtime(), f)
 }
 
@@ -75,6 +145,10 @@ fn build_runtime() -> ::tokio::runtime::Runtime {
 
 /// [`run`] with a runtime you built (a `current_thread` one; the
 /// multi-thread flavour would run greenhack's driver on this thread only).
+/// Its I/O driver must be enabled (`enable_io()` or `enable_all()`):
+/// greenhack's loop waits through it, so on a runtime without one the
+/// first wait panics, naming that fix. Time is needed only for tokio's own
+/// timers (greenhack's `sleep` has its own).
 ///
 /// ```
 /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -85,12 +159,33 @@ fn build_runtime() -> ::tokio::runtime::Runtime {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn run_with<T>(rt: ::tokio::runtime::Runtime, f: impl FnOnce() -> T) -> T {
+    if crate::pair::in_greenlet() {
+        // Not needed: the loop keeps the tokio it runs with. Shut down
+        // without blocking, which tokio allows in an async context.
+        rt.shutdown_background();
+        return in_place(f);
+    }
     let handle = rt.handle().clone();
     let _host = crate::reactor::hosted::HostRuntime::install(rt);
     // Between waits too, `f` runs in the runtime's context: tokio futures
     // (a `Sleep`, a `TcpStream::connect`) look their runtime up on creation.
     let _enter = handle.enter();
     crate::run(f)
+}
+
+/// [`run`] called from a greenlet: `f` in place if tokio runs under the
+/// loop, else the panic that names the fix (see [`run`]).
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    if ::tokio::runtime::Handle::try_current().is_err() {
+        panic!(
+            "greenhack::tokio::run called inside a greenlet whose loop runs without tokio: tokio \
+             can only be put under greenhack's loop as the loop starts. Call \
+             greenhack::tokio::run on the thread's own stack, outside any greenlet, in place of \
+             greenhack::run (for a Runtime's loops: runtime::Builder::tokio(true)), or poll an \
+             as_async from a tokio runtime"
+        );
+    }
+    f()
 }
 
 /// Makes the calling thread's own stack the sync side of greenhack's loop
@@ -106,8 +201,12 @@ pub fn run_with<T>(rt: ::tokio::runtime::Runtime, f: impl FnOnce() -> T) -> T {
 ///
 /// # Panics
 ///
-/// As [`run`].
+/// As [`run`], also inside a greenlet: there it only keeps the tokio the
+/// loop runs with, and panics if there is none.
 pub fn start_loop() {
+    if crate::pair::in_greenlet() {
+        return in_place(crate::start_loop);
+    }
     if !crate::reactor::hosted::HostRuntime::is_installed() {
         let rt = build_runtime();
         let handle = rt.handle().clone();

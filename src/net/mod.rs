@@ -15,12 +15,20 @@
 //!   on the calling thread until the socket is ready, so the thread behaves
 //!   as if the socket were a blocking std socket (and any greenlets it
 //!   spawned make progress meanwhile);
-//! * inside an `as_async` polled by another executor (tokio, …), where
-//!   greenhack's loop does not run, a call that would wait fails at once
-//!   with [`ErrorKind::Unsupported`](std::io::ErrorKind::Unsupported) and a
+//! * inside an `as_async` polled by tokio (feature `tokio`), the `AsAsync`
+//!   hosts greenhack's loop in tokio's (see the crate docs' "Three ways
+//!   in"): the greenlet suspends as on greenhack's own loop, and tokio's
+//!   other tasks run meanwhile;
+//! * inside an `as_async` polled by an executor that cannot host
+//!   greenhack's loop (any other, or tokio without the `tokio` feature), a
+//!   call that would wait fails at once with
+//!   [`ErrorKind::Unsupported`](std::io::ErrorKind::Unsupported) and a
 //!   message naming the fix: use that executor's sockets through
-//!   [`exempt`](crate::exempt). A call that need not wait (data already
-//!   buffered) still succeeds.
+//!   [`exempt`](crate::exempt). So does one made outside any greenlet on a
+//!   tokio runtime's thread (a plain `async fn`; detected with the `tokio`
+//!   feature), where waiting would block the runtime: wrap the sync code
+//!   in `as_async`. A call that need not
+//!   wait (data already buffered, a `bind`) still succeeds.
 //!
 //! So one codebase serves a plain program, thousands of connections on one
 //! thread, and sync code embedded in an async server.
@@ -59,6 +67,13 @@
 //!   `WouldBlock` error, which is what greenhack exists to hide. To wait for
 //!   several things at once, spawn a greenlet per wait; to bound a wait, use
 //!   a timeout.
+//! * **No `FromRawFd` or `From<OwnedFd>`** on the registered types (all but
+//!   [`TcpSocket`]): making one registers it with the thread's loop, which
+//!   can fail, and those conversions cannot report it. Build the std type
+//!   from the descriptor and convert it with `from_std`:
+//!   `TcpStream::from_std(std::net::TcpStream::from(fd))?`. `into_raw_fd`
+//!   deregisters the socket and returns its descriptor still non-blocking;
+//!   `into_std` makes it blocking again.
 //! * **Timeouts** (`set_read_timeout`, `set_write_timeout`) are kept where std
 //!   keeps them, in the socket (`SO_RCVTIMEO`, `SO_SNDTIMEO`), so clones made
 //!   with `try_clone` share them and `into_std`/`from_std` carry them. They

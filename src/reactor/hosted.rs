@@ -22,9 +22,14 @@
 //! greenhack's loop) waits on one of greenhack's sockets or timers
 //! ([`Reactor::note_interest`]) or on a greenlet's `JoinHandle`, and while
 //! greenlets are spawned on the thread; a driver task
-//! (`greenhack::tokio::run`) stays registered for good.
+//! (`greenhack::tokio::run`) stays registered for good. On a tokio
+//! `current_thread` runtime, while greenlets live, a background task
+//! (`Background`) drives the loop too, so that greenlets outlive the host
+//! task that spawned them, as tokio's spawned tasks do.
 
 use std::cell::{Cell, RefCell};
+#[cfg(feature = "tokio")]
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 #[cfg(feature = "tokio")]
 use std::task::Poll;
@@ -75,6 +80,10 @@ pub(crate) struct HostLink {
     fan_out: Arc<FanOut>,
     /// Set once hosted: local task wakes then poke the fan-out.
     active: Cell<bool>,
+    /// A [`Background`] driver task is spawned on the host (cleared by its
+    /// drop, on whichever thread the host drops it).
+    #[cfg(feature = "tokio")]
+    background: Arc<AtomicBool>,
 }
 
 /// The registrations with the host.
@@ -176,28 +185,19 @@ impl Reactor {
             if !register && !self.hosted.wanted.get() {
                 return; // nothing of greenhack's runs here
             }
-            // tokio panics (rather than erring) when its I/O driver is off.
-            let started =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_hosting()));
-            match started {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    panic!("greenhack: cannot register the event loop with the host executor: {e}")
-                }
-                Err(_) => panic!(
-                    "{}",
-                    "greenhack: greenhack's event loop cannot be hosted on this tokio runtime: \
-                     its I/O driver is disabled. Build the runtime with enable_io() (or \
-                     enable_all()), or wait on the executor's own futures through exempt \
-                     (for greenhack::sleep: exempt(tokio::time::sleep(d)))"
-                ),
-            }
+            self.start_hosting_or_panic();
         }
         let fan_out = Waker::from(self.hosted.fan_out.clone());
         let mut host_cx = Context::from_waker(&fan_out);
         let mut turns = 0;
         loop {
             let woke = self.turn_if_host_ready(&mut host_cx);
+            if !self.hosted.active.get() {
+                // The runtime it was registered with has shut down: register
+                // with this one now, or nothing would wake this task again.
+                self.start_hosting_or_panic();
+                continue;
+            }
             self.run_ready();
             turns += 1;
             if !woke && !self.has_ready() {
@@ -212,6 +212,33 @@ impl Reactor {
         if register {
             self.hosted.fan_out.add(cx.waker());
         }
+        #[cfg(feature = "tokio")]
+        if self.live_tasks() > 0 && !self.hosted.background.load(Ordering::Relaxed) {
+            self.spawn_background();
+        }
+    }
+
+    /// Spawns a [`Background`] driver on the host, so that greenlets keep
+    /// running once the host tasks that spawned them are gone (an
+    /// `as_async` that spawned a greenlet and returned), as tokio's spawned
+    /// tasks do. Only a `current_thread` runtime runs it on this thread;
+    /// under `greenhack::tokio::run` the loop is driven for good anyway.
+    #[cfg(feature = "tokio")]
+    #[cold]
+    fn spawn_background(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
+            || HostRuntime::is_installed()
+        {
+            return;
+        }
+        self.hosted.background.store(true, Ordering::Relaxed);
+        drop(handle.spawn(Background {
+            thread: std::thread::current().id(),
+            spawned: self.hosted.background.clone(),
+        }));
     }
 
     /// Runs non-blocking turns while the host reports the `epoll` fd ready;
@@ -254,6 +281,27 @@ impl Reactor {
             // Without tokio nothing hosts the loop (`drive` returns early).
             let _ = (host, host_cx);
             false
+        }
+    }
+
+    /// [`start_hosting`](Self::start_hosting), its failure a panic that
+    /// names the fix.
+    fn start_hosting_or_panic(&self) {
+        // tokio panics (rather than erring) when its I/O driver is off.
+        let started =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start_hosting()));
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                panic!("greenhack: cannot register the event loop with the host executor: {e}")
+            }
+            Err(_) => panic!(
+                "{}",
+                "greenhack: greenhack's event loop cannot be hosted on this tokio runtime: \
+                 its I/O driver is disabled. Build the runtime with enable_io() (or \
+                 enable_all()), or wait on the executor's own futures through exempt \
+                 (for greenhack::sleep: exempt(tokio::time::sleep(d)))"
+            ),
         }
     }
 
@@ -339,6 +387,47 @@ impl Reactor {
             use std::os::fd::AsRawFd;
             libc::timerfd_settime(host.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut());
         }
+    }
+}
+
+/// A host task that drives greenhack's loop while it has live tasks (see
+/// [`Reactor::spawn_background`]); it ends when none is left. `Send` (it
+/// holds no reference to the reactor, which it finds on its thread) so that
+/// tokio's `spawn` takes it: polled on any other thread it ends at once.
+#[cfg(feature = "tokio")]
+struct Background {
+    thread: std::thread::ThreadId,
+    /// The reactor's [`HostLink::background`] flag.
+    spawned: Arc<AtomicBool>,
+}
+
+#[cfg(feature = "tokio")]
+impl std::future::Future for Background {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if std::thread::current().id() != self.thread {
+            return Poll::Ready(());
+        }
+        let Some(reactor) = Reactor::try_current() else {
+            return Poll::Ready(());
+        };
+        if reactor.live_tasks() > 0 {
+            reactor.drive_hosted(cx, true);
+        }
+        match reactor.live_tasks() {
+            0 => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Ended, or dropped with its runtime: the next drive with live tasks
+/// starts another.
+#[cfg(feature = "tokio")]
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.spawned.store(false, Ordering::Relaxed);
     }
 }
 

@@ -181,6 +181,9 @@ impl Reactor {
 
     #[cold]
     fn install() -> Rc<Reactor> {
+        // tokio's missing-runtime panic gets a note naming the fix.
+        #[cfg(feature = "tokio")]
+        crate::tokio::note_missing_runtime_on_panic();
         let reactor =
             Rc::new(Reactor::new().expect("greenhack: cannot create the event loop (epoll)"));
         // Once OWNER is destroyed (a destructor running late in thread exit

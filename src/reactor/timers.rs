@@ -59,6 +59,17 @@ impl Reactor {
         waker: &Waker,
         old: Option<TimerKey>,
     ) -> TimerKey {
+        let key = self.set_timer(deadline, waker, old);
+        // On every poll that leaves the timer pending, not only the first: a
+        // host task's interest is forgotten each time the host wakes it (a
+        // socket event, say), and a re-poll that found its timer already
+        // registered must renew it, or the timer's expiry wakes no one.
+        self.note_interest(waker);
+        key
+    }
+
+    /// The registration behind [`add_timer`](Self::add_timer).
+    fn set_timer(&self, deadline: Instant, waker: &Waker, old: Option<TimerKey>) -> TimerKey {
         let mut timers = self.timers.borrow_mut();
         if let Some(key) = old {
             if let Some(w) = timers.map.get_mut(&key) {
@@ -71,8 +82,6 @@ impl Reactor {
         timers.seq += 1;
         let key = (deadline, timers.seq);
         timers.map.insert(key, waker.clone());
-        drop(timers);
-        self.note_interest(waker);
         key
     }
 
