@@ -165,6 +165,19 @@ impl Reactor {
         }
     }
 
+    /// Runs `f` with this thread's reactor, if it exists, without taking a
+    /// reference count (the wake path: one per hand-off between greenlets).
+    #[inline]
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Reactor) -> R) -> Option<R> {
+        let p = CURRENT.with(Cell::get);
+        // SAFETY: CURRENT holds `Rc::as_ptr` of the reactor OWNER (or
+        // LATE_OWNER) keeps alive, and is cleared before the owner lets go
+        // of it; `f` cannot make the owner let go (that happens only in the
+        // owner's thread-local destructor, which holds its own reference
+        // while it shuts the reactor down).
+        (!p.is_null()).then(|| f(unsafe { &*p }))
+    }
+
     /// This thread's reactor if it exists.
     pub(crate) fn try_current() -> Option<Rc<Reactor>> {
         let p = CURRENT.with(Cell::get);

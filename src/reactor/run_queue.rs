@@ -371,16 +371,16 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         // On the reactor's own thread: straight onto the ready queue.
-        let woken_locally = match Reactor::try_current() {
-            Some(r) if Arc::ptr_eq(&r.shared, &self.shared) => {
+        let woken_locally = Reactor::with_current(|r| {
+            let ours = Arc::ptr_eq(&r.shared, &self.shared);
+            if ours {
                 r.wake_task(self.index, self.generation);
-                true
             }
-            _ => false,
-        };
+            ours
+        });
         match woken_locally {
-            true => {}
-            false => {
+            Some(true) => {}
+            _ => {
                 self.shared
                     .remote
                     .lock()
