@@ -4,10 +4,12 @@
 //! types' traits. Every test names the documented behaviour it checks; the
 //! ones that abort or could hang run in a child process with a timeout.
 
+mod util;
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,16 +25,8 @@ use greenhack::{Elapsed, ExemptError, JoinError, JoinHandle};
 /// set; kills it after `limit` (a hang is then a failure, not a stuck suite).
 fn run_child_with_limit(test: &str, limit: Duration) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
-    let runner = std::env::var("GREENHACK_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(prog) => {
-            let mut c = Command::new(prog);
-            c.args(words).arg(&exe);
-            c
-        }
-        None => Command::new(&exe),
-    };
+    // Through GREENHACK_TEST_RUNNER when set (qemu-user in .ci/aarch64).
+    let mut cmd = util::command(&exe);
     cmd.args([
         test,
         "--exact",

@@ -8,10 +8,12 @@
 //! or threads run in a child process of their own, where no other test
 //! opens any meanwhile.
 
+mod util;
+
 use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -64,7 +66,8 @@ fn child(name: &str, secs: u64) {
 /// still a failure).
 fn child_output(name: &str, secs: u64) -> std::process::Output {
     let exe = std::env::current_exe().unwrap();
-    let mut c = Command::new(exe)
+    // Through GREENHACK_TEST_RUNNER when set (qemu-user in .ci/aarch64).
+    let mut c = util::command(&exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, name)
         .stdout(Stdio::piped())
