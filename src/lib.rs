@@ -159,11 +159,12 @@
 //!
 //! The wake-up:
 //!
-//! 6. The waker is a [`reactor::run_queue::TaskWaker`]; on the loop's own
-//!    thread its `wake_by_ref` calls [`reactor::Reactor::wake_task`], which
-//!    queues the task. From another thread it pushes onto a locked queue and
-//!    writes the loop's eventfd (`mio::Waker`); the turn drains that queue
-//!    into `wake_task`.
+//! 6. The waker names the task in its own data word
+//!    ([`reactor::task_waker`]: reactor id, slot, generation); on the loop's
+//!    own thread waking it calls [`reactor::Reactor::wake_task`], which
+//!    queues the task. From another thread it finds the reactor in a
+//!    registry, pushes onto its locked queue and writes the loop's eventfd
+//!    (`mio::Waker`); the turn drains that queue into `wake_task`.
 //! 7. [`reactor::Reactor::run_ready`] polls the task → [`AsAsync`]'s `poll`
 //!    → [`greenlet::Greenlet::resume`] → [`arch::switch_in`]: execution
 //!    continues inside `suspend`, back in [`pair::Pair::wait`], which polls

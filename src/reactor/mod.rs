@@ -10,7 +10,8 @@
 //! | --- | --- |
 //! | [`io`] | sources registered with `epoll`, latched readiness, waiters |
 //! | [`timers`] | deadlines and their wakers |
-//! | [`run_queue`] | spawned tasks, the ready queue and its driver lane, task wakers, prefetching |
+//! | [`run_queue`] | spawned tasks, the ready queue and its driver lane, what a wake does, prefetching |
+//! | [`task_waker`] | task wakers packed into the waker's word (no allocation, no reference count); the registry of reactors for wakes from other threads |
 //! | [`hosted`] | running this loop inside another executor's loop |
 //! | [`slab`] | stable indices for sources and tasks |
 //! | here | the thread's reactor, the turn, [`block_on`], thread exit |
@@ -52,6 +53,7 @@ pub(crate) mod hosted;
 pub(crate) mod io;
 pub(crate) mod run_queue;
 mod slab;
+pub(crate) mod task_waker;
 pub(crate) mod timers;
 
 use std::cell::{Cell, RefCell};
@@ -116,6 +118,8 @@ pub(crate) struct Reactor {
     /// (`run_queue`, "The driver lane").
     drivers: RefCell<VecDeque<(u32, u32)>>,
     shared: Arc<Shared>,
+    /// This reactor's id in the task wakers (`task_waker`).
+    id: task_waker::ReactorId,
     /// Set by `start_loop`: blocking this thread is what its owner wants,
     /// even when a foreign executor also runs here.
     explicit_loop: Cell<bool>,
@@ -217,6 +221,11 @@ impl Reactor {
         let poll = MioPoll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN)?;
+        let shared = Arc::new(Shared {
+            remote: Mutex::new(Vec::new()),
+            waker,
+        });
+        let id = task_waker::ReactorId::register(&shared)?;
         Ok(Reactor {
             poll: RefCell::new(poll),
             events: RefCell::new(Events::with_capacity(1024)),
@@ -227,10 +236,8 @@ impl Reactor {
             spawn_seq: Cell::new(0),
             ready: RefCell::new(VecDeque::new()),
             drivers: RefCell::new(VecDeque::new()),
-            shared: Arc::new(Shared {
-                remote: Mutex::new(Vec::new()),
-                waker,
-            }),
+            shared,
+            id,
             explicit_loop: Cell::new(false),
             idle_waiters: RefCell::new(Vec::new()),
             yielded: Cell::new(false),

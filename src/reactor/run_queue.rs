@@ -1,11 +1,12 @@
 //! The run queue: spawned tasks in a slab, the queue of those ready to be
-//! polled (with its driver lane), and their wakers.
+//! polled (with its driver lane), and what a wake does.
 //!
-//! A task's waker is a small `Arc` holding the task's slot index and
-//! generation, so a wake that arrives after the task finished and the slot
-//! was reused is ignored. Waking on the reactor's own thread pushes onto the
-//! ready queue; waking from another thread pushes onto a locked queue and
-//! wakes `epoll` through a `mio::Waker` (the turn drains that queue).
+//! A task's waker names the task's slot index and generation (packed into
+//! the waker itself: `task_waker`), so a wake that arrives after the task
+//! finished and the slot was reused is ignored. Waking on the reactor's own
+//! thread pushes onto the ready queue; waking from another thread pushes
+//! onto a locked queue and wakes `epoll` through a `mio::Waker` (the turn
+//! drains that queue).
 //!
 //! A task is queued at most once: a wake that finds it already queued is
 //! absorbed, since the one poll to come answers every wake before it. A
@@ -58,11 +59,10 @@ use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::ptr;
-use std::sync::Arc;
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Waker};
 
+use super::Reactor;
 use super::slab::Slab;
-use super::{Reactor, Shared};
 
 /// What the reactor runs as a task: a future that can say where its next
 /// poll will read memory first.
@@ -150,7 +150,7 @@ impl Reactor {
 
     /// [`spawn`](Self::spawn), into the driver lane when `driver` is set.
     fn spawn_in_lane(&self, future: Pin<Box<dyn TaskFuture>>, driver: bool) -> Waker {
-        let generation = self.spawn_seq.get().wrapping_add(1);
+        let generation = self.spawn_seq.get().wrapping_add(1) & super::task_waker::GENERATION_MASK;
         self.spawn_seq.set(generation);
         let mut tasks = self.tasks.borrow_mut();
         let index = tasks.insert(TaskSlot {
@@ -162,11 +162,11 @@ impl Reactor {
             driver,
             queued: true,
         });
-        let waker = Waker::from(Arc::new(TaskWaker {
-            index: index as u32,
-            generation,
-            shared: self.shared.clone(),
-        }));
+        assert!(
+            index < super::task_waker::MAX_TASKS,
+            "greenhack: more than 2^28 tasks on one thread's loop"
+        );
+        let waker = self.task_waker(index as u32, generation);
         tasks.get_mut(index).expect("just inserted").waker = Some(waker.clone());
         drop(tasks);
         self.lane(driver)
@@ -354,41 +354,6 @@ impl Reactor {
             .step_by(CACHE_LINE)
             .take(PREFETCH_STACK_LINES)
             .for_each(crate::arch::prefetch);
-    }
-}
-
-/// The waker of a task: its slot and generation.
-pub(crate) struct TaskWaker {
-    index: u32,
-    generation: u32,
-    shared: Arc<Shared>,
-}
-
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // On the reactor's own thread: straight onto the ready queue.
-        let woken_locally = Reactor::with_current(|r| {
-            let ours = Arc::ptr_eq(&r.shared, &self.shared);
-            if ours {
-                r.wake_task(self.index, self.generation);
-            }
-            ours
-        });
-        match woken_locally {
-            Some(true) => {}
-            _ => {
-                self.shared
-                    .remote
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((self.index, self.generation));
-                let _ = self.shared.waker.wake();
-            }
-        }
     }
 }
 
