@@ -2420,11 +2420,16 @@ fn cancelled_cleanup_keeps_its_own_timeouts() {
     within(10, || {
         let inner = Rc::new(Cell::new(None));
         let i2 = inner.clone();
+        let started = Rc::new(Cell::new(false));
+        let s2 = started.clone();
         greenhack::run(move || {
             let h = greenhack::spawn(move || {
                 greenhack::with_async(
                     async {},
-                    |()| greenhack::sleep(Duration::from_secs(5)),
+                    |()| {
+                        s2.set(true);
+                        greenhack::sleep(Duration::from_secs(5))
+                    },
                     async |(), _exit| {
                         let bounded =
                             greenhack::timeout(5 * MS, || greenhack::sleep(Duration::from_secs(5)));
@@ -2432,7 +2437,11 @@ fn cancelled_cleanup_keeps_its_own_timeouts() {
                     },
                 )
             });
-            greenhack::sleep(2 * MS);
+            // Cancelled once the body waits (not by a sleep's margin: under
+            // emulation the greenlet may not have started after 2 ms).
+            while !started.get() {
+                greenhack::yield_now();
+            }
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
@@ -2450,20 +2459,28 @@ fn cancelled_inside_a_timeout_cleanup_outlives_the_deadline() {
     if util::is_child("cancelled_inside_a_timeout_cleanup_outlives_the_deadline") {
         let done = Rc::new(Cell::new(false));
         let d = done.clone();
+        let started = Rc::new(Cell::new(false));
+        let s2 = started.clone();
         greenhack::run(move || {
             let h = greenhack::spawn(move || {
-                greenhack::timeout(10 * MS, || {
+                greenhack::timeout(200 * MS, || {
                     greenhack::with_async(
                         async {},
-                        |()| greenhack::sleep(Duration::from_secs(5)),
+                        |()| {
+                            s2.set(true);
+                            greenhack::sleep(Duration::from_secs(5))
+                        },
                         async |(), _exit| {
-                            greenhack::sleep(30 * MS); // past the 10 ms deadline
+                            greenhack::sleep(300 * MS); // past the 200 ms deadline
                             d.set(true);
                         },
                     )
                 })
             });
-            greenhack::sleep(2 * MS);
+            // Cancelled once the body waits, well before the deadline.
+            while !started.get() {
+                greenhack::yield_now();
+            }
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
