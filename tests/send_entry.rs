@@ -148,8 +148,11 @@ fn a_sliced_pool_runs_many_waiting_jobs_on_one_shared_stack() {
     places.sort_unstable();
     places.dedup();
     // One shared stack: the jobs' frames sit at the same address, not in
-    // 1,000 stacks of their own.
-    assert_eq!(places.len(), 1, "frames at {} addresses", places.len());
+    // 1,000 stacks of their own. (Not under AddressSanitizer, whose fake
+    // stacks hold the locals on the heap; CI's ASan pass sets ASAN_OPTIONS.)
+    if std::env::var_os("ASAN_OPTIONS").is_none() {
+        assert_eq!(places.len(), 1, "frames at {} addresses", places.len());
+    }
     for (i, (sum, _, same_place)) in results.into_iter().enumerate() {
         assert_eq!(
             sum,
