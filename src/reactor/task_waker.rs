@@ -15,7 +15,7 @@
 //! ```
 //!
 //! So cloning a waker copies a word and dropping one does nothing: no
-//! reference count is touched per wait. A waker held in a `Arc` cost two
+//! reference count is touched per wait. A waker held in an `Arc` cost two
 //! atomic read-modify-writes per hand-off between two greenlets (a clone
 //! when the waiter registers, a decrement when the waker wakes it).
 //!
