@@ -660,7 +660,10 @@ fn cancel_releases_a_held_mutex_guard_without_poisoning() {
                 let _g = m2.lock().unwrap();
                 greenhack::sleep(Duration::from_secs(10));
             });
-            greenhack::sleep(2 * MS);
+            // The greenlet runs to its wait in the round this yield gives
+            // (a 2 ms sleep could expire before its first poll under
+            // qemu-user, and the greenlet was cancelled before it started).
+            greenhack::yield_now();
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
@@ -1496,7 +1499,10 @@ fn greenlet_local_dropped_on_cancel_and_per_as_async() {
                 DROPPED.with(|c| *c.borrow_mut() = Some(Counted(d)));
                 greenhack::sleep(Duration::from_secs(5));
             });
-            greenhack::sleep(2 * MS);
+            // The greenlet runs to its wait in the round this yield gives
+            // (a 2 ms sleep could expire before its first poll under
+            // qemu-user, and the greenlet was cancelled before it started).
+            greenhack::yield_now();
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
@@ -1852,7 +1858,10 @@ fn greenlet_local_seen_by_destructors_of_a_cancelled_greenlet() {
                 let _log = LogOnDrop(s);
                 greenhack::sleep(Duration::from_secs(5));
             });
-            greenhack::sleep(2 * MS);
+            // The greenlet runs to its wait in the round this yield gives
+            // (a 2 ms sleep could expire before its first poll under
+            // qemu-user, and the greenlet was cancelled before it started).
+            greenhack::yield_now();
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
@@ -1892,7 +1901,10 @@ fn greenlet_local_seen_by_destructors_of_nested_cancellations() {
                 let _inner_owner = inner; // dropped first by the unwind
                 greenhack::sleep(Duration::from_secs(5));
             });
-            greenhack::sleep(2 * MS);
+            // The greenlet runs to its wait in the round this yield gives
+            // (a 2 ms sleep could expire before its first poll under
+            // qemu-user, and the greenlet was cancelled before it started).
+            greenhack::yield_now();
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
@@ -2338,7 +2350,10 @@ fn greenlet_local_destructor_uses_another_local_on_cancel() {
                 READER.with(|r| *r.borrow_mut() = Some(ReadsReqOnDrop(s)));
                 greenhack::sleep(Duration::from_secs(5));
             });
-            greenhack::sleep(2 * MS);
+            // The greenlet runs to its wait in the round this yield gives
+            // (a 2 ms sleep could expire before its first poll under
+            // qemu-user, and the greenlet was cancelled before it started).
+            greenhack::yield_now();
             h.cancel();
             assert!(h.join().unwrap_err().is_cancelled());
         });
