@@ -146,17 +146,25 @@ fn urgent_data_inline_does_not_stall_reads() {
     }
 }
 
+/// A greenhack Unix stream whose peer (returned, to keep it open) has sent
+/// "hello" carrying a descriptor (`SCM_RIGHTS`), then "world", both already
+/// arrived.
+fn passed_descriptor_then_world() -> (greenhack::net::UnixStream, std::os::unix::net::UnixStream) {
+    let (std_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let a = greenhack::net::UnixStream::from_std(std_a).unwrap();
+    send_with_fd(&b, b"hello", 0);
+    (&b).write_all(b"world").unwrap();
+    greenhack::sleep(Duration::from_millis(50));
+    (a, b)
+}
+
 /// A Unix stream peer that passes a descriptor (`SCM_RIGHTS`) with "hello",
 /// then sends "world": `recv` stops after the bytes that carried the fd.
 #[test]
 fn a_passed_descriptor_does_not_stall_unix_reads() {
     let got = within(Duration::from_secs(5), "read past SCM_RIGHTS", || {
         greenhack::run(|| {
-            let (std_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-            let mut a = greenhack::net::UnixStream::from_std(std_a).unwrap();
-            send_with_fd(&b, b"hello", 0);
-            (&b).write_all(b"world").unwrap();
-            greenhack::sleep(Duration::from_millis(50));
+            let (mut a, _b) = passed_descriptor_then_world();
             let mut got = Vec::new();
             let mut buf = [0u8; 64];
             while got.len() < 10 {
@@ -179,11 +187,7 @@ fn a_passed_descriptor_does_not_stall_unix_reads() {
 fn a_passed_descriptor_does_not_stall_async_unix_reads() {
     let got = within(Duration::from_secs(5), "async read past SCM_RIGHTS", || {
         greenhack::run(|| {
-            let (std_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-            let mut a = greenhack::net::UnixStream::from_std(std_a).unwrap();
-            send_with_fd(&b, b"hello", 0);
-            (&b).write_all(b"world").unwrap();
-            greenhack::sleep(Duration::from_millis(50));
+            let (mut a, _b) = passed_descriptor_then_world();
             greenhack::exempt(async move {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 64];
