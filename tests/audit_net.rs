@@ -117,12 +117,6 @@ fn thread_count_settled(want: usize) -> usize {
     }
 }
 
-/// An address nothing listens on: bound, then closed.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// A fresh path for a Unix socket.
 fn sock_path(tag: &str) -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -188,7 +182,7 @@ fn write_until_error(mut w: impl Write) -> io::Error {
 #[test]
 fn tcp_connect_closed_port_is_connection_refused_as_std() {
     within(20, || {
-        let addr = closed_port();
+        let (_held, addr) = util::closed_port();
         let std_err = std::net::TcpStream::connect(addr).unwrap_err();
         assert_eq!(std_err.kind(), ErrorKind::ConnectionRefused);
         let e = TcpStream::connect(addr).unwrap_err();
@@ -670,7 +664,10 @@ fn no_descriptor_leaks() {
             c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
             let _ = (&c).read(&mut [0; 1]);
             drop((c, s, c2));
-            let _ = TcpStream::connect(closed_port());
+            {
+                let (_held, refused) = util::closed_port();
+                let _ = TcpStream::connect(refused);
+            }
             let u = UdpSocket::bind("127.0.0.1:0").unwrap();
             let _u2 = u.try_clone().unwrap();
             let (a, b) = UnixStream::pair().unwrap();
@@ -1858,7 +1855,8 @@ fn address_lists_and_resolution_errors_as_std() {
     within(30, || {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let good = l.local_addr().unwrap();
-        let addrs = [closed_port(), good];
+        let (_held, refused) = util::closed_port();
+        let addrs = [refused, good];
         let c = TcpStream::connect(&addrs[..]).unwrap();
         assert_eq!(c.peer_addr().unwrap(), good);
         let empty: &[SocketAddr] = &[];
