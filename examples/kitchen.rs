@@ -26,7 +26,9 @@
 //! thread of this process), `--kitchen-timeout MS` (default 1000),
 //! `--cook MS` (the kitchen's work per order, default 1), `--workers N`
 //! (`--axum`: spawn_sync pool workers and tokio worker threads, default
-//! 1 each). The first line on stdout is `… listening on ADDR`.
+//! 1 each), `--busy-poll µS` (greenhack's server: poll that long before
+//! the loop sleeps, `greenhack::runtime::set_busy_poll`; default 0). The
+//! first line on stdout is `… listening on ADDR`.
 
 use std::cell::OnceCell;
 use std::io::{self, Read, Write};
@@ -52,6 +54,7 @@ struct Args {
     kitchen_timeout: Duration,
     cook: Duration,
     workers: usize,
+    busy_poll: Duration,
 }
 
 #[derive(PartialEq)]
@@ -72,6 +75,7 @@ fn args() -> Args {
         kitchen_timeout: Duration::from_millis(1000),
         cook: Duration::from_millis(1),
         workers: 1,
+        busy_poll: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     let fail = |msg: String| -> ! {
@@ -105,6 +109,7 @@ fn args() -> Args {
             }
             "--cook" => a.cook = Duration::from_millis(number("--cook")),
             "--workers" => a.workers = number("--workers").max(1) as usize,
+            "--busy-poll" => a.busy_poll = Duration::from_micros(number("--busy-poll")),
             flag if flag.starts_with('-') => fail(format!("unknown flag {flag}")),
             addr => a.addr = addr.into(),
         }
@@ -133,7 +138,10 @@ fn main() -> io::Result<()> {
     };
     match args.mode {
         Mode::Axum => axum_mode::main(&args.addr, settings, args.workers),
-        _ => greenhack::run(|| serve(&args.addr, settings)),
+        _ => {
+            greenhack::runtime::set_busy_poll(args.busy_poll);
+            greenhack::run(|| serve(&args.addr, settings))
+        }
     }
 }
 

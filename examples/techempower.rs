@@ -18,7 +18,9 @@
 //!
 //! The database comes from `--db` or the `DATABASE_URL` variable
 //! (libpq-style string or `postgresql://` URL); `--pool N` sets how many
-//! connections the thread's greenlets share (default 4). One greenlet per
+//! connections the thread's greenlets share (default 4); `--busy-poll µS`
+//! lets the loop poll that long before it sleeps
+//! (`greenhack::runtime::set_busy_poll`, default 0). One greenlet per
 //! connection on one thread; a handler that queries the database suspends
 //! only its greenlet. The database is reached lazily, so `/plaintext` and
 //! `/json` work without one.
@@ -56,6 +58,11 @@ fn main() -> io::Result<()> {
                     .filter(|&n| n > 0)
                     .expect("--pool needs a positive number")
             }
+            "--busy-poll" => greenhack::runtime::set_busy_poll(Duration::from_micros(
+                args.next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--busy-poll needs a number of microseconds"),
+            )),
             _ => addr = arg,
         }
     }
