@@ -26,6 +26,11 @@
 //! A greenlet learns its resumer's bounds from `finish` each time it is
 //! entered (resumers change: any code may resume a suspended greenlet) and
 //! keeps them in its stack header ([`Fiber`]) for its next switch out. The
+//! [`Fiber`] also holds the bounds of the stack it lives in, given when the
+//! stack is mapped, which a resumer entering it passes to `start`: this
+//! module works on those plain address ranges and knows nothing of the
+//! stack layout: the stack module owns the [`Fiber`], not the other way
+//! round. The
 //! resumer keeps its fake stack in a local of the resuming frame, which
 //! stays put while the greenlet runs; the greenlet keeps its own in a local
 //! of `suspend`.
@@ -62,8 +67,6 @@ use core::ffi::c_void;
 #[cfg(greenhack_asan)]
 use std::cell::Cell;
 
-use crate::stack::StackHeader;
-
 #[cfg(greenhack_asan)]
 unsafe extern "C" {
     fn __sanitizer_start_switch_fiber(
@@ -79,11 +82,15 @@ unsafe extern "C" {
     fn __asan_unpoison_memory_region(addr: *const c_void, size: usize);
 }
 
-/// Per-stack state, in the stack header: the bounds of the stack that last
-/// entered this greenlet, which its next switch out goes back to.
-/// Zero-sized without ASan.
+/// Per-stack state, in the stack header: the bounds of the stack itself,
+/// and those of the stack that last entered its greenlet, which the
+/// greenlet's next switch out goes back to. Zero-sized without ASan.
 #[derive(Clone, Default)]
 pub(crate) struct Fiber {
+    #[cfg(greenhack_asan)]
+    bottom: usize,
+    #[cfg(greenhack_asan)]
+    size: usize,
     #[cfg(greenhack_asan)]
     resumer_bottom: Cell<usize>,
     #[cfg(greenhack_asan)]
@@ -91,8 +98,28 @@ pub(crate) struct Fiber {
 }
 
 impl Fiber {
-    /// Takes over `other`'s state (a sliced greenlet's, coming back onto
-    /// its shared stack).
+    /// The state of a stack whose usable part (above the guard page, up to
+    /// the top of the mapping) is `stack`, entered by no one yet.
+    #[inline(always)]
+    pub(crate) fn new(stack: core::ops::Range<usize>) -> Fiber {
+        #[cfg(greenhack_asan)]
+        {
+            Fiber {
+                bottom: stack.start,
+                size: stack.end - stack.start,
+                resumer_bottom: Cell::new(0),
+                resumer_size: Cell::new(0),
+            }
+        }
+        #[cfg(not(greenhack_asan))]
+        {
+            let _ = stack;
+            Fiber {}
+        }
+    }
+
+    /// Takes over `other`'s resumer (a sliced greenlet's, coming back onto
+    /// its shared stack); the bounds of the stack itself stay.
     #[inline(always)]
     pub(crate) fn set_from(&self, other: &Fiber) {
         #[cfg(greenhack_asan)]
@@ -111,34 +138,30 @@ pub(crate) struct Leaving {
     fake_stack: *mut c_void,
 }
 
-/// The bounds of the greenlet stack whose header is `header`: from the
-/// lowest usable byte (above the guard page) to the top of the mapping.
-#[cfg(greenhack_asan)]
-fn bounds(header: &StackHeader) -> (usize, usize) {
-    let bottom = header.map_base + crate::stack::page_size();
-    (bottom, header.map_base + header.map_len() - bottom)
-}
-
-/// Before switching into the greenlet of `header` (a resume, or a control
-/// request); pair with [`after_resume`] once the greenlet has switched back.
+/// Before switching into the greenlet whose stack's state is `fiber` (a
+/// resume, or a control request); pair with [`after_resume`] once the
+/// greenlet has switched back.
 #[inline(always)]
-pub(crate) fn before_resume(header: &StackHeader) -> Leaving {
+pub(crate) fn before_resume(fiber: &Fiber) -> Leaving {
     #[cfg(greenhack_asan)]
     {
         let mut leaving = Leaving {
             fake_stack: core::ptr::null_mut(),
         };
-        let (bottom, size) = bounds(header);
         // SAFETY: plain ASan bookkeeping: `fake_stack` is a valid out slot
         // and the bounds are those of a mapped greenlet stack.
         unsafe {
-            __sanitizer_start_switch_fiber(&mut leaving.fake_stack, bottom as *const c_void, size)
+            __sanitizer_start_switch_fiber(
+                &mut leaving.fake_stack,
+                fiber.bottom as *const c_void,
+                fiber.size,
+            )
         };
         leaving
     }
     #[cfg(not(greenhack_asan))]
     {
-        let _ = header;
+        let _ = fiber;
         Leaving {}
     }
 }
@@ -159,16 +182,15 @@ pub(crate) fn after_resume(leaving: Leaving) {
     let _ = leaving;
 }
 
-/// Before a greenlet switches out to its resumer; pair with
-/// [`after_suspend`] once it is entered again.
+/// Before the greenlet whose stack's state is `fiber` switches out to its
+/// resumer; pair with [`after_suspend`] once it is entered again.
 #[inline(always)]
-pub(crate) fn before_suspend(header: &StackHeader) -> Leaving {
+pub(crate) fn before_suspend(fiber: &Fiber) -> Leaving {
     #[cfg(greenhack_asan)]
     {
         let mut leaving = Leaving {
             fake_stack: core::ptr::null_mut(),
         };
-        let fiber = &header.asan;
         // SAFETY: as in `before_resume`; the bounds are the resumer's, as
         // reported by ASan when it entered us.
         unsafe {
@@ -182,34 +204,33 @@ pub(crate) fn before_suspend(header: &StackHeader) -> Leaving {
     }
     #[cfg(not(greenhack_asan))]
     {
-        let _ = header;
+        let _ = fiber;
         Leaving {}
     }
 }
 
-/// Back in the greenlet of `header` after [`before_suspend`]'s switch:
+/// Back in the greenlet of `fiber` after [`before_suspend`]'s switch:
 /// records the bounds of whoever resumed it.
 #[inline(always)]
-pub(crate) fn after_suspend(header: &StackHeader, leaving: Leaving) {
+pub(crate) fn after_suspend(fiber: &Fiber, leaving: Leaving) {
     #[cfg(greenhack_asan)]
-    landed(header, leaving.fake_stack);
-    let _ = (header, leaving);
+    landed(fiber, leaving.fake_stack);
+    let _ = (fiber, leaving);
 }
 
 /// The first code of a greenlet, on its own stack: records its resumer.
 #[inline(always)]
-pub(crate) fn first_entry(header: &StackHeader) {
+pub(crate) fn first_entry(fiber: &Fiber) {
     #[cfg(greenhack_asan)]
-    landed(header, core::ptr::null_mut());
-    let _ = header;
+    landed(fiber, core::ptr::null_mut());
+    let _ = fiber;
 }
 
-/// The finished greenlet of `header` leaves its stack for good.
+/// The finished greenlet of `fiber` leaves its stack for good.
 #[inline(always)]
-pub(crate) fn before_exit(header: &StackHeader) {
+pub(crate) fn before_exit(fiber: &Fiber) {
     #[cfg(greenhack_asan)]
     {
-        let fiber = &header.asan;
         // SAFETY: as in `before_suspend`; a null save slot tells ASan this
         // stack is gone, so it frees its fake stack.
         unsafe {
@@ -220,31 +241,31 @@ pub(crate) fn before_exit(header: &StackHeader) {
             )
         };
     }
-    let _ = header;
+    let _ = fiber;
 }
 
 #[cfg(greenhack_asan)]
-fn landed(header: &StackHeader, fake_stack: *mut c_void) {
+fn landed(fiber: &Fiber, fake_stack: *mut c_void) {
     let mut bottom: *const c_void = core::ptr::null();
     let mut size = 0usize;
     // SAFETY: `fake_stack` is what this side saved when it left (or null
     // on first entry); the out slots are valid.
     unsafe { __sanitizer_finish_switch_fiber(fake_stack, &mut bottom, &mut size) };
-    header.asan.resumer_bottom.set(bottom as usize);
-    header.asan.resumer_size.set(size);
+    fiber.resumer_bottom.set(bottom as usize);
+    fiber.resumer_size.set(size);
 }
 
-/// Clears ASan's poison from the stack of `header`, whose frames are all
-/// gone (a finished greenlet's stack going back to the pool, or unmapped).
+/// Clears ASan's poison from the stack whose state is `fiber`, whose frames
+/// are all gone (a finished greenlet's stack going back to the pool, or
+/// unmapped).
 #[inline(always)]
-pub(crate) fn unpoison_stack(header: &StackHeader) {
+pub(crate) fn unpoison_stack(fiber: &Fiber) {
     #[cfg(greenhack_asan)]
-    {
-        let (bottom, size) = bounds(header);
-        // SAFETY: plain ASan bookkeeping over memory the stack owns.
-        unsafe { __asan_unpoison_memory_region(bottom as *const c_void, size) };
-    }
-    let _ = header;
+    // SAFETY: plain ASan bookkeeping over memory the stack owns.
+    unsafe {
+        __asan_unpoison_memory_region(fiber.bottom as *const c_void, fiber.size)
+    };
+    let _ = fiber;
 }
 
 /// Clears ASan's poison from `len` bytes at `addr` of a greenlet stack

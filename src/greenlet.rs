@@ -426,7 +426,7 @@ impl Builder {
                  sliced greenlets are made by Builder::as_async and Builder::spawn",
             ));
         }
-        let stack = Stack::get(self.stack_size)?;
+        let stack = crate::overflow::greenlet_stack(self.stack_size)?;
         let name = self.name.map(String::into_boxed_str);
         let id = next_id();
         let header = stack.header();
@@ -675,7 +675,7 @@ impl<I, Y, R> Greenlet<I, Y, R> {
         );
         // No mark that it runs: the switch overwrites its saved sp in the
         // header with ours (see `StackHeader::parent_link`).
-        let asan = crate::asan::before_resume(header);
+        let asan = crate::asan::before_resume(&header.asan);
         // SAFETY: `sp` is the saved stack pointer of this greenlet, fresh or
         // suspended (not finished): the one `build` or its last switch out
         // gave us (the debug assertion above checks it against the
@@ -739,7 +739,7 @@ fn switch_slow(
         "greenhack: greenlet resumed while running"
     );
     report_switch(crate::switch_hook::SwitchKind::Resume, id, name);
-    let asan = crate::asan::before_resume(header);
+    let asan = crate::asan::before_resume(&header.asan);
     // SAFETY: as in `Greenlet::switch`.
     let (kind, payload, greenlet_sp) =
         unsafe { arch::switch_in(kind, payload, header.parent_link.as_ptr(), sp) };
@@ -871,7 +871,7 @@ impl<I, Y> Suspender<I, Y> {
         // stack pointer is the same every time: a control request served in
         // between leaves the resumer's copy of it current.
         loop {
-            let asan = crate::asan::before_suspend(header);
+            let asan = crate::asan::before_suspend(&header.asan);
             // SAFETY: we run on the greenlet's stack and the parent link
             // holds the resumer's frame, saved by its switch_in; our own sp
             // replaces it there. Our frame (and `slot`) stays put until we
@@ -884,7 +884,7 @@ impl<I, Y> Suspender<I, Y> {
                     header.parent_link.get(),
                 )
             };
-            crate::asan::after_suspend(header, asan);
+            crate::asan::after_suspend(&header.asan, asan);
             if kind == RESUME {
                 // SAFETY: the resumer packed an I for us to unpack once.
                 return unsafe { unpack::<I>(back) };
@@ -973,7 +973,7 @@ pub(crate) fn capture_backtrace(header: &StackHeader) -> Option<Capture> {
     if left < CAPTURE_ROOM {
         return Some(Capture::NoRoom(left));
     }
-    let asan = crate::asan::before_resume(header);
+    let asan = crate::asan::before_resume(&header.asan);
     // SAFETY: the greenlet is suspended in `suspend` (checked above), which
     // serves tagged requests; `control` outlives the round trip.
     let (_, _, new_sp) = unsafe {
@@ -1016,7 +1016,7 @@ where
 {
     let header = parent_link as *const StackHeader;
     // SAFETY: the header is at the top of this stack.
-    crate::asan::first_entry(unsafe { &*header });
+    crate::asan::first_entry(unsafe { &(*header).asan });
     // SAFETY: per the contract above; the closure is moved off its slot
     // exactly once.
     let f = unsafe { ptr::read(obj as *mut F) };
@@ -1051,7 +1051,7 @@ where
     let outcome = MaybeUninit::new(outcome);
     // SAFETY: the header is at the top of this stack.
     let header = unsafe { &*header };
-    crate::asan::before_exit(header);
+    crate::asan::before_exit(&header.asan);
     // SAFETY: as in `Suspender::suspend`; this greenlet is never resumed
     // again (its owner marks it finished on reading a final reply, whose
     // kind is the outcome's non-null address).

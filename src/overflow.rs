@@ -18,6 +18,11 @@
 //! The handler uses only async-signal-safe operations: a thread-local load,
 //! reads of mapped memory, `write(2)`, `sigaction(2)` and `abort(3)`.
 //!
+//! The handler is installed when the process maps its first greenlet
+//! stack: greenlets get their stacks from [`greenlet_stack`], which makes
+//! sure of it whenever it maps one. (`stack` itself, the lower layer, knows
+//! nothing of this module.)
+//!
 //! # Alternate stacks
 //!
 //! Rust's standard library gives the main thread and every thread it spawns
@@ -26,12 +31,13 @@
 //! exits.
 
 use std::cell::Cell;
+use std::io;
 use std::mem;
 use std::ptr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::stack;
+use crate::stack::{self, Stack};
 
 /// The handlers that were installed before ours, one per signal; written
 /// once under `INSTALL`, read by the signal handler.
@@ -44,9 +50,29 @@ thread_local! {
     static OWN_ALT_STACK: OwnAltStack = const { OwnAltStack(Cell::new(0)) };
 }
 
+/// A stack of `size` usable bytes for a new greenlet, its guard page
+/// watched by the handler: taken from this thread's pool, or mapped, and
+/// then the handler is installed if it is not yet. (A pooled stack was
+/// mapped on this thread, which then installed it.)
+#[inline(always)]
+pub(crate) fn greenlet_stack(size: usize) -> io::Result<Stack> {
+    match Stack::pooled(size) {
+        Some(stack) => Ok(stack),
+        None => map_greenlet_stack(size),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn map_greenlet_stack(size: usize) -> io::Result<Stack> {
+    let stack = Stack::map(size)?;
+    ensure_installed();
+    Ok(stack)
+}
+
 /// Installs the process-wide handler (once) and makes sure this thread has
-/// an alternate signal stack. Called whenever a stack is mapped.
-pub(crate) fn ensure_installed() {
+/// an alternate signal stack. Called whenever a greenlet stack is mapped.
+fn ensure_installed() {
     INSTALL.call_once(|| {
         // SAFETY: installing a handler with a valid function and saving the
         // previous one; the leaked boxes live for the rest of the process.

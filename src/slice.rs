@@ -108,7 +108,7 @@ impl SharedStack {
             }
             p = s.next.get();
         }
-        let stack = Stack::get(size)?;
+        let stack = crate::overflow::greenlet_stack(size)?;
         stack.header().clear_greenlet();
         let shared = Box::into_raw(Box::new(SharedStack {
             stack,
@@ -157,7 +157,7 @@ impl SharedStack {
         // else reaches it.
         let shared = unsafe { Box::from_raw(this) };
         shared.header().clear_greenlet();
-        crate::asan::unpoison_stack(shared.header());
+        crate::asan::unpoison_stack(&shared.header().asan);
         shared.stack.recycle();
     }
 }

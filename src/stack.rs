@@ -475,7 +475,6 @@ impl Stack {
         if rc != 0 {
             return Err(map_error(io::Error::last_os_error(), len));
         }
-        crate::overflow::ensure_installed();
         let mapping = std::mem::ManuallyDrop::new(mapping);
         let stack = Stack {
             // SAFETY: mmap succeeded, so the address is not null.
@@ -496,16 +495,14 @@ impl Stack {
     }
 
     /// Takes a stack of exactly `size` usable bytes from this thread's pool,
-    /// or maps a new one. Always inlined (as is `recycle`): a pooled create
-    /// is a few loads and stores, and a call around them was measured at
-    /// ~1.5 ns of the ~11 ns a pooled greenlet costs.
+    /// if it holds one (the caller maps a new one otherwise: see
+    /// `overflow::greenlet_stack`). Always inlined (as is `recycle`): a
+    /// pooled create is a few loads and stores, and a call around them was
+    /// measured at ~1.5 ns of the ~11 ns a pooled greenlet costs.
     #[inline(always)]
-    pub(crate) fn get(size: usize) -> io::Result<Stack> {
+    pub(crate) fn pooled(size: usize) -> Option<Stack> {
         let len = usable_size(size).saturating_add(page_size());
-        match STACKS.try_with(|t| t.take(len)) {
-            Ok(Some(s)) => Ok(s),
-            _ => Stack::map(size),
-        }
+        STACKS.try_with(|t| t.take(len)).ok().flatten()
     }
 
     /// Rebuilds the owning value of a stack from its header.
@@ -556,7 +553,7 @@ impl Stack {
     #[cold]
     fn reset_sanitizer_state(&self) {
         let header = self.header();
-        crate::asan::unpoison_stack(header);
+        crate::asan::unpoison_stack(&header.asan);
         if header.valgrind_id.get() != 0 {
             crate::valgrind::make_mem_defined(self.base() + page_size(), self.frames_top());
         }
@@ -647,7 +644,7 @@ impl Stack {
             prev: Cell::new(ptr::null()),
             map_base: self.base(),
             valgrind_id: Cell::new(0),
-            asan: crate::asan::Fiber::default(),
+            asan: crate::asan::Fiber::new(self.range()),
         };
         let h = self.header_ptr();
         // SAFETY: the header slot is read-write memory of our mapping,
@@ -682,7 +679,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.unlink();
         crate::valgrind::stack_deregister(self.header().valgrind_id.get());
-        crate::asan::unpoison_stack(self.header());
+        crate::asan::unpoison_stack(&self.header().asan);
         let _ = STACKS.try_with(|t| t.mapped.set(t.mapped.get() - 1));
         drop(Mapping {
             base: self.base(),

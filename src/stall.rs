@@ -307,6 +307,13 @@ impl fmt::Debug for StallDetector {
     }
 }
 
+// Unwind safe although a std `thread::JoinHandle` is not: the detector is a
+// guard with nothing to read or call but its `Drop`, which joins the
+// watchdog whatever state the thread left; its only shared state is the
+// `Mutex<bool>` stop flag, which poisoning already makes unwind safe.
+impl std::panic::UnwindSafe for StallDetector {}
+impl std::panic::RefUnwindSafe for StallDetector {}
+
 impl Drop for StallDetector {
     fn drop(&mut self) {
         *lock(&self.stop.0) = true;

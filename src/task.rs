@@ -351,6 +351,18 @@ impl<T> Future for JoinHandle<T> {
     }
 }
 
+// Unwind safe, as tokio's `JoinHandle` is (and for the same reason): the
+// handle has no state a user can see half-updated. `JoinState`'s cells are
+// written only by this module, each in one step that runs no user code
+// (`finish` stores the result and the flag before it wakes the joiner;
+// `poll` clones the waker before it stores it), and the `T` is handed out
+// by value once the closure has returned it, never borrowed. So
+// `catch_unwind(move || handle.join())` needs no `AssertUnwindSafe`, as with
+// a std `Mutex`. The closure's own panic is caught in the greenlet and comes
+// back as a `JoinError`.
+impl<T> std::panic::UnwindSafe for JoinHandle<T> {}
+impl<T> std::panic::RefUnwindSafe for JoinHandle<T> {}
+
 #[cold]
 fn polled_after_completion() -> ! {
     panic!("greenhack: JoinHandle polled after it completed")

@@ -9,7 +9,7 @@ mod util;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,72 +21,8 @@ use greenhack::{Elapsed, ExemptError, JoinError, JoinHandle};
 
 // ----- helpers ----------------------------------------------------------------------
 
-/// Re-runs this test binary with only `test` selected and `AUDIT_CORE_CHILD`
-/// set; kills it after `limit` (a hang is then a failure, not a stuck suite).
-fn run_child_with_limit(test: &str, limit: Duration) -> Output {
-    let exe = std::env::current_exe().expect("current_exe");
-    // Through GREENHACK_TEST_RUNNER when set (qemu-user in .ci/aarch64).
-    let mut cmd = util::command(&exe);
-    cmd.args([
-        test,
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-        "--include-ignored",
-    ])
-    .env("AUDIT_CORE_CHILD", test)
-    .env_remove("RUST_BACKTRACE")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn child test process");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("child output");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("child output");
-            panic!(
-                "child {test} hung for {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn run_child(test: &str) -> Output {
-    run_child_with_limit(test, Duration::from_secs(60))
-}
-
-fn is_child(test: &str) -> bool {
-    std::env::var("AUDIT_CORE_CHILD").as_deref() == Ok(test)
-}
-
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_aborted(out: &Output) {
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "child should die of SIGABRT; status {:?}\nstderr:\n{}",
-        out.status,
-        stderr_of(out)
-    );
-}
-
-fn assert_child_passed(out: &Output) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed or ran no test; status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        stderr_of(out)
-    );
 }
 
 /// Sleeps in steps until `cond` holds; fails after 10 s. Greenlets woken at
@@ -537,7 +473,7 @@ fn a_panic_raised_after_catching_the_drop_unwind_reaches_the_dropper() {
 #[test]
 fn the_drop_unwind_does_not_run_the_panic_hook() {
     const NAME: &str = "the_drop_unwind_does_not_run_the_panic_hook";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static HOOK_CALLS: AtomicUsize = AtomicUsize::new(0);
         std::panic::set_hook(Box::new(|_| {
             HOOK_CALLS.fetch_add(1, Ordering::SeqCst);
@@ -555,13 +491,13 @@ fn the_drop_unwind_does_not_run_the_panic_hook() {
         let _ = std::panic::take_hook();
         return;
     }
-    assert_child_passed(&run_child(NAME));
+    util::assert_child_passed(&util::run_child(NAME));
 }
 
 #[test]
 fn catching_the_drop_unwind_and_suspending_again_aborts_naming_the_greenlet() {
     const NAME: &str = "catching_the_drop_unwind_and_suspending_again_aborts_naming_the_greenlet";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         let mut g: Greenlet<(), (), ()> = Builder::new()
             .name("stubborn")
             .build(|s, ()| {
@@ -573,8 +509,8 @@ fn catching_the_drop_unwind_and_suspending_again_aborts_naming_the_greenlet() {
         drop(g);
         unreachable!("must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("'stubborn'") && err.contains("suspended again"),
@@ -585,7 +521,7 @@ fn catching_the_drop_unwind_and_suspending_again_aborts_naming_the_greenlet() {
 #[test]
 fn catching_the_drop_unwind_and_returning_aborts_naming_the_greenlet() {
     const NAME: &str = "catching_the_drop_unwind_and_returning_aborts_naming_the_greenlet";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         let mut g: Greenlet<(), (), ()> = Builder::new()
             .name("returner")
             .build(|s, ()| {
@@ -596,8 +532,8 @@ fn catching_the_drop_unwind_and_returning_aborts_naming_the_greenlet() {
         drop(g);
         unreachable!("must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("'returner'") && err.contains("returned normally"),
@@ -619,7 +555,7 @@ fn recurse(n: u64) -> u64 {
 #[test]
 fn deep_recursion_reports_the_overflow_and_aborts() {
     const NAME: &str = "deep_recursion_reports_the_overflow_and_aborts";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         let mut g: Greenlet<(), (), u64> = Builder::new()
             .name("parser")
             .stack_size(128 * 1024)
@@ -629,8 +565,8 @@ fn deep_recursion_reports_the_overflow_and_aborts() {
         g.resume(());
         unreachable!("the overflow must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     let id = err
         .lines()
@@ -645,7 +581,7 @@ fn deep_recursion_reports_the_overflow_and_aborts() {
 #[test]
 fn overflow_in_a_spawned_greenlet_is_reported_too() {
     const NAME: &str = "overflow_in_a_spawned_greenlet_is_reported_too";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         greenhack::run(|| {
             let h = greenhack::Builder::new()
                 .name("spawned-deep")
@@ -656,8 +592,8 @@ fn overflow_in_a_spawned_greenlet_is_reported_too() {
         });
         unreachable!("the overflow must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("greenlet 'spawned-deep'")
@@ -669,7 +605,7 @@ fn overflow_in_a_spawned_greenlet_is_reported_too() {
 #[test]
 fn overflow_in_a_sliced_greenlet_is_reported_too() {
     const NAME: &str = "overflow_in_a_sliced_greenlet_is_reported_too";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         greenhack::run(|| {
             // SAFETY: the greenlet waits on nothing.
             let b = unsafe { greenhack::Builder::new().sliced() };
@@ -682,8 +618,8 @@ fn overflow_in_a_sliced_greenlet_is_reported_too() {
         });
         unreachable!("the overflow must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("greenlet 'sliced-deep'") && err.contains("overflowed its stack"),
@@ -1705,7 +1641,7 @@ fn dump_on_signal_refuses_an_uncatchable_signal() {
 #[test]
 fn dump_on_signal_prints_the_dump_when_the_signal_arrives() {
     const NAME: &str = "dump_on_signal_prints_the_dump_when_the_signal_arrives";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         greenhack::run(|| {
             greenhack::debug::dump_on_signal(libc::SIGUSR2).unwrap();
             let _sleeper = greenhack::Builder::new()
@@ -1719,8 +1655,8 @@ fn dump_on_signal_prints_the_dump_when_the_signal_arrives() {
         });
         return;
     }
-    let out = run_child(NAME);
-    assert_child_passed(&out);
+    let out = util::run_child(NAME);
+    util::assert_child_passed(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("greenlet(s) on thread") && err.contains("'signalled-sleeper': suspended"),
@@ -1746,7 +1682,7 @@ fn a_backtrace_inside_a_greenlet_continues_into_its_resumer() {
 fn the_switch_hook_sees_resume_suspend_and_finish() {
     // Process-wide: in a child, so other tests' switches do not count.
     const NAME: &str = "the_switch_hook_sees_resume_suspend_and_finish";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         use greenhack::debug::{SwitchEvent, SwitchKind, set_switch_hook};
         static EVENTS: std::sync::Mutex<Vec<(SwitchKind, Option<String>)>> =
             std::sync::Mutex::new(Vec::new());
@@ -1777,7 +1713,7 @@ fn the_switch_hook_sees_resume_suspend_and_finish() {
         );
         return;
     }
-    assert_child_passed(&run_child(NAME));
+    util::assert_child_passed(&util::run_child(NAME));
 }
 
 // ----- thread exit --------------------------------------------------------------------------
@@ -1792,7 +1728,7 @@ fn mapping_count() -> usize {
 #[test]
 fn thread_exit_unwinds_suspended_greenlets_and_frees_their_stacks() {
     const NAME: &str = "thread_exit_unwinds_suspended_greenlets_and_frees_their_stacks";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         struct Count;
         impl Drop for Count {
@@ -1839,7 +1775,7 @@ fn thread_exit_unwinds_suspended_greenlets_and_frees_their_stacks() {
         );
         return;
     }
-    assert_child_passed(&run_child(NAME));
+    util::assert_child_passed(&util::run_child(NAME));
 }
 
 #[test]
@@ -1847,7 +1783,7 @@ fn thread_exit_with_a_greenlet_stored_in_a_late_thread_local_does_not_crash() {
     // A suspended raw greenlet in a thread-local whose destructor may run
     // after greenhack's own thread-locals are gone.
     const NAME: &str = "thread_exit_with_a_greenlet_stored_in_a_late_thread_local_does_not_crash";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         struct Holder(RefCell<Vec<Greenlet<(), (), ()>>>);
         thread_local! {
             static EARLY: Holder = const { Holder(RefCell::new(Vec::new())) };
@@ -1878,7 +1814,7 @@ fn thread_exit_with_a_greenlet_stored_in_a_late_thread_local_does_not_crash() {
         assert_eq!(DROPS.load(Ordering::SeqCst), 3);
         return;
     }
-    assert_child_passed(&run_child(NAME));
+    util::assert_child_passed(&util::run_child(NAME));
 }
 
 // ----- traits: !Send, Debug, Error -------------------------------------------------------------
@@ -2027,7 +1963,7 @@ fn a_panic_unwinding_through_a_greenlet_drops_its_suspended_children() {
 #[test]
 fn a_raw_greenlet_waiting_inside_a_spawned_greenlet() {
     const NAME: &str = "a_raw_greenlet_waiting_inside_a_spawned_greenlet";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         let out = greenhack::run(|| {
             let other = greenhack::spawn(|| {
                 greenhack::sleep(Duration::from_millis(5));
@@ -2045,9 +1981,9 @@ fn a_raw_greenlet_waiting_inside_a_spawned_greenlet() {
         assert_eq!(out, (5, "other"));
         return;
     }
-    let out = run_child_with_limit(NAME, Duration::from_secs(20));
+    let out = util::run_child_with_limit(NAME, Duration::from_secs(20));
     eprintln!("{}", stderr_of(&out));
-    assert_child_passed(&out);
+    util::assert_child_passed(&out);
 }
 
 #[test]
@@ -2129,7 +2065,7 @@ fn run_nested_on_a_plain_thread() {
 #[test]
 fn resuming_a_sliced_greenlet_inside_another_sliced_one_panics() {
     const NAME: &str = "resuming_a_sliced_greenlet_inside_another_sliced_one_panics";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         greenhack::run(|| {
             // SAFETY: the greenlets wait on nothing outside them.
             let b = unsafe { greenhack::Builder::new().sliced() };
@@ -2146,8 +2082,8 @@ fn resuming_a_sliced_greenlet_inside_another_sliced_one_panics() {
         });
         return;
     }
-    let out = run_child(NAME);
-    assert_child_passed(&out);
+    let out = util::run_child(NAME);
+    util::assert_child_passed(&out);
 }
 
 #[test]
@@ -2226,7 +2162,7 @@ fn as_async_under_a_multi_thread_runtimes_block_on() {
 #[test]
 fn a_frame_larger_than_the_stack_hits_the_guard_page_and_is_reported() {
     const NAME: &str = "a_frame_larger_than_the_stack_hits_the_guard_page_and_is_reported";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         #[inline(never)]
         fn huge_frame() -> u8 {
             let big = std::hint::black_box([1u8; 1 << 20]);
@@ -2239,8 +2175,8 @@ fn a_frame_larger_than_the_stack_hits_the_guard_page_and_is_reported() {
         g.resume(());
         unreachable!("must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("greenlet 'big-frame'")
@@ -2377,7 +2313,7 @@ fn thread_exit_drops_the_closures_of_greenlets_that_never_ran() {
 #[test]
 fn thread_exit_with_a_destructor_that_waits() {
     const NAME: &str = "thread_exit_with_a_destructor_that_waits";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static CLOSED: AtomicUsize = AtomicUsize::new(0);
         std::thread::spawn(|| {
             struct SlowClose;
@@ -2402,7 +2338,7 @@ fn thread_exit_with_a_destructor_that_waits() {
         assert_eq!(CLOSED.load(Ordering::SeqCst), 3);
         return;
     }
-    assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(20)));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
 #[test]
@@ -2694,7 +2630,7 @@ fn many_greenlets_spawned_and_joined() {
 #[test]
 fn a_later_dump_on_signal_call_moves_the_dump_to_its_thread() {
     const NAME: &str = "a_later_dump_on_signal_call_moves_the_dump_to_its_thread";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         std::thread::Builder::new()
             .name("first-target".into())
             .spawn(|| greenhack::debug::dump_on_signal(libc::SIGUSR2).unwrap())
@@ -2721,8 +2657,8 @@ fn a_later_dump_on_signal_call_moves_the_dump_to_its_thread() {
             .unwrap();
         return;
     }
-    let out = run_child(NAME);
-    assert_child_passed(&out);
+    let out = util::run_child(NAME);
+    util::assert_child_passed(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("on thread \"second-target\"") && err.contains("moved-dump-sleeper"),
@@ -2735,7 +2671,7 @@ fn overflow_on_a_thread_created_by_c_is_reported() {
     // Such a thread has no alternate signal stack until greenhack gives it
     // one (module docs of the overflow handler).
     const NAME: &str = "overflow_on_a_thread_created_by_c_is_reported";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         extern "C" fn body(_: *mut libc::c_void) -> *mut libc::c_void {
             let mut g: Greenlet<(), (), u64> = Builder::new()
                 .name("c-thread-deep")
@@ -2756,8 +2692,8 @@ fn overflow_on_a_thread_created_by_c_is_reported() {
         }
         unreachable!("must abort");
     }
-    let out = run_child(NAME);
-    assert_aborted(&out);
+    let out = util::run_child(NAME);
+    util::assert_aborted(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("greenlet 'c-thread-deep'")
@@ -2863,7 +2799,7 @@ fn cancelling_a_greenlet_inside_a_nested_as_async_unwinds_both() {
 #[test]
 fn spawning_from_a_destructor_during_thread_exit() {
     const NAME: &str = "spawning_from_a_destructor_during_thread_exit";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static EVENTS: AtomicUsize = AtomicUsize::new(0);
         std::thread::spawn(|| {
             struct SpawnOnDrop;
@@ -2894,8 +2830,8 @@ fn spawning_from_a_destructor_during_thread_exit() {
         assert_eq!(EVENTS.load(Ordering::SeqCst), 11);
         return;
     }
-    let out = run_child_with_limit(NAME, Duration::from_secs(20));
-    assert_child_passed(&out);
+    let out = util::run_child_with_limit(NAME, Duration::from_secs(20));
+    util::assert_child_passed(&out);
 }
 
 #[test]
@@ -2921,7 +2857,7 @@ fn timeout_cuts_a_tokio_wait_inside_as_async_on_tokio() {
 #[test]
 fn thread_exit_unwinds_suspended_sliced_greenlets_and_frees_their_stack() {
     const NAME: &str = "thread_exit_unwinds_suspended_sliced_greenlets_and_frees_their_stack";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         struct Count;
         impl Drop for Count {
@@ -2960,7 +2896,7 @@ fn thread_exit_unwinds_suspended_sliced_greenlets_and_frees_their_stack() {
         assert!(after <= before + 64, "mappings {before} -> {after}");
         return;
     }
-    assert_child_passed(&run_child(NAME));
+    util::assert_child_passed(&util::run_child(NAME));
 }
 
 #[test]
@@ -3037,7 +2973,7 @@ fn a_greenlet_created_in_a_late_thread_local_destructor() {
     // A thread-local registered before greenhack's, so destroyed after
     // them, whose destructor runs a greenlet (a generator, say).
     const NAME: &str = "a_greenlet_created_in_a_late_thread_local_destructor";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static RESULT: AtomicUsize = AtomicUsize::new(0);
         struct RunsAGreenletOnDrop;
         impl Drop for RunsAGreenletOnDrop {
@@ -3063,8 +2999,8 @@ fn a_greenlet_created_in_a_late_thread_local_destructor() {
         assert_eq!(RESULT.load(Ordering::SeqCst), 4);
         return;
     }
-    let out = run_child(NAME);
-    assert_child_passed(&out);
+    let out = util::run_child(NAME);
+    util::assert_child_passed(&out);
 }
 
 /// A thread-local registered before greenhack's (so destroyed after them)
@@ -3090,7 +3026,7 @@ fn in_a_late_thread_local_destructor(f: fn()) {
 #[test]
 fn a_ready_wait_in_a_late_thread_local_destructor() {
     const NAME: &str = "a_ready_wait_in_a_late_thread_local_destructor";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static DONE: AtomicUsize = AtomicUsize::new(0);
         in_a_late_thread_local_destructor(|| {
             let v = greenhack::exempt(async { 3 });
@@ -3100,7 +3036,7 @@ fn a_ready_wait_in_a_late_thread_local_destructor() {
         assert_eq!(DONE.load(Ordering::SeqCst), 7);
         return;
     }
-    assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(20)));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
 /// After the reactor's owner is destroyed, the reactor a late wait makes
@@ -3109,7 +3045,7 @@ fn a_ready_wait_in_a_late_thread_local_destructor() {
 #[test]
 fn a_sleep_in_a_late_thread_local_destructor() {
     const NAME: &str = "a_sleep_in_a_late_thread_local_destructor";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static DONE: AtomicUsize = AtomicUsize::new(0);
         in_a_late_thread_local_destructor(|| {
             greenhack::sleep(Duration::from_millis(1));
@@ -3118,7 +3054,7 @@ fn a_sleep_in_a_late_thread_local_destructor() {
         assert_eq!(DONE.load(Ordering::SeqCst), 1);
         return;
     }
-    assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(10)));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(10)));
 }
 
 /// The same late reactor runs a greenlet spawned there: `join` gets its
@@ -3126,7 +3062,7 @@ fn a_sleep_in_a_late_thread_local_destructor() {
 #[test]
 fn a_spawn_and_join_in_a_late_thread_local_destructor() {
     const NAME: &str = "a_spawn_and_join_in_a_late_thread_local_destructor";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         static GOT: AtomicUsize = AtomicUsize::new(0);
         in_a_late_thread_local_destructor(|| {
             let h = greenhack::spawn(|| {
@@ -3138,7 +3074,7 @@ fn a_spawn_and_join_in_a_late_thread_local_destructor() {
         assert_eq!(GOT.load(Ordering::SeqCst), 7);
         return;
     }
-    assert_child_passed(&run_child_with_limit(NAME, Duration::from_secs(10)));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(10)));
 }
 
 #[test]
@@ -3151,7 +3087,7 @@ fn a_panic_on_the_smallest_stack_unwinds_with_backtraces_on() {
         // uninstrumented build needs; the size is for ordinary builds.
         return;
     }
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         // (std reads the variable once, at the first panic.)
         // SAFETY: the child test runs alone (one thread).
         unsafe { std::env::set_var("RUST_BACKTRACE", "full") };
@@ -3164,8 +3100,8 @@ fn a_panic_on_the_smallest_stack_unwinds_with_backtraces_on() {
         assert_eq!(panic_message(&*err), "small but fine");
         return;
     }
-    let out = run_child(NAME);
-    assert_child_passed(&out);
+    let out = util::run_child(NAME);
+    util::assert_child_passed(&out);
     let err = stderr_of(&out);
     assert!(
         err.contains("stack backtrace:"),
@@ -3178,7 +3114,7 @@ fn a_backtrace_of_a_greenlet_near_its_stack_limit_is_refused_not_fatal() {
     // The capture runs below the greenlet's frames: with too little stack
     // left it would hit the guard page and abort the whole process.
     const NAME: &str = "a_backtrace_of_a_greenlet_near_its_stack_limit_is_refused_not_fatal";
-    if is_child(NAME) {
+    if util::is_child(NAME) {
         thread_local!(static BASE: Cell<usize> = const { Cell::new(0) });
         #[inline(never)]
         fn down_to(s: &Suspender<(), ()>, left: usize) {
@@ -3219,7 +3155,7 @@ fn a_backtrace_of_a_greenlet_near_its_stack_limit_is_refused_not_fatal() {
         g.resume(());
         return;
     }
-    assert_child_passed(&run_child(NAME));
+    util::assert_child_passed(&util::run_child(NAME));
 }
 
 #[test]

@@ -7,7 +7,6 @@
 mod util;
 
 use std::cell::Cell;
-use std::process::{Command, Output, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,44 +21,6 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
         (self.0)()
     }
-}
-
-/// `util::run_child` with a time limit: `None` if the child had to be
-/// killed (it hung).
-fn run_child_within(test: &str, limit: Duration) -> Option<Output> {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd: Command = util::command(&exe);
-    let mut child = cmd
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("GREENHACK_CHILD", test)
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn child test process");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Some(child.wait_with_output().expect("child output"))
-}
-
-/// Runs the child half of `test` and asserts it passed within `limit`.
-fn assert_child_passes(test: &str, limit: Duration) {
-    let out = run_child_within(test, limit)
-        .unwrap_or_else(|| panic!("{test}: the child hung (killed after {limit:?})"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{test}: child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
 }
 
 /// Defect 1: cancelling a greenlet whose `Drop` waits while its panic
@@ -94,7 +55,7 @@ fn cancelling_a_greenlet_that_waits_in_drop_during_its_panic_does_not_abort() {
         );
         return;
     }
-    assert_child_passes(NAME, Duration::from_secs(20));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
 /// Defect 2: while greenlet A waited inside a `Drop` during its unwind,
@@ -169,7 +130,10 @@ fn greenlets_waiting_on_sockets_and_timers_are_unwound_at_thread_exit() {
     // their reactors' descriptors at any moment.
     const NAME: &str = "greenlets_waiting_on_sockets_and_timers_are_unwound_at_thread_exit";
     if !util::is_child(NAME) {
-        return assert_child_passes(NAME, Duration::from_secs(30));
+        return util::assert_child_passed(&util::run_child_with_limit(
+            NAME,
+            Duration::from_secs(30),
+        ));
     }
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
     // Warm up this process's one-time descriptors (the overflow handler...).
@@ -220,7 +184,7 @@ fn run_inside_a_spawned_greenlet_returns() {
         assert_eq!(v, 9);
         return;
     }
-    assert_child_passes(NAME, Duration::from_secs(20));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
 /// Defect 6: a `Drop` that waits, unwound at thread exit, aborted with
@@ -246,7 +210,7 @@ fn a_drop_that_waits_at_thread_exit_does_not_abort() {
         assert_eq!(RAN.load(Ordering::SeqCst), 1);
         return;
     }
-    assert_child_passes(NAME, Duration::from_secs(20));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
 /// Defect 9: a greenhack `JoinHandle` awaited inside a tokio `block_on`
@@ -266,7 +230,7 @@ fn a_join_handle_awaited_inside_tokio_block_on_completes() {
         assert_eq!(rt.block_on(h).unwrap(), 5);
         return;
     }
-    assert_child_passes(NAME, Duration::from_secs(20));
+    util::assert_child_passed(&util::run_child_with_limit(NAME, Duration::from_secs(20)));
 }
 
 /// Defect 9, the other half: an executor that cannot host greenhack's loop

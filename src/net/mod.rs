@@ -213,6 +213,20 @@ pub(crate) struct Registered<S: Source + AsRawFd> {
     shared_timeouts: OnceCell<Rc<Timeouts>>,
 }
 
+// Unwind safe, as std's sockets are, so that `catch_unwind(|| s.read(..))`
+// compiles with a plain `&TcpStream` (every socket type is built on this
+// one). The cells here are caches written by this module in single stores
+// that run no user code: `drained` is a hint checked against the reactor's
+// readiness before it is trusted, the timeouts are stored after the socket
+// accepted them. What unwinds through a socket call is a cancellation or a
+// `timeout` raised at its wait, where nothing is half-updated: the
+// reactor's readiness stays latched, so the next call on the socket works
+// as if the cancelled one had never started. The `Rc<Reactor>` is the
+// thread's loop, which any code on the thread reaches whether or not it
+// holds a socket: holding one exposes nothing more of it.
+impl<S: Source + AsRawFd + std::panic::UnwindSafe> std::panic::UnwindSafe for Registered<S> {}
+impl<S: Source + AsRawFd + std::panic::RefUnwindSafe> std::panic::RefUnwindSafe for Registered<S> {}
+
 /// Cached `SO_RCVTIMEO` / `SO_SNDTIMEO`: `None` until known.
 #[derive(Clone, Default)]
 struct Timeouts {

@@ -969,7 +969,11 @@ impl<T> Shared<T> {
 }
 
 /// The type-erased cancel of an [`AbortHandle`].
-trait Abort: Send + Sync {
+///
+/// `RefUnwindSafe` so that [`AbortHandle`] is unwind safe as tokio's is:
+/// the compiler checks it of `Shared` (its state is behind a `Mutex`,
+/// which poisoning makes so, and an atomic).
+trait Abort: Send + Sync + std::panic::RefUnwindSafe {
     fn abort(&self);
     fn is_finished(&self) -> bool;
 }

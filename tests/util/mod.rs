@@ -2,25 +2,119 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long [`run_child`] lets a child run before it counts as hung: far
+/// above what any child needs (well under a second natively), so only a
+/// hang reaches it.
+pub const CHILD_LIMIT: Duration = Duration::from_secs(60);
 
 /// Re-runs this test binary with only `test` selected and `GREENHACK_CHILD`
 /// set, and returns its output. The child half of the test sees the variable
 /// and does the dangerous thing (overflow, abort) in a process of its own.
+/// A child still running after [`CHILD_LIMIT`] is killed and the test fails
+/// (see [`run_child_with_limit`]).
 ///
 /// Under emulation the binary cannot exec itself directly: the variable
 /// `GREENHACK_TEST_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`)
 /// is put in front of the command.
 pub fn run_child(test: &str) -> Output {
+    run_child_with_limit(test, CHILD_LIMIT)
+}
+
+/// [`run_child`], killing the child after `limit`: a hang then fails the
+/// test with a message saying so and what the child printed, instead of
+/// stalling the suite.
+///
+/// The child runs the test even if it is `#[ignore]`d (the parent runs it
+/// only when asked to, and then the child must too).
+pub fn run_child_with_limit(test: &str, limit: Duration) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = command(&exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("GREENHACK_CHILD", test)
-        .env_remove("RUST_BACKTRACE");
-    cmd.output().expect("spawn child test process")
+    cmd.args([
+        test,
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ])
+    .env("GREENHACK_CHILD", test)
+    .env_remove("RUST_BACKTRACE")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn child test process");
+    // Read both pipes while the child runs: one that prints more than a
+    // pipe holds would otherwise block on its write and look hung.
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let start = Instant::now();
+    let mut hung = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            hung = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for the killed child");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = Output {
+        status,
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+    };
+    if hung {
+        panic!(
+            "child {test} hung: killed after {limit:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// What a child wrote to one of its pipes, read by a thread of its own.
+struct Drain {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> Drain {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    });
+    Drain { bytes, reader }
+}
+
+impl Drain {
+    /// Everything read, once the pipe closed; after the child has exited
+    /// that is at once, unless a process it started still holds the pipe:
+    /// then what was read within a second.
+    fn finish(self) -> Vec<u8> {
+        let start = Instant::now();
+        while !self.reader.is_finished() && start.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::mem::take(&mut *self.bytes.lock().unwrap())
+    }
 }
 
 /// A command running the target binary `exe`, through
