@@ -520,6 +520,12 @@ impl Runtime {
     }
 }
 
+// Unwind safe, as tokio's `Runtime` is: through `&self` it hands out only
+// `&Handle`s (unwind safe themselves); its thread handles are joined only by
+// `join`, `shutdown` and `Drop`, which take it whole.
+impl std::panic::UnwindSafe for Runtime {}
+impl std::panic::RefUnwindSafe for Runtime {}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Err(e) = self.stop_and_join() {

@@ -24,9 +24,13 @@ fn public_handles_and_sockets_are_unwind_safe() {
     assert_unwind_safe::<greenhack::JoinError>();
     assert_unwind_safe::<greenhack::runtime::Handle>();
     assert_unwind_safe::<greenhack::runtime::RemoteJoinHandle<u32>>();
-    assert_unwind_safe::<greenhack::tokio::Task<u32>>();
-    assert_unwind_safe::<greenhack::tokio::AbortHandle>();
-    assert_unwind_safe::<greenhack::tokio::Pool>();
+    assert_unwind_safe::<greenhack::Runtime>();
+    #[cfg(feature = "tokio")]
+    {
+        assert_unwind_safe::<greenhack::tokio::Task<u32>>();
+        assert_unwind_safe::<greenhack::tokio::AbortHandle>();
+        assert_unwind_safe::<greenhack::tokio::Pool>();
+    }
     // Sockets, as std's.
     assert_unwind_safe::<greenhack::net::TcpStream>();
     assert_unwind_safe::<greenhack::net::TcpListener>();
