@@ -13,7 +13,6 @@ mod util;
 use std::io::{self, BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -23,8 +22,6 @@ use greenhack::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixListener,
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-const CHILD_ENV: &str = "GREENHACK_AUDIT_NET_CHILD";
 
 /// Runs `f` on a thread of its own and fails the test if it has not
 /// returned within `secs` (a hang), re-raising its panic otherwise.
@@ -42,55 +39,6 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
         },
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("hung: not done within {secs} s"),
     }
-}
-
-/// True in the child process that runs test `name` for [`child`].
-fn is_child(name: &str) -> bool {
-    std::env::var(CHILD_ENV).as_deref() == Ok(name)
-}
-
-/// Re-runs this test binary with only test `name`, in a process of its own,
-/// and asserts that it passed within `secs` (killed and failed otherwise).
-fn child(name: &str, secs: u64) {
-    let out = child_output(name, secs);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child {name} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// [`child`]'s process and its output, whatever its outcome (a hang is
-/// still a failure).
-fn child_output(name: &str, secs: u64) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    // Through GREENHACK_TEST_RUNNER when set (qemu-user in .ci/aarch64).
-    let mut c = util::command(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if c.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let out = c.wait_with_output().unwrap();
-            panic!(
-                "child {name} hung (killed after {secs} s)\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    c.wait_with_output().unwrap()
 }
 
 /// Open descriptors of this process.
@@ -641,8 +589,11 @@ fn std_round_trips_as_std() {
 /// host-name lookups included.
 #[test]
 fn no_descriptor_leaks() {
-    if !is_child("no_descriptor_leaks") {
-        return child("no_descriptor_leaks", 60);
+    if !util::is_child("no_descriptor_leaks") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "no_descriptor_leaks",
+            Duration::from_secs(60),
+        ));
     }
     // Warm up: the thread's reactor, the lookup pool.
     greenhack::run(|| {
@@ -817,8 +768,11 @@ fn tcp_socket_options_as_socket2() {
 /// runs under Valgrind (which does not follow the exec).
 #[test]
 fn backlog_takes_a_burst_of_connects() {
-    if !is_child("backlog_takes_a_burst_of_connects") {
-        return child("backlog_takes_a_burst_of_connects", 60);
+    if !util::is_child("backlog_takes_a_burst_of_connects") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "backlog_takes_a_burst_of_connects",
+            Duration::from_secs(60),
+        ));
     }
     within(30, || {
         greenhack::run(|| {
@@ -1138,8 +1092,11 @@ fn runtime_handle_after_shutdown_errors() {
 /// reads and closes their sockets, and joins every thread.
 #[test]
 fn runtime_remote_panic_cancel_and_shutdown_unwind() {
-    if !is_child("runtime_remote_panic_cancel_and_shutdown_unwind") {
-        return child("runtime_remote_panic_cancel_and_shutdown_unwind", 60);
+    if !util::is_child("runtime_remote_panic_cancel_and_shutdown_unwind") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "runtime_remote_panic_cancel_and_shutdown_unwind",
+            Duration::from_secs(60),
+        ));
     }
     let fds_before = open_fds();
     let threads_before = thread_count();
@@ -1456,8 +1413,11 @@ fn hosted_sleep_wakes_after_an_unrelated_wake() {
 /// the calling thread.
 #[test]
 fn tokio_run_mixes_both_worlds_on_one_thread() {
-    if !is_child("tokio_run_mixes_both_worlds_on_one_thread") {
-        return child("tokio_run_mixes_both_worlds_on_one_thread", 60);
+    if !util::is_child("tokio_run_mixes_both_worlds_on_one_thread") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "tokio_run_mixes_both_worlds_on_one_thread",
+            Duration::from_secs(60),
+        ));
     }
     let me = std::thread::current().id();
     let threads_before = thread_count();
@@ -1506,8 +1466,8 @@ fn tokio_run_mixes_both_worlds_on_one_thread() {
 #[test]
 fn tokio_future_on_standalone_loop_names_the_fix() {
     const NAME: &str = "tokio_future_on_standalone_loop_names_the_fix";
-    if !is_child(NAME) {
-        let out = child_output(NAME, 30);
+    if !util::is_child(NAME) {
+        let out = util::run_child_with_limit(NAME, Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert_eq!(
@@ -2364,8 +2324,11 @@ fn spawn_sync_drop_closes_the_closures_socket() {
 /// (their tasks still complete), then the workers exit.
 #[test]
 fn pool_drop_finishes_running_closures() {
-    if !is_child("pool_drop_finishes_running_closures") {
-        return child("pool_drop_finishes_running_closures", 30);
+    if !util::is_child("pool_drop_finishes_running_closures") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "pool_drop_finishes_running_closures",
+            Duration::from_secs(30),
+        ));
     }
     let threads_before = thread_count();
     let pool = greenhack::tokio::Pool::builder()
@@ -2402,8 +2365,11 @@ fn pool_drop_finishes_running_closures() {
 /// can catch, not an abort, and the thread stays usable.
 #[test]
 fn tokio_run_inside_tokio_panics_cleanly() {
-    if !is_child("tokio_run_inside_tokio_panics_cleanly") {
-        return child("tokio_run_inside_tokio_panics_cleanly", 30);
+    if !util::is_child("tokio_run_inside_tokio_panics_cleanly") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "tokio_run_inside_tokio_panics_cleanly",
+            Duration::from_secs(30),
+        ));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -2507,8 +2473,11 @@ fn udp_send_unconnected_as_std() {
 /// Timed, so in a process of its own (see the backlog test).
 #[test]
 fn axum_sync_handler_serves_concurrent_requests() {
-    if !is_child("axum_sync_handler_serves_concurrent_requests") {
-        return child("axum_sync_handler_serves_concurrent_requests", 60);
+    if !util::is_child("axum_sync_handler_serves_concurrent_requests") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "axum_sync_handler_serves_concurrent_requests",
+            Duration::from_secs(60),
+        ));
     }
     use axum::extract::Path;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2637,8 +2606,11 @@ fn proxy_between_greenhack_and_tokio_sockets() {
 /// the next `accept`, once a descriptor is free, takes it at once.
 #[test]
 fn accept_out_of_descriptors_as_documented() {
-    if !is_child("accept_out_of_descriptors_as_documented") {
-        return child("accept_out_of_descriptors_as_documented", 30);
+    if !util::is_child("accept_out_of_descriptors_as_documented") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "accept_out_of_descriptors_as_documented",
+            Duration::from_secs(30),
+        ));
     }
     greenhack::run(|| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -3208,8 +3180,11 @@ fn hosted_in_multi_thread_block_on() {
 /// underneath too) or a `Pool`.
 #[test]
 fn no_leaks_across_hosting_threads() {
-    if !is_child("no_leaks_across_hosting_threads") {
-        return child("no_leaks_across_hosting_threads", 60);
+    if !util::is_child("no_leaks_across_hosting_threads") {
+        return util::assert_child_passed(&util::run_child_with_limit(
+            "no_leaks_across_hosting_threads",
+            Duration::from_secs(60),
+        ));
     }
     let work = || {
         let (c, s) = tcp_pair();
