@@ -168,6 +168,7 @@ pub struct Builder {
     stack_size: Option<usize>,
     /// Each loop runs with a tokio runtime underneath (feature `tokio`).
     with_tokio: bool,
+    /// See [`Builder::busy_poll`].
     busy_poll: Duration,
 }
 
@@ -181,7 +182,7 @@ impl Builder {
     /// A builder with the defaults: one loop per available CPU
     /// (`std::thread::available_parallelism`), threads named
     /// `greenhack-loop-0`, `greenhack-loop-1`, …, not pinned, std's default
-    /// thread stack size.
+    /// thread stack size, no busy polling.
     pub fn new() -> Builder {
         Builder {
             worker_threads: None,
@@ -234,7 +235,8 @@ impl Builder {
 
     /// Each loop busy-polls for up to `budget` before it sleeps, as
     /// [`set_busy_poll`] sets for one thread's loop. Zero (the default): a
-    /// loop with nothing to do sleeps at once.
+    /// loop with nothing to do sleeps at once. No effect on loops with
+    /// [`tokio`](Self::tokio) underneath: tokio decides when they sleep.
     pub fn busy_poll(&mut self, budget: Duration) -> &mut Builder {
         self.busy_poll = budget;
         self
@@ -668,7 +670,6 @@ impl Drop for OnExit {
     }
 }
 
-/// The body of a loop thread.
 /// How a loop thread sets itself up (from the [`Builder`]).
 struct LoopConfig {
     /// The CPU to pin the thread to.
@@ -677,6 +678,7 @@ struct LoopConfig {
     busy_poll: Duration,
 }
 
+/// The body of a loop thread.
 fn loop_thread(
     shared: Arc<LoopShared>,
     setup: Arc<Setup>,
