@@ -102,17 +102,25 @@ fn a_cancelled_caller_leaves_the_closure_running() {
             self.0.store(true, Ordering::SeqCst);
         }
     }
+    let started = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
     let result_dropped = Arc::new(AtomicBool::new(false));
-    let (f, r) = (finished.clone(), result_dropped.clone());
+    let (s, f, r) = (started.clone(), finished.clone(), result_dropped.clone());
     let caller = greenhack::spawn(move || {
         greenhack::unblock(move || {
-            std::thread::sleep(Duration::from_millis(100));
+            s.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(500));
             f.store(true, Ordering::SeqCst);
             Flag(r)
         })
     });
-    greenhack::sleep(Duration::from_millis(20)); // let it start waiting
+    // The closure runs on the pool: the caller waits in `unblock`. (A fixed
+    // sleep here was no proof of that: under Valgrind the caller could still
+    // be unstarted when it ran out, and the cancel then dropped the closure
+    // before `unblock` was ever called.)
+    while !started.load(Ordering::SeqCst) {
+        greenhack::sleep(Duration::from_millis(1));
+    }
     caller.cancel();
     assert!(caller.join().unwrap_err().is_cancelled());
     assert!(
