@@ -584,15 +584,29 @@ static SIGNAL_TARGET: AtomicPtr<Shared> = AtomicPtr::new(ptr::null_mut());
 /// knowledge of what a dump is.
 static SIGNAL_HOOK: AtomicUsize = AtomicUsize::new(0);
 
+/// Earlier signal targets (`Arc::into_raw` of their `Shared`, as
+/// addresses): never freed, since a signal handler may still hold one.
+static RETIRED_SIGNAL_TARGETS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
 impl Reactor {
     /// Makes this reactor the one [`wake_signal_target`] wakes; it then runs
     /// `hook` between turns.
     pub(crate) fn make_signal_target(&self, hook: fn()) {
         SIGNAL_HOOK.store(hook as usize, Ordering::Release);
-        let leaked = Arc::into_raw(self.shared.clone()) as *mut Shared;
-        // The previous target (if any) stays leaked: a signal handler may be
-        // reading it right now.
-        SIGNAL_TARGET.store(leaked, Ordering::Release);
+        if self.is_signal_target() {
+            return;
+        }
+        let target = Arc::into_raw(self.shared.clone()) as *mut Shared;
+        let previous = SIGNAL_TARGET.swap(target, Ordering::AcqRel);
+        if !previous.is_null() {
+            // A signal handler may have loaded it just before the swap and
+            // be waking it now: it is never freed, but kept where it stays
+            // reachable (one per move of the target to another thread).
+            RETIRED_SIGNAL_TARGETS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(previous as usize);
+        }
     }
 
     fn is_signal_target(&self) -> bool {
