@@ -116,11 +116,13 @@ fn timers_and_wakes_from_other_threads_are_served_while_spinning() {
 /// CPU time a one-loop `Runtime` with busy-poll budget `budget` uses over
 /// 200 ms with nothing to do.
 fn idle_loop_cpu(budget: Duration) -> Duration {
-    let rt = greenhack::runtime::Builder::new()
-        .worker_threads(1)
-        .busy_poll(budget)
-        .build(|| Ok(()))
-        .unwrap();
+    idle_runtime_cpu(greenhack::runtime::Builder::new().busy_poll(budget))
+}
+
+/// CPU time the one loop `builder` builds uses over 200 ms with nothing to
+/// do.
+fn idle_runtime_cpu(builder: &mut greenhack::runtime::Builder) -> Duration {
+    let rt = builder.worker_threads(1).build(|| Ok(())).unwrap();
     let cpu_now = || rt.handle(0).spawn(thread_cpu).join().unwrap();
     let before = cpu_now();
     std::thread::sleep(Duration::from_millis(200));
@@ -144,6 +146,20 @@ fn a_loop_with_no_budget_sleeps_at_once() {
     assert!(
         spent < Duration::from_millis(100),
         "the idle loop used {spent:?} of CPU in 200 ms"
+    );
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn runtime_loops_with_tokio_underneath_ignore_the_budget() {
+    let spent = idle_runtime_cpu(
+        greenhack::runtime::Builder::new()
+            .tokio(true)
+            .busy_poll(Duration::from_secs(10)),
+    );
+    assert!(
+        spent < Duration::from_millis(100),
+        "the idle loop with tokio underneath used {spent:?} of CPU in 200 ms"
     );
 }
 
