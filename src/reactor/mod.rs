@@ -13,6 +13,7 @@
 //! | [`run_queue`] | spawned tasks, the ready queue and its driver lane, what a wake does, prefetching |
 //! | [`task_waker`] | task wakers packed into the waker's word (no allocation, no reference count); the registry of reactors for wakes from other threads |
 //! | [`hosted`] | running this loop inside another executor's loop |
+//! | `tokio_note` | the note after tokio's "no reactor running" panic (feature `tokio`) |
 //! | [`slab`] | stable indices for sources and tasks |
 //! | here | the thread's reactor, the turn, [`block_on`], thread exit |
 //!
@@ -68,6 +69,8 @@ pub(crate) mod run_queue;
 mod slab;
 pub(crate) mod task_waker;
 pub(crate) mod timers;
+#[cfg(feature = "tokio")]
+mod tokio_note;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -216,7 +219,7 @@ impl Reactor {
     fn install() -> Rc<Reactor> {
         // tokio's missing-runtime panic gets a note naming the fix.
         #[cfg(feature = "tokio")]
-        crate::tokio::note_missing_runtime_on_panic();
+        tokio_note::install();
         let reactor =
             Rc::new(Reactor::new().expect("greenhack: cannot create the event loop (epoll)"));
         // Once OWNER is destroyed (a destructor running late in thread exit
