@@ -162,7 +162,7 @@ where
             if crate::logical::is_elapsed(&*payload) {
                 // A timeout expired: the cleanup's own waits must not be cut
                 // by that same, already expired, deadline.
-                crate::logical::shielded(|| {
+                crate::pair::shielded(|| {
                     crate::pair::exempt(cleanup(resource, Exit::Cancelled));
                 });
             } else if crate::greenlet::is_forced_unwind(&*payload) {

@@ -83,6 +83,29 @@ impl Logical {
     }
 
     /// How many scopes are open (they nest: far fewer than `u32::MAX`).
+    /// Records that an unwind to scope `id` is under way (see
+    /// `pair::raise_elapsed`).
+    pub(crate) fn begin_unwind_to(&self, id: u64) {
+        self.unwinding_to.set(id);
+    }
+
+    /// True while an unwind to a timeout scope is under way.
+    pub(crate) fn unwinding_to_scope(&self) -> bool {
+        self.unwinding_to.get() != 0
+    }
+
+    /// Suspends the scopes open now (see `pair::shielded`); returns what
+    /// [`unshield`](Self::unshield) restores.
+    pub(crate) fn shield(&self) -> u32 {
+        self.shielded.replace(self.open_scopes())
+    }
+
+    /// Ends a [`shield`](Self::shield), not below a cancellation's floor if
+    /// one began meanwhile.
+    pub(crate) fn unshield(&self, before: u32) {
+        self.shielded.set(before.max(self.cancelled_below.get()));
+    }
+
     fn open_scopes(&self) -> u32 {
         u32::try_from(self.scopes.borrow().len()).expect("timeout scopes nest")
     }
@@ -166,43 +189,7 @@ impl Drop for Logical {
 /// it; only the scope it names catches it (`crate::time::timeout`).
 pub(crate) struct ScopeElapsed(pub(crate) u64);
 
-/// Unwinds from the current wait to the scope that expired. Like a
-/// cancellation, this runs every destructor between the wait and the scope
-/// (`resume_unwind`: the panic hook is not called, nothing is printed).
-pub(crate) fn raise_elapsed(scope: Scope) -> ! {
-    crate::pair::with_logical(|l| l.unwinding_to.set(scope.id));
-    std::panic::resume_unwind(Box::new(ScopeElapsed(scope.id)))
-}
-
-/// Runs `f` with the timeout scopes open now on the current logical thread
-/// suspended: its waits are not cut by them (only by scopes `f` opens).
-pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
-    struct Unshield(u32);
-    impl Drop for Unshield {
-        fn drop(&mut self) {
-            // Not below a cancellation's floor, if one began meanwhile.
-            crate::pair::with_logical(|l| l.shielded.set(self.0.max(l.cancelled_below.get())));
-        }
-    }
-    let before = crate::pair::with_logical(|l| {
-        let open = l.open_scopes();
-        l.shielded.replace(open)
-    });
-    let _unshield = Unshield(before);
-    f()
-}
-
 /// True if `payload` is a timeout scope's unwind.
 pub(crate) fn is_elapsed(payload: &(dyn Any + Send)) -> bool {
     payload.is::<ScopeElapsed>()
-}
-
-/// True when the unwind in flight (`std::thread::panicking()`) is a
-/// cancellation — a timeout scope's expiry, or a greenlet being dropped or
-/// cancelled — rather than a panic. `sync`'s guards poison their lock only
-/// for a panic: a cancellation is an expected way for the code inside to
-/// end, as it is for tokio's locks.
-#[cold]
-pub(crate) fn unwinding_for_cancellation() -> bool {
-    crate::greenlet::in_forced_unwind() || crate::pair::with_logical(|l| l.unwinding_to.get() != 0)
 }

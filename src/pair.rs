@@ -124,6 +124,38 @@ pub(crate) fn with_logical<R>(f: impl FnOnce(&Logical) -> R) -> R {
     }
 }
 
+/// Unwinds from the current wait to the scope that expired. Like a
+/// cancellation, this runs every destructor between the wait and the scope
+/// (`resume_unwind`: the panic hook is not called, nothing is printed).
+pub(crate) fn raise_elapsed(scope: Scope) -> ! {
+    with_logical(|l| l.begin_unwind_to(scope.id));
+    std::panic::resume_unwind(Box::new(crate::logical::ScopeElapsed(scope.id)))
+}
+
+/// Runs `f` with the timeout scopes open now on the current logical thread
+/// suspended: its waits are not cut by them (only by scopes `f` opens).
+pub(crate) fn shielded<R>(f: impl FnOnce() -> R) -> R {
+    struct Unshield(u32);
+    impl Drop for Unshield {
+        fn drop(&mut self) {
+            with_logical(|l| l.unshield(self.0));
+        }
+    }
+    let before = with_logical(Logical::shield);
+    let _unshield = Unshield(before);
+    f()
+}
+
+/// True when the unwind in flight (`std::thread::panicking()`) is a
+/// cancellation — a timeout scope's expiry, or a greenlet being dropped or
+/// cancelled — rather than a panic. `sync`'s guards poison their lock only
+/// for a panic: a cancellation is an expected way for the code inside to
+/// end, as it is for tokio's locks.
+#[cold]
+pub(crate) fn unwinding_for_cancellation() -> bool {
+    crate::greenlet::in_forced_unwind() || with_logical(Logical::unwinding_to_scope)
+}
+
 /// Armed around `suspend`: dropped only if a forced unwind leaves it, when
 /// it makes its pair the one being unwound.
 struct UnwindingStarts<'a>(&'a Pair);
@@ -223,7 +255,7 @@ impl Pair {
                     (scope, reactor::Sleep::new(scope.deadline))
                 });
                 if pin!(timer).poll(cx).is_ready() {
-                    crate::logical::raise_elapsed(*scope);
+                    raise_elapsed(*scope);
                 }
             }
             // SAFETY: `suspender` belongs to our own greenlet, on whose stack
@@ -610,7 +642,7 @@ fn wait_outside<F: Future>(fut: F) -> Result<F::Output, (F, Refusal)> {
                 let fut = pin!(fut);
                 match reactor::block_on(reactor::Deadline::new(fut, scope.deadline)) {
                     Some(v) => Ok(v),
-                    None => crate::logical::raise_elapsed(scope),
+                    None => raise_elapsed(scope),
                 }
             }
         },

@@ -508,7 +508,7 @@ impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
 impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        if !self.panicking && thread::panicking() && !crate::logical::unwinding_for_cancellation() {
+        if !self.panicking && thread::panicking() && !crate::pair::unwinding_for_cancellation() {
             self.mutex.poisoned.store(true, Ordering::Relaxed);
         }
         self.mutex.unlock();

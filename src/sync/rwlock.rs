@@ -367,7 +367,7 @@ impl<T: ?Sized> DerefMut for RwLockWriteGuard<'_, T> {
 
 impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
-        if !self.panicking && thread::panicking() && !crate::logical::unwinding_for_cancellation() {
+        if !self.panicking && thread::panicking() && !crate::pair::unwinding_for_cancellation() {
             self.lock.poisoned.store(true, Ordering::Relaxed);
         }
         self.lock.release(Kind::Write);
