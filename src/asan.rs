@@ -26,14 +26,14 @@
 //! A greenlet learns its resumer's bounds from `finish` each time it is
 //! entered (resumers change: any code may resume a suspended greenlet) and
 //! keeps them in its stack header ([`Fiber`]) for its next switch out. The
-//! [`Fiber`] also holds the bounds of the stack it lives in, given when the
-//! stack is mapped, which a resumer entering it passes to `start`: this
-//! module works on those plain address ranges and knows nothing of the
-//! stack layout: the stack module owns the [`Fiber`], not the other way
-//! round. The
 //! resumer keeps its fake stack in a local of the resuming frame, which
 //! stays put while the greenlet runs; the greenlet keeps its own in a local
 //! of `suspend`.
+//!
+//! The [`Fiber`] also holds the bounds of the stack it lives in, given when
+//! the stack is mapped, which a resumer entering it passes to `start`. So
+//! this module works on plain address ranges and knows nothing of the stack
+//! layout: the stack module owns the [`Fiber`], not the other way round.
 //!
 //! When a greenlet finishes, its stack keeps the shadow of the frames that
 //! never returned (the entry frame, which leaves by a switch): poisoned
