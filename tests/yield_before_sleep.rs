@@ -115,7 +115,7 @@ fn sleeps_on_this_thread(on: bool) -> f64 {
     std::thread::spawn(move || {
         pin_to(cpu);
         greenhack::runtime::set_yield_before_sleep(on);
-        sleeps_per_round_trip(cpu, |serve| greenhack::run(serve))
+        sleeps_per_round_trip(cpu, greenhack::run)
     })
     .join()
     .unwrap()
