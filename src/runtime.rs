@@ -435,8 +435,8 @@ pub fn set_busy_poll(budget: Duration) {
 /// `scripts/bench-scaling` (two loops and the load generator on two CPUs,
 /// 50 echo connections), it took the server from 0.78–0.85× to
 /// 1.13–1.18× the req/s of tokio's multi-thread runtime. With a CPU to
-/// itself the yield returns at once, and the cost is one `sched_yield` and
-/// one non-blocking `epoll_wait` each time the loop would sleep.
+/// itself the yield returns at once, and the cost is one `sched_yield`
+/// each time the loop would sleep.
 ///
 /// Turn it off when latency on a shared CPU matters more than throughput:
 /// an event that arrives while the loop is yielded waits until the threads

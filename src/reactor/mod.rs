@@ -64,17 +64,16 @@
 //! # Yielding before sleeping
 //!
 //! Standalone, a loop that runs out of work (after any busy polling) first
-//! gives up its CPU once (`sched_yield`) and polls `epoll` again, and
-//! sleeps only if that finds nothing ([`Reactor::set_yield_before_sleep`],
-//! on by default). When the loop shares its CPU with the threads that feed
+//! gives up its CPU once (`sched_yield`) before it enters `epoll_wait`,
+//! which then sleeps only if nothing arrived meanwhile
+//! ([`Reactor::set_yield_before_sleep`], on by default). When the loop shares its CPU with the threads that feed
 //! it (clients, a load generator, other loops), they run during the yield,
 //! and what they send is there when the loop looks again: the loop goes on
 //! without a sleep and a wake-up. Measured with `scripts/bench-scaling`, two
 //! loops sharing two CPUs with the load generator at 50 echo connections
 //! slept 0.31 times per request and served 0.78–0.85× tokio's req/s;
 //! yielding first, 1.13–1.18×. With the CPU to itself the yield returns at
-//! once: one `sched_yield` and one non-blocking `epoll_wait` per sleep, not
-//! per request. The price is latency on a contended CPU: an event that
+//! once: one `sched_yield` per sleep, not per request. The price is latency on a contended CPU: an event that
 //! arrives while the loop is yielded waits for the threads it yielded to.
 //!
 //! `EINTR` from `epoll_wait` counts as a turn with no events.
@@ -356,8 +355,8 @@ impl Reactor {
     /// `timeout` (`None`: for good). With a busy-poll budget (see "Busy
     /// polling"), a wait that may block first polls without blocking for up
     /// to that budget (never past `timeout`); then, unless turned off, it
-    /// yields the CPU once and polls again (see "Yielding before
-    /// sleeping"); it blocks for the rest of `timeout` only if nothing came.
+    /// yields the CPU once (see "Yielding before sleeping"); it blocks for
+    /// the rest of `timeout` only if nothing came.
     fn wait_for_events(
         &self,
         poll: &mut MioPoll,
@@ -385,12 +384,10 @@ impl Reactor {
             && timeout != Some(Duration::ZERO)
             && !self.hosted.is_active()
         {
+            // What the threads we yield to send is ready when `epoll_wait`
+            // is entered, which then returns at once, without a sleep.
             let start = timeout.map(|_| std::time::Instant::now());
             std::thread::yield_now();
-            poll.poll(events, Some(Duration::ZERO))?;
-            if !events.is_empty() {
-                return Ok(());
-            }
             // The yield may have lasted: the timer that set `timeout` must
             // not fire late by as much.
             if let (Some(t), Some(start)) = (timeout, start) {
