@@ -102,6 +102,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # When a loop runs out of work
+//!
+//! A loop with nothing to run yields its CPU once before it sleeps in
+//! `epoll_wait` ([`set_yield_before_sleep`], on by default), so clients and
+//! other loops sharing its CPU get to send first and the loop wakes without
+//! a sleep; it can also busy-poll for a while ([`set_busy_poll`], off by
+//! default), for servers with a core to themselves whose peers pay for
+//! waking them. [`Builder::yield_before_sleep`] and [`Builder::busy_poll`]
+//! set both for every loop of a runtime.
+//!
 //! # Shutdown
 //!
 //! [`Runtime::shutdown`] (or dropping the runtime) sends every loop a stop
