@@ -120,13 +120,16 @@ fn sleeps_per_round_trip(
     per_round_trip
 }
 
-/// The same on this thread's own loop, with yielding set to `on`.
-fn sleeps_on_this_thread(on: bool) -> f64 {
+/// The same on a new thread's own loop, with yielding set to `on` (`None`:
+/// left at its default).
+fn sleeps_on_a_thread(on: Option<bool>) -> f64 {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cpu = first_allowed_cpu();
     std::thread::spawn(move || {
         pin_to(cpu);
-        greenhack::runtime::set_yield_before_sleep(on);
+        if let Some(on) = on {
+            greenhack::runtime::set_yield_before_sleep(on);
+        }
         sleeps_per_round_trip(cpu, greenhack::run)
     })
     .join()
@@ -135,7 +138,7 @@ fn sleeps_on_this_thread(on: bool) -> f64 {
 
 #[test]
 fn a_loop_that_yields_first_finds_its_client_s_request_instead_of_sleeping() {
-    let sleeps = sleeps_on_this_thread(true);
+    let sleeps = sleeps_on_a_thread(Some(true));
     assert!(
         sleeps < 0.08,
         "the loop slept {sleeps:.2} times per round trip with a client on its CPU"
@@ -144,7 +147,7 @@ fn a_loop_that_yields_first_finds_its_client_s_request_instead_of_sleeping() {
 
 #[test]
 fn a_loop_that_does_not_yield_sleeps_between_round_trips() {
-    let sleeps = sleeps_on_this_thread(false);
+    let sleeps = sleeps_on_a_thread(Some(false));
     assert!(
         sleeps > 0.15,
         "the loop slept only {sleeps:.2} times per round trip without yielding: \
@@ -153,21 +156,31 @@ fn a_loop_that_does_not_yield_sleeps_between_round_trips() {
 }
 
 #[test]
+fn a_loop_yields_before_sleeping_by_default() {
+    let sleeps = sleeps_on_a_thread(None);
+    assert!(
+        sleeps < 0.08,
+        "a loop left at its defaults slept {sleeps:.2} times per round trip"
+    );
+}
+
+#[test]
 fn a_runtime_builds_loops_with_yielding_set() {
-    for on in [true, false] {
+    // None: the builder's default.
+    for on in [Some(true), Some(false), None] {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let cpu = first_allowed_cpu();
         // pin_threads: loop 0 on the first CPU the process may use.
-        let rt = greenhack::runtime::Builder::new()
-            .worker_threads(1)
-            .pin_threads(true)
-            .yield_before_sleep(on)
-            .build(|| Ok(()))
-            .unwrap();
+        let mut builder = greenhack::runtime::Builder::new();
+        builder.worker_threads(1).pin_threads(true);
+        if let Some(on) = on {
+            builder.yield_before_sleep(on);
+        }
+        let rt = builder.build(|| Ok(())).unwrap();
         let handle = rt.handle(0);
         let sleeps = sleeps_per_round_trip(cpu, |serve| handle.spawn(serve).join().unwrap());
         rt.shutdown().unwrap();
-        if on {
+        if on != Some(false) {
             assert!(
                 sleeps < 0.08,
                 "yielding loop slept {sleeps:.2} times per round trip"
