@@ -444,7 +444,7 @@ pub fn set_busy_poll(budget: Duration) {
 /// instead of sleeping and being woken. Measured with
 /// `scripts/bench-scaling` (two loops and the load generator on two CPUs,
 /// 50 echo connections), it took the server from 0.78–0.85× to
-/// 1.13–1.18× the req/s of tokio's multi-thread runtime. With a CPU to
+/// 1.13–1.19× the req/s of tokio's multi-thread runtime. With a CPU to
 /// itself the yield returns at once, and the cost is one `sched_yield`
 /// each time the loop would sleep.
 ///

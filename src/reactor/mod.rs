@@ -72,7 +72,7 @@
 //! without a sleep and a wake-up. Measured with `scripts/bench-scaling`, two
 //! loops sharing two CPUs with the load generator at 50 echo connections
 //! slept 0.31 times per request and served 0.78–0.85× tokio's req/s;
-//! yielding first, 1.13–1.18×. With the CPU to itself the yield returns at
+//! yielding first, 1.13–1.19×. With the CPU to itself the yield returns at
 //! once: one `sched_yield` per sleep, not per request. The price is latency on a contended CPU: an event that
 //! arrives while the loop is yielded waits for the threads it yielded to.
 //!
