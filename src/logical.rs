@@ -82,7 +82,6 @@ impl Logical {
         self.shielded.set(self.shielded.get().max(open));
     }
 
-    /// How many scopes are open (they nest: far fewer than `u32::MAX`).
     /// Records that an unwind to scope `id` is under way (see
     /// `pair::raise_elapsed`).
     pub(crate) fn begin_unwind_to(&self, id: u64) {
@@ -106,6 +105,7 @@ impl Logical {
         self.shielded.set(before.max(self.cancelled_below.get()));
     }
 
+    /// How many scopes are open (they nest: far fewer than `u32::MAX`).
     fn open_scopes(&self) -> u32 {
         u32::try_from(self.scopes.borrow().len()).expect("timeout scopes nest")
     }

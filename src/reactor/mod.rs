@@ -66,15 +66,17 @@
 //! Standalone, a loop that runs out of work (after any busy polling) first
 //! gives up its CPU once (`sched_yield`) before it enters `epoll_wait`,
 //! which then sleeps only if nothing arrived meanwhile
-//! ([`Reactor::set_yield_before_sleep`], on by default). When the loop shares its CPU with the threads that feed
-//! it (clients, a load generator, other loops), they run during the yield,
-//! and what they send is there when the loop looks again: the loop goes on
-//! without a sleep and a wake-up. Measured with `scripts/bench-scaling`, two
-//! loops sharing two CPUs with the load generator at 50 echo connections
-//! slept 0.31 times per request and served 0.78–0.85× tokio's req/s;
-//! yielding first, 1.13–1.19×. With the CPU to itself the yield returns at
-//! once: one `sched_yield` per sleep, not per request. The price is latency on a contended CPU: an event that
-//! arrives while the loop is yielded waits for the threads it yielded to.
+//! ([`Reactor::set_yield_before_sleep`], on by default). When the loop
+//! shares its CPU with the threads that feed it (clients, a load generator,
+//! other loops), they run during the yield, and what they send is there
+//! when the loop looks again: the loop goes on without a sleep and a
+//! wake-up. Measured with `scripts/bench-scaling`, two loops sharing two
+//! CPUs with the load generator at 50 echo connections slept 0.31 times per
+//! request and served 0.78–0.85× tokio's req/s; yielding first,
+//! 1.13–1.19×. With the CPU to itself the yield returns at once: one
+//! `sched_yield` per sleep, not per request. The price is latency on a
+//! contended CPU: an event that arrives while the loop is yielded waits for
+//! the threads it yielded to.
 //!
 //! `EINTR` from `epoll_wait` counts as a turn with no events.
 
@@ -363,8 +365,13 @@ impl Reactor {
         events: &mut Events,
         mut timeout: Option<Duration>,
     ) -> std::io::Result<()> {
+        // A turn that must not block just polls; so does every hosted turn
+        // (the host decides when to sleep).
+        if timeout == Some(Duration::ZERO) || self.hosted.is_active() {
+            return poll.poll(events, timeout);
+        }
         let budget = self.busy_poll.get();
-        if !budget.is_zero() && timeout != Some(Duration::ZERO) && !self.hosted.is_active() {
+        if !budget.is_zero() {
             let budget = timeout.map_or(budget, |t| t.min(budget));
             let start = std::time::Instant::now();
             loop {
@@ -380,10 +387,8 @@ impl Reactor {
                 std::hint::spin_loop();
             }
         }
-        if self.yield_before_sleep.get()
-            && timeout != Some(Duration::ZERO)
-            && !self.hosted.is_active()
-        {
+        // Unless the busy poll used up `timeout`.
+        if self.yield_before_sleep.get() && timeout != Some(Duration::ZERO) {
             // What the threads we yield to send is ready when `epoll_wait`
             // is entered, which then returns at once, without a sleep.
             let start = timeout.map(|_| std::time::Instant::now());
